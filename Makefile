@@ -1,0 +1,24 @@
+# Two entry points (see README.md): `make demo` and `make test`.
+# Both install what they need first (scripts/bootstrap.sh: apt + a venv).
+SHELL := /bin/bash
+VENV = $(shell bash scripts/bootstrap.sh | tail -n 1)
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench install
+
+demo:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
+		python scripts/demo.py
+
+test:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
+		python -m pytest $(PYTEST_ARGS)
+
+bench:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
+		bash bench/run-all.sh
+
+install:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" && rm -rf .build/dist && \
+		ansible-galaxy collection build --output-path .build/dist . && \
+		ansible-galaxy collection install --force .build/dist/frelink-frelink-*.tar.gz

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a fresh Debian host:
+# Debian packages through apt, and the controller tools in a venv keyed by
+# requirements-test.txt. Idempotent and quiet when nothing is missing.
+# Prints the venv's path on stdout as its last line.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${FRELINK_CACHE:-$HOME/.cache/frelink}
+mkdir -p "$cache"
+
+debs=(
+  qemu-system-x86 qemu-utils mmdebstrap debootstrap
+  e2fsprogs xfsprogs btrfs-progs dosfstools jfsutils util-linux
+  sparse busybox-static cpio zstd xz-utils socat openssh-client
+  lsof gcc make rsync chromium
+)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: need root to install them (sudo $0)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+py=${FRELINK_PYTHON:-}
+if [ -z "$py" ]; then
+  for c in python3.11 python3; do
+    p=$(command -v "$c" 2>/dev/null) || continue
+    # resolve pyenv shims to the real interpreter: every start counts in tests
+    py=$("$p" -c 'import sys; print(sys.executable)') && break
+  done
+fi
+key=$(cat "$here/requirements-test.txt" | sha256sum | cut -c1-12)
+venv=$cache/venv-$key
+if [ ! -x "$venv/bin/ansible" ]; then
+  echo "bootstrap: creating $venv (ansible-core, pytest, psutil, molecule, ansible-lint)" >&2
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements-test.txt" >&2
+fi
+
+# The collection as Ansible finds it: a link from a per-checkout collections dir.
+coll=$here/.build/collections/ansible_collections/frelink
+mkdir -p "$coll"
+ln -sfn "$here" "$coll/frelink"
+echo "$venv"
