@@ -46,6 +46,27 @@ if [ ! -x "$venv/bin/ansible" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements-test.txt" >&2
 fi
 
+# ansible-test sanity normally builds its own venvs with a pip bootstrap
+# fetched from outside the package registries; give it one venv holding the
+# pinned requirements of every sanity test instead, and run it with --local.
+sanity_venv=$cache/sanity-venv-$key
+if [ ! -x "$sanity_venv/bin/ansible-test" ]; then
+  echo "bootstrap: creating $sanity_venv (ansible-test sanity requirements)" >&2
+  rm -rf "$sanity_venv"
+  "$py" -m venv "$sanity_venv"
+  reqs=$("$venv/bin/python" -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
+  grep -hv '^#' "$reqs"/sanity.*.txt | sort -u > "$sanity_venv/requirements.txt"
+  "$sanity_venv/bin/pip" install -q --disable-pip-version-check \
+    "$(grep '^ansible-core==' "$here/requirements-test.txt")" -r "$sanity_venv/requirements.txt" >&2
+fi
+
+pip_version=$("$sanity_venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
+get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
+if ! cmp -s "$here/scripts/ansible-test-get-pip.py" "$get_pip"; then
+  mkdir -p "$(dirname "$get_pip")"
+  cp "$here/scripts/ansible-test-get-pip.py" "$get_pip"
+fi
+
 # The collection as Ansible finds it: a link from a per-checkout collections dir.
 coll=$here/.build/collections/ansible_collections/frelink
 mkdir -p "$coll"
