@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * frelink - give a deleted but still open inode a name again.
+ *
+ * Userspace ABI of the /dev/frelink misc device.  The Python mirror in
+ * plugins/module_utils/kmod_abi.py must follow every change here; the unit
+ * test tests/unit/test_kmod_abi.py compiles this header and compares.
+ */
+#ifndef _UAPI_LINUX_FRELINK_H
+#define _UAPI_LINUX_FRELINK_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define FRELINK_DEVICE_NAME	"frelink"
+
+/* NAME_MAX + 1: room for the longest single path component and its NUL */
+#define FRELINK_NAME_SIZE	256
+
+/* Exactly one of these selects how the inode is identified. */
+#define FRELINK_BY_FD		(1U << 0)	/* src_fd */
+#define FRELINK_BY_INODE	(1U << 1)	/* dev + ino */
+
+/**
+ * struct frelink_relink - argument of FRELINK_IOC_RELINK
+ * @flags:	FRELINK_BY_FD or FRELINK_BY_INODE, nothing else
+ * @src_fd:	BY_FD: a descriptor of the deleted file, e.g. opened on
+ *		/proc/PID/fd/N, /proc/PID/map_files/A-B or /proc/PID/exe
+ *		(O_PATH is fine); must be -1 with BY_INODE
+ * @dir_fd:	directory that receives the name (O_PATH is fine)
+ * @dev:	BY_INODE: st_dev as stat(2) reports it (glibc makedev()
+ *		encoding); must be 0 with BY_FD
+ * @ino:	BY_INODE: st_ino; must be 0 with BY_FD
+ * @reserved:	must be zero
+ * @name:	the new name: one path component, NUL-terminated
+ *
+ * The ioctl succeeds only if the inode is a regular file with link count 0
+ * on the filesystem (and, for btrfs, the subvolume) of @dir_fd, and @name
+ * does not exist yet.  On any refusal nothing is changed.
+ *
+ * Errors, each meaning exactly one thing:
+ *	EPERM		caller lacks CAP_SYS_ADMIN
+ *	EINVAL		malformed request: unknown or conflicting flags,
+ *			non-zero reserved field, field set that the chosen
+ *			form does not use, dev 0 with BY_INODE
+ *	ENAMETOOLONG	@name has no NUL within FRELINK_NAME_SIZE bytes
+ *	EILSEQ		@name is empty, ".", ".." or contains '/'
+ *	EBADF		@src_fd or @dir_fd is not an open descriptor
+ *	ENOTDIR		@dir_fd is not a directory
+ *	EMEDIUMTYPE	the inode is not a regular file
+ *	EMLINK		the inode still has links (link count not 0):
+ *			nothing to undelete, or another relink just won
+ *	EXDEV		@dir_fd is on another filesystem or subvolume than
+ *			the inode (BY_INODE: its st_dev differs from @dev)
+ *	EOPNOTSUPP	the filesystem lacks ->link or ->tmpfile; its
+ *			->link cannot take an inode off the orphan list
+ *	ENOENT		BY_INODE: no inode @ino of @dev is in memory any
+ *			more (its last holder let go)
+ *	EEXIST		@name already exists in @dir_fd
+ *	EROFS		the directory's mount or filesystem is read-only
+ * Other errors (ENOSPC, EDQUOT, EIO, EINTR, EFAULT, ...) come unchanged
+ * from the filesystem or the kernel.
+ */
+struct frelink_relink {
+	__u32	flags;
+	__s32	src_fd;
+	__s32	dir_fd;
+	__u32	reserved0;
+	__u64	dev;
+	__u64	ino;
+	__u64	reserved[4];
+	char	name[FRELINK_NAME_SIZE];
+};
+
+/* 0xF4 is unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst */
+#define FRELINK_IOC_MAGIC	0xF4
+#define FRELINK_IOC_RELINK	_IOW(FRELINK_IOC_MAGIC, 0x01, struct frelink_relink)
+
+#endif /* _UAPI_LINUX_FRELINK_H */

@@ -1,0 +1,131 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) frelink contributors
+# GNU General Public License v2.0 (see LICENSE or https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+"""Python mirror of kmod/uapi/frelink.h: the /dev/frelink relink ioctl.
+
+Standard library only.  tests/unit/test_kmod_abi.py compiles the C header
+and checks every constant and the structure layout below against it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import os
+import struct
+
+DEVICE_PATH = "/dev/frelink"
+MODULE_NAME = "frelink"
+SYSFS_MODULE_PATH = "/sys/module/frelink"
+
+NAME_SIZE = 256  # FRELINK_NAME_SIZE: NAME_MAX + 1
+
+BY_FD = 1 << 0  # FRELINK_BY_FD
+BY_INODE = 1 << 1  # FRELINK_BY_INODE
+
+# struct frelink_relink: flags, src_fd, dir_fd, reserved0, dev, ino,
+# reserved[4], name[NAME_SIZE]; native x86-64/aarch64 layout, no padding.
+RELINK_STRUCT = struct.Struct("=IiiIQQ4Q%ds" % NAME_SIZE)
+RELINK_STRUCT_SIZE = RELINK_STRUCT.size  # 320
+
+IOC_MAGIC = 0xF4
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_WRITE = 1
+
+
+def _iow(magic, nr, size):
+    return (_IOC_WRITE << _IOC_DIRSHIFT) | (magic << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+
+
+IOC_RELINK = _iow(IOC_MAGIC, 0x01, RELINK_STRUCT_SIZE)
+
+# One errno per refusal (see the comment of struct frelink_relink).  The
+# hint says what happened and what to do next.
+HINTS = {
+    errno.EPERM: "relinking needs root (CAP_SYS_ADMIN); run it with become: true",
+    errno.EACCES: "%s is only accessible to root (mode 0600); run it with become: true" % DEVICE_PATH,
+    errno.ENODEV: "the frelink kernel module is not loaded; deploy it with the frelink.frelink.frelink_kmod role "
+                  "or run 'modprobe frelink', or use the reflink/copy fallback",
+    errno.EINVAL: "malformed request (flags, reserved fields or unused fields set); this is a bug in the caller",
+    errno.ENAMETOOLONG: "the new name is longer than 255 bytes; choose a shorter name",
+    errno.EILSEQ: "the new name must be a single path component: not empty, not '.' or '..', no '/' and no NUL; "
+                  "choose another name",
+    errno.EBADF: "the source or directory descriptor is not open; the holder may have closed it, rescan and retry",
+    errno.ENOTDIR: "the destination is not a directory; give an existing directory on the same filesystem",
+    errno.EMEDIUMTYPE: "the inode is not a regular file; only regular files can be relinked, copy its contents instead",
+    errno.EMLINK: "the inode still has a name (link count is not 0): nothing to undelete, or another relink just won; "
+                  "find its current name with 'find MOUNTPOINT -xdev -inum INO'",
+    errno.EXDEV: "the destination directory is on another filesystem or btrfs subvolume than the deleted file; "
+                 "choose a directory on the same filesystem (the deleted file's mount point), or use the copy fallback",
+    errno.EOPNOTSUPP: "this filesystem cannot relink a deleted inode (it lacks link or O_TMPFILE support, e.g. vfat, "
+                      "jfs); use the copy fallback",
+    errno.ENOENT: "the inode is no longer in memory: its last holder let go and the filesystem freed it; "
+                  "nothing left to relink",
+    errno.EEXIST: "the new name already exists in the destination directory; nothing was overwritten, "
+                  "choose another name or move the existing file away",
+    errno.EROFS: "the destination is read-only; remount it read-write (or choose a writable mount of the same filesystem)",
+    errno.ENOSPC: "the filesystem has no room for the new directory entry; free some space and retry",
+    errno.EDQUOT: "the quota of the directory's owner is exhausted; raise it or free space and retry",
+}
+
+
+class RelinkError(OSError):
+    """A refused or failed relink.  .errno is the kernel's errno, .hint says what to do."""
+
+    def __init__(self, err, hint=None):
+        super(RelinkError, self).__init__(err, os.strerror(err))
+        self.hint = hint or HINTS.get(err, "relink failed: %s" % os.strerror(err))
+
+    def __str__(self):
+        return "%s (errno %s %s): %s" % (self.strerror, self.errno, errno.errorcode.get(self.errno, "?"), self.hint)
+
+
+def module_loaded():
+    """True when the frelink module is loaded (its sysfs directory exists)."""
+    return os.path.isdir(SYSFS_MODULE_PATH)
+
+
+def encode_name(name):
+    """Return name as the fixed-size, NUL-terminated field, or raise RelinkError."""
+    raw = os.fsencode(name) if not isinstance(name, bytes) else name
+    if b"\0" in raw:
+        raise RelinkError(errno.EILSEQ)
+    if len(raw) >= NAME_SIZE:
+        raise RelinkError(errno.ENAMETOOLONG)
+    return raw
+
+
+def pack_request(flags, src_fd=-1, dir_fd=-1, dev=0, ino=0, name=b"", reserved0=0, reserved=(0, 0, 0, 0)):
+    """Build the raw struct frelink_relink bytes (also used by tests for malformed requests)."""
+    return RELINK_STRUCT.pack(flags, src_fd, dir_fd, reserved0, dev, ino, *(tuple(reserved) + (name,)))
+
+
+def _ioctl(request):
+    try:
+        dev_fd = os.open(DEVICE_PATH, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise RelinkError(errno.ENODEV)
+        raise RelinkError(exc.errno)
+    try:
+        fcntl.ioctl(dev_fd, IOC_RELINK, request)
+    except OSError as exc:
+        raise RelinkError(exc.errno)
+    finally:
+        os.close(dev_fd)
+
+
+def relink_by_fd(src_fd, dir_fd, name):
+    """Give the deleted file open as src_fd the name `name` in directory dir_fd."""
+    _ioctl(pack_request(BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=encode_name(name)))
+
+
+def relink_by_inode(st_dev, st_ino, dir_fd, name):
+    """Give the deleted in-memory inode (st_dev, st_ino) the name `name` in directory dir_fd."""
+    _ioctl(pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))
