@@ -1,0 +1,13 @@
+"""Guest-kernel test harness: Debian images per suite, a build chroot, QEMU guests.
+
+See docs/harness.md. The public API is the contract other tests code against:
+SUITES, prepare(), chroot_run(), build_module(), Guest.
+"""
+
+from .chroot import CommandError, build_module, chroot_run
+from .debian import SUITES
+from .image import Env, prepare
+from .util import HarnessError
+
+__all__ = ["SUITES", "CommandError", "Env", "HarnessError", "build_module", "chroot_run",
+           "prepare"]

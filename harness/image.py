@@ -1,0 +1,252 @@
+"""Build and cache one Debian guest image per suite (rootfs directory + qcow2 disk).
+
+Cache layout, per suite, under ~/.cache/frelink/<suite>/ (FRELINK_CACHE overrides the root):
+
+    image/rootfs/        the Debian tree, also used as the build chroot
+    image/disk.qcow2     ext4 image of rootfs (no partition table, root=/dev/vda)
+    image/vmlinuz, image/initrd.img, image/env.json
+    image/ssh/id_ed25519 the key root and tester accept (generated, never committed)
+    image.ready          the version key of the finished image, written last
+    build/               out-of-tree module builds (see chroot.py)
+    snapshot/            a saved booted state (see guest.py)
+
+A build goes to image.new/ and replaces image/ only when complete; image.ready is
+removed before and written after, so an interrupted build is rebuilt, never trusted.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import debian
+from .util import (HarnessError, file_lock, progress, remove_tree, require_tools, suite_dir,
+                   tail, write_atomic)
+
+# Bump when the customisation below changes in a way an existing image lacks.
+IMAGE_FORMAT = 1
+DISK_SIZE = "8G"
+HOSTNAME = "frelink-{suite}"
+
+# Timers and services that would start work or wait at boot for nothing in a test VM.
+MASKED_UNITS = (
+    "apt-daily.timer", "apt-daily.service",
+    "apt-daily-upgrade.timer", "apt-daily-upgrade.service",
+    "systemd-networkd-wait-online.service", "systemd-firstboot.service",
+    "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
+    "dpkg-db-backup.timer", "man-db.timer", "systemd-tmpfiles-clean.timer",
+)
+
+NETWORK_UNIT = """\
+[Match]
+Type=ether
+
+[Network]
+DHCP=ipv4
+"""
+
+SSHD_CONFIG = """\
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """A prepared suite: what tests need to build for it and boot it."""
+
+    suite: str
+    rootfs: Path
+    kernel_release: str
+    vmlinuz: Path
+    initrd: Path
+    disk: Path
+    ssh_key: Path
+    key: str
+
+    @property
+    def cmdline(self) -> str:
+        return "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 mitigations=off"
+
+
+def version_key(suite: str) -> str:
+    recipe = {
+        "format": IMAGE_FORMAT,
+        "suite": suite,
+        "packages": debian.PACKAGES,
+        "sources": debian.apt_source_lines(suite),
+        "apt": debian.apt_options(suite),
+        "disk": DISK_SIZE,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _paths(suite: str):
+    base = suite_dir(suite)
+    return base / "image", base / "image.new", base / "image.ready"
+
+
+def _load(suite: str, key: str):
+    image, _new, ready = _paths(suite)
+    try:
+        if ready.read_text().strip() != key:
+            return None
+        meta = json.loads((image / "env.json").read_text())
+    except (OSError, ValueError):
+        return None
+    env = Env(
+        suite=suite,
+        rootfs=image / "rootfs",
+        kernel_release=meta["kernel_release"],
+        vmlinuz=image / "vmlinuz",
+        initrd=image / "initrd.img",
+        disk=image / "disk.qcow2",
+        ssh_key=image / "ssh" / "id_ed25519",
+        key=key,
+    )
+    needed = (env.rootfs / "etc" / "os-release", env.vmlinuz, env.initrd, env.disk, env.ssh_key)
+    return env if all(path.exists() for path in needed) else None
+
+
+def prepare(suite: str, rebuild: bool = False) -> Env:
+    """The suite's cached image, built first when missing, stale or half-built."""
+    if suite not in debian.SUITES:
+        raise HarnessError(f"unknown suite {suite!r}; choose one of {', '.join(debian.SUITES)}")
+    key = version_key(suite)
+    if not rebuild:
+        env = _load(suite, key)
+        if env:
+            return env
+    with file_lock(suite_dir(suite) / "image.lock", suite,
+                   "waiting for another process that is building this image"):
+        if not rebuild:
+            env = _load(suite, key)  # built by whoever held the lock
+            if env:
+                return env
+        _build(suite, key)
+        env = _load(suite, key)
+        if env is None:
+            raise HarnessError(f"image for {suite} was built but is incomplete; rerun with --rebuild")
+        return env
+
+
+def _run_logged(cmd, log: Path, what: str, suite: str, **kwargs):
+    with open(log, "a") as out:
+        out.write("\n$ " + " ".join(str(c) for c in cmd) + "\n")
+        out.flush()
+        result = subprocess.run([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, **kwargs)
+    if result.returncode != 0:
+        raise HarnessError(
+            f"{suite}: {what} failed (exit {result.returncode}); full log: {log}\n{tail(log)}"
+        )
+
+
+def _chroot(rootfs: Path, script: str, log: Path, suite: str, what: str):
+    """Run a shell script in ROOTFS during the build (no daemons start: no /proc needed)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
+    _run_logged(["chroot", rootfs, "/bin/sh", "-eu", "-c", script], log, what, suite, env=env)
+
+
+def _build(suite: str, key: str) -> None:
+    require_tools("mmdebstrap", "mke2fs", "qemu-img", "ssh-keygen", "chroot")
+    image, new, ready = _paths(suite)
+    started = time.monotonic()
+    progress(suite, f"building the guest image in {image} (version {key})")
+    if ready.exists():
+        ready.unlink()
+    remove_tree(new)
+    new.mkdir(parents=True)
+    log = new / "build.log"
+    rootfs = new / "rootfs"
+
+    (new / "ssh").mkdir()
+    _run_logged(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"frelink-{suite}",
+                 "-f", new / "ssh" / "id_ed25519"], log, "ssh-keygen", suite)
+
+    sources = debian.apt_source_lines(suite)
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+           "--include=" + ",".join(debian.PACKAGES), "--skip=cleanup/apt/lists"]
+    for option in debian.apt_options(suite):
+        cmd.append("--aptopt=" + option)
+    cmd += [suite, rootfs] + sources
+    progress(suite, "downloading and installing Debian packages with mmdebstrap "
+                    f"(~{len(debian.PACKAGES)} packages plus dependencies, kernel, headers, gcc; "
+                    "2-6 min; log: " + str(log) + ")")
+    _run_logged(cmd, log, "mmdebstrap", suite)
+
+    progress(suite, "configuring the image (ssh key, network, user tester, masked timers)")
+    _customize(suite, rootfs, new, log)
+
+    boot = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if len(boot) != 1:
+        raise HarnessError(f"{suite}: expected one kernel in {rootfs / 'boot'}, found {boot}")
+    release = boot[0].name[len("vmlinuz-"):]
+    initrd = rootfs / "boot" / f"initrd.img-{release}"
+    if not initrd.exists():
+        raise HarnessError(f"{suite}: {initrd} is missing (initramfs-tools failed?); log: {log}")
+    if not (rootfs / "lib" / "modules" / release / "build").exists():
+        raise HarnessError(f"{suite}: headers for {release} are missing in the image; log: {log}")
+    shutil.copy2(boot[0], new / "vmlinuz")
+    shutil.copy2(initrd, new / "initrd.img")
+
+    progress(suite, f"writing the {DISK_SIZE} ext4 disk image from the rootfs (~30 s)")
+    raw = new / "disk.raw"
+    _run_logged(["truncate", "-s", DISK_SIZE, raw], log, "truncate", suite)
+    _run_logged(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "frelink-root", "-d", rootfs, raw],
+                log, "mke2fs -d", suite)
+    _run_logged(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, new / "disk.qcow2"],
+                log, "qemu-img convert", suite)
+    raw.unlink()
+
+    meta = {"suite": suite, "kernel_release": release, "key": key, "sources": sources,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (new / "env.json").write_text(json.dumps(meta, indent=2) + "\n")
+    remove_tree(image)
+    os.rename(new, image)
+    write_atomic(ready, key + "\n")
+    progress(suite, f"image ready: kernel {release}, built in {time.monotonic() - started:.0f} s")
+
+
+def _customize(suite: str, rootfs: Path, new: Path, log: Path) -> None:
+    pubkey = (new / "ssh" / "id_ed25519.pub").read_text()
+    hostname = HOSTNAME.format(suite=suite)
+    etc = rootfs / "etc"
+    (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n")
+    (etc / "fstab").write_text("/dev/vda\t/\text4\trw,errors=remount-ro\t0\t0\n")
+    # QEMU user networking answers DNS on 10.0.2.3; no resolver daemon needed.
+    resolv = etc / "resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text("nameserver 10.0.2.3\n")
+    (etc / "systemd" / "network").mkdir(parents=True, exist_ok=True)
+    (etc / "systemd" / "network" / "20-wired.network").write_text(NETWORK_UNIT)
+    (etc / "ssh" / "sshd_config.d").mkdir(parents=True, exist_ok=True)
+    (etc / "ssh" / "sshd_config.d" / "frelink.conf").write_text(SSHD_CONFIG)
+    options = debian.apt_options(suite)
+    if options:
+        (etc / "apt" / "apt.conf.d" / "99frelink").write_text("\n".join(options) + "\n")
+    (etc / "sudoers.d" / "tester").write_text("tester ALL=(ALL) NOPASSWD:ALL\n")
+    os.chmod(etc / "sudoers.d" / "tester", 0o440)
+    (rootfs / "build").mkdir(exist_ok=True)  # bind mount point for module builds
+
+    script = f"""
+        systemd-machine-id-setup >/dev/null
+        systemctl enable systemd-networkd.service ssh.service
+        systemctl mask {' '.join(MASKED_UNITS)}
+        useradd --create-home --shell /bin/bash --groups sudo tester
+        for home in /root /home/tester; do
+            mkdir -p "$home/.ssh"
+            printf '%s\\n' '{pubkey.strip()}' > "$home/.ssh/authorized_keys"
+            chmod 700 "$home/.ssh"
+            chmod 600 "$home/.ssh/authorized_keys"
+        done
+        chown -R tester:tester /home/tester/.ssh
+    """
+    _chroot(rootfs, script, log, suite, "image customisation")
