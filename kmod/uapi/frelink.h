@@ -18,8 +18,8 @@
 #define FRELINK_NAME_SIZE	256
 
 /* Exactly one of these selects how the inode is identified. */
-#define FRELINK_BY_FD		(1U << 0)	/* src_fd */
-#define FRELINK_BY_INODE	(1U << 1)	/* dev + ino */
+#define FRELINK_BY_FD		0x1U	/* src_fd */
+#define FRELINK_BY_INODE	0x2U	/* dev + ino */
 
 /**
  * struct frelink_relink - argument of FRELINK_IOC_RELINK
@@ -58,8 +58,11 @@
  *			more (its last holder let go)
  *	EEXIST		@name already exists in @dir_fd
  *	EROFS		the directory's mount or filesystem is read-only
- * Other errors (ENOSPC, EDQUOT, EIO, EINTR, EFAULT, ...) come unchanged
- * from the filesystem or the kernel.
+ * Other errors come unchanged from the kernel or the filesystem: ENOTTY
+ * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
+ * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or
+ * append-only file and ENOENT when the directory itself was deleted.
+ * EBADF also when another thread replaced @dir_fd during the call.
  */
 struct frelink_relink {
 	__u32	flags;

@@ -22,8 +22,8 @@ SYSFS_MODULE_PATH = "/sys/module/frelink"
 
 NAME_SIZE = 256  # FRELINK_NAME_SIZE: NAME_MAX + 1
 
-BY_FD = 1 << 0  # FRELINK_BY_FD
-BY_INODE = 1 << 1  # FRELINK_BY_INODE
+BY_FD = 0x1  # FRELINK_BY_FD
+BY_INODE = 0x2  # FRELINK_BY_INODE
 
 # struct frelink_relink: flags, src_fd, dir_fd, reserved0, dev, ino,
 # reserved[4], name[NAME_SIZE]; native x86-64/aarch64 layout, no padding.
@@ -75,6 +75,15 @@ HINTS = {
 }
 
 
+# errno.errorcode calls 95 ENOTSUP; the header (and the kernel) say EOPNOTSUPP.
+_ERRNO_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
+
+def errno_name(err):
+    """Symbolic name of err as the header documents it, e.g. 'EEXIST'."""
+    return _ERRNO_NAMES.get(err) or errno.errorcode.get(err, str(err))
+
+
 class RelinkError(OSError):
     """A refused or failed relink.  .errno is the kernel's errno, .hint says what to do."""
 
@@ -83,7 +92,7 @@ class RelinkError(OSError):
         self.hint = hint or HINTS.get(err, "relink failed: %s" % os.strerror(err))
 
     def __str__(self):
-        return "%s (errno %s %s): %s" % (self.strerror, self.errno, errno.errorcode.get(self.errno, "?"), self.hint)
+        return "%s (errno %s %s): %s" % (self.strerror, self.errno, errno_name(self.errno), self.hint)
 
 
 def module_loaded():

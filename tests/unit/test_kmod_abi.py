@@ -1,0 +1,122 @@
+"""The Python mirror plugins/module_utils/kmod_abi.py agrees with kmod/uapi/frelink.h.
+
+A tiny C program is compiled with the host's gcc against the real header and
+prints the sizes, offsets, flag values and the ioctl number; the errno names
+documented in the header are compared with the mirror's hints.
+"""
+
+import errno
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = REPO / "kmod" / "uapi" / "frelink.h"
+sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
+
+import kmod_abi  # noqa: E402  pylint: disable=wrong-import-position
+
+FIELDS = ("flags", "src_fd", "dir_fd", "reserved0", "dev", "ino", "reserved", "name")
+
+PROBE = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include "frelink.h"
+#define OFF(f) printf("offset_%s %zu\n", #f, offsetof(struct frelink_relink, f))
+#define SIZE(f) printf("size_%s %zu\n", #f, sizeof(((struct frelink_relink *)0)->f))
+int main(void)
+{
+	printf("sizeof %zu\n", sizeof(struct frelink_relink));
+	printf("ioc_relink %lu\n", (unsigned long)FRELINK_IOC_RELINK);
+	printf("ioc_magic %u\n", (unsigned)FRELINK_IOC_MAGIC);
+	printf("by_fd %u\n", (unsigned)FRELINK_BY_FD);
+	printf("by_inode %u\n", (unsigned)FRELINK_BY_INODE);
+	printf("name_size %u\n", (unsigned)FRELINK_NAME_SIZE);
+	printf("device_name %s\n", FRELINK_DEVICE_NAME);
+%s
+	return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def c_values(tmp_path_factory):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed to compile kmod/uapi/frelink.h: apt-get install gcc (scripts/bootstrap.sh does)")
+    work = tmp_path_factory.mktemp("abi")
+    body = "\n".join("\tOFF(%s); SIZE(%s);" % (f, f) for f in FIELDS)
+    (work / "probe.c").write_text(PROBE.replace("%s\n", body + "\n", 1))
+    subprocess.run([gcc, "-Wall", "-Werror", "-I", str(HEADER.parent), "-o", str(work / "probe"),
+                    str(work / "probe.c")], check=True)
+    out = subprocess.run([str(work / "probe")], check=True, capture_output=True, text=True).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines())
+
+
+def test_struct_layout_matches_header(c_values):
+    assert int(c_values["sizeof"]) == kmod_abi.RELINK_STRUCT_SIZE == 320
+    # Rebuild offsets/sizes from the mirror's struct format and compare one by one.
+    packed = kmod_abi.pack_request(0xAA, src_fd=-2, dir_fd=-3, dev=0x1122334455667788, ino=0x99,
+                                   name=b"n", reserved0=7, reserved=(1, 2, 3, 4))
+    unpacked = kmod_abi.RELINK_STRUCT.unpack(packed)
+    assert unpacked[:6] == (0xAA, -2, -3, 7, 0x1122334455667788, 0x99)
+    assert unpacked[6:10] == (1, 2, 3, 4)
+    offset = 0
+    sizes = {"flags": 4, "src_fd": 4, "dir_fd": 4, "reserved0": 4, "dev": 8, "ino": 8,
+             "reserved": 32, "name": kmod_abi.NAME_SIZE}
+    for field in FIELDS:
+        assert int(c_values["offset_" + field]) == offset, field
+        assert int(c_values["size_" + field]) == sizes[field], field
+        offset += sizes[field]
+    assert offset == kmod_abi.RELINK_STRUCT_SIZE
+
+
+def test_constants_match_header(c_values):
+    assert int(c_values["ioc_relink"]) == kmod_abi.IOC_RELINK
+    assert int(c_values["ioc_magic"]) == kmod_abi.IOC_MAGIC
+    assert int(c_values["by_fd"]) == kmod_abi.BY_FD
+    assert int(c_values["by_inode"]) == kmod_abi.BY_INODE
+    assert int(c_values["name_size"]) == kmod_abi.NAME_SIZE
+    assert "/dev/" + c_values["device_name"] == kmod_abi.DEVICE_PATH
+
+
+def documented_errnos():
+    text = HEADER.read_text()
+    block = text[text.index("Errors, each meaning exactly one thing:"):text.index("Other errors")]
+    return re.findall(r"^ \*\t(E[A-Z]+)\t", block, re.M)
+
+
+def test_every_documented_refusal_is_distinct_and_has_a_hint():
+    names = documented_errnos()
+    assert len(names) >= 13, names
+    assert len(set(names)) == len(names), "an errno is documented for two refusals"
+    for name in names:
+        number = getattr(errno, name)
+        assert number in kmod_abi.HINTS, "no hint for %s" % name
+        hint = kmod_abi.HINTS[number]
+        err = kmod_abi.RelinkError(number)
+        assert err.errno == number and err.hint == hint and isinstance(err, OSError)
+        assert name in str(err) and hint in str(err)
+
+
+def test_name_is_checked_before_it_reaches_the_kernel():
+    with pytest.raises(kmod_abi.RelinkError) as info:
+        kmod_abi.encode_name("a" * 256)
+    assert info.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(kmod_abi.RelinkError) as info:
+        kmod_abi.encode_name("a\0b")  # the kernel would see only "a"
+    assert info.value.errno == errno.EILSEQ
+    assert kmod_abi.encode_name("a" * 255) == b"a" * 255
+    assert kmod_abi.encode_name("caf\u00e9") == "caf\u00e9".encode()
+
+
+def test_missing_device_says_how_to_load_the_module(tmp_path, monkeypatch):
+    monkeypatch.setattr(kmod_abi, "DEVICE_PATH", str(tmp_path / "frelink"))
+    with pytest.raises(kmod_abi.RelinkError) as info:
+        kmod_abi.relink_by_fd(0, 0, "x")
+    assert info.value.errno == errno.ENODEV
+    assert "modprobe frelink" in info.value.hint
