@@ -464,8 +464,9 @@ class Scanner:
             except OSError:
                 user = None
             mntns = _readlink_or_none(base + "/ns/mnt")
-            root = _readlink_or_none(base + "/root")
-            foreign = (mntns is not None and mntns != self.self_mntns) or (root is not None and root != "/")
+            # /proc links are resolved against the scanner's root, so a chroot in our
+            # namespace shows host paths; only another mount namespace shows its own paths.
+            foreign = mntns is not None and mntns != self.self_mntns
             info = self._procinfo[pid] = {
                 "name": name,
                 "user": user,

@@ -1,0 +1,254 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) frelink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: frelink_facts
+short_description: Find files that were deleted while something still holds them
+version_added: "0.1.0"
+description:
+  - Finds every inode on the managed host that has no name left (its link count,
+    read with C(stat) through a C(/proc) handle, is 0) but is still held open by a
+    process file descriptor, a memory mapping only, a process's current directory,
+    root directory or executable, a loop device, or an active swap file.
+  - The C( (deleted)) text the kernel appends to C(/proc) links only selects
+    candidates; a live file whose name ends in C( (deleted)) is not reported.
+  - Files that never had a name are not reported; memfd, C(O_TMPFILE) files,
+    SysV shared memory, shared anonymous mappings, sockets and pipes.
+    Deleted files on tmpfs (for example C(/dev/shm)) that once had a name are reported.
+  - A deleted file whose original path has since been taken by a new file is
+    reported with O(path_free=false).
+  - Only candidates are statted, so a dead NFS mount does not block the scan unless
+    a deleted-and-held candidate lives on it.
+  - Without root the scan is partial; RV(ansible_facts.frelink.scan.complete) is
+    V(false) and RV(ansible_facts.frelink.scan.warnings) says what could not be seen.
+  - Needs only the Python standard library on the managed node and runs no subprocess.
+author:
+  - frelink contributors
+options:
+  include:
+    description:
+      - Only report orphans whose original path matches one of these shell globs
+        (Python C(fnmatch); C(*) also matches C(/)).
+    type: list
+    elements: str
+  exclude:
+    description:
+      - Do not report orphans whose original path matches one of these shell globs.
+    type: list
+    elements: str
+  min_size:
+    description:
+      - Only report orphans of at least this many bytes (apparent size).
+    type: int
+    default: 0
+  kinds:
+    description:
+      - Which holders to look for. Orphans held only by other kinds are not reported,
+        and the scan skips the work for kinds not listed (for example C(mmap) reads
+        every process's C(/proc/PID/maps)).
+    type: list
+    elements: str
+    choices: [fd, mmap, cwd, root, exe, loop, swap]
+    default: [fd, mmap, cwd, root, exe, loop, swap]
+  limit:
+    description:
+      - At most this many orphans are listed, the largest (allocated bytes) first.
+        The summary still counts every orphan that matched the other options.
+      - V(0) lists all of them.
+    type: int
+    default: 1000
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; check mode runs the same scan.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+notes:
+  - Run it with O(ansible.builtin.become=true) for a complete scan; mappings
+    (C(/proc/PID/map_files)) and loop device identities need root.
+  - Threads that unshared their file table (C(clone) without C(CLONE_FILES)) are
+    not inspected separately; only thread group leaders are.
+  - Loop-device and swap-only orphans have no handle to C(stat); for them the kernel's
+    deleted marker on the backing path is all there is, and C(confirmed) is V(false).
+    Loop backing inodes are identified by C(LOOP_GET_STATUS64) (device and inode number).
+    Swap-only orphans have no inode number.
+  - The short name C(frelink_facts) works once the collection is in the play's
+    C(collections:) keyword, or for ad-hoc use when C(ANSIBLE_LIBRARY) (or
+    C(library) in C(ansible.cfg)) points at the collection's C(plugins/modules)
+    directory; see the collection README.
+seealso:
+  - name: lsof(8)
+    description: C(lsof +L1) lists files with a link count below 1, but misses mapped-only and loop-held files.
+    link: https://man7.org/linux/man-pages/man8/lsof.8.html
+  - name: proc(5)
+    description: The /proc files this module reads.
+    link: https://man7.org/linux/man-pages/man5/proc.5.html
+"""
+
+EXAMPLES = r"""
+- name: Find deleted files still held on the host
+  frelink.frelink.frelink_facts:
+  become: true
+
+- name: Show what pins the most space
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.frelink.summary.bytes_pinned | human_readable }} pinned by
+      {{ ansible_facts.frelink.summary.count }} deleted files"
+
+- name: Only big deleted logs, at most 20 of them
+  frelink.frelink.frelink_facts:
+    include: ["/var/log/*"]
+    min_size: 104857600
+    limit: 20
+  become: true
+
+- name: Only loop devices and swap files
+  frelink.frelink.frelink_facts:
+    kinds: [loop, swap]
+  become: true
+
+# Ad hoc, on every host:
+#   ansible all -b -m frelink.frelink.frelink_facts -a 'min_size=1000000'
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts under one key, C(frelink).
+  returned: always
+  type: complex
+  contains:
+    frelink:
+      description: What the scan found.
+      returned: always
+      type: complex
+      contains:
+        summary:
+          description:
+            - Totals over every orphan that matched O(include), O(exclude), O(min_size)
+              and O(kinds), also those beyond O(limit).
+            - V(count), V(listed), V(truncated) (more matched than listed),
+              V(bytes_pinned) (allocated bytes held), V(bytes_apparent) (sum of sizes),
+              V(by_kind) (orphans with at least one holder of each kind), V(mapped_only)
+              (orphans held by mappings only), V(by_filesystem) (list of V(device),
+              V(mount_point), V(fstype), V(count), V(bytes_pinned)).
+          returned: always
+          type: dict
+          sample:
+            count: 1
+            listed: 1
+            truncated: false
+            bytes_pinned: 1052672
+            bytes_apparent: 1048576
+            by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
+            mapped_only: 0
+            by_filesystem:
+              - {device: "254:0", mount_point: /, fstype: ext4, count: 1, bytes_pinned: 1052672}
+        orphans:
+          description:
+            - One entry per deleted inode, largest allocated first, at most O(limit).
+            - V(dev) (st_dev), V(device) (C(maj:min)), V(ino), V(path) (original path, in the
+              holder's mount namespace), V(type) (V(file), V(directory), ...), V(size),
+              V(allocated) (st_blocks * 512), V(mode) (octal string), V(uid), V(owner),
+              V(gid), V(group), V(mtime), V(fstype), V(mount_point),
+              V(path_free) (nothing exists at V(path) now; V(false) when it was re-created),
+              V(confirmed) (link count 0 read by stat; V(false) for loop/swap-only orphans),
+              V(open_path) (a C(/proc) path that opens the inode now, or V(null) for
+              loop/swap-only orphans), V(holder_count), V(holders) (at most 16),
+              V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible,
+              V(copy_bytes) a copy needs, V(free_bytes) on the file's filesystem).
+            - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
+              Process holders have V(pid), V(name), V(user); V(fd) holders add V(fd), V(mode)
+              (V(r), V(w), V(rw), +V(a) for append) and V(pos); V(mmap) holders add V(range)
+              (first mapping, for C(/proc/PID/map_files)) and V(mappings) (how many).
+              A holder in another mount namespace or chroot adds V(mntns) and V(host_path)
+              (the path through C(/proc/PID/root)).
+              V(loop) holders have V(device), V(offset), V(sizelimit), V(read_only),
+              V(autoclear) and V(mounts) (mount points of the loop device).
+              V(swap) holders have V(size), V(used) and V(priority).
+          returned: always
+          type: list
+          elements: dict
+          sample:
+            - dev: 65024
+              device: "254:0"
+              ino: 2146326
+              path: /var/log/app.log
+              type: file
+              size: 1048576
+              allocated: 1052672
+              mode: "0644"
+              uid: 0
+              owner: root
+              gid: 0
+              group: root
+              mtime: 1795479594.21
+              fstype: ext4
+              mount_point: /
+              path_free: true
+              confirmed: true
+              open_path: /proc/9681/fd/3
+              holder_count: 1
+              holders:
+                - {kind: fd, pid: 9681, name: app, user: root, fd: 3, mode: w, pos: 1048576}
+              restore: {relink: true, reflink: false, copy_bytes: 1048576, free_bytes: 80495566848}
+        scan:
+          description:
+            - V(complete) (V(false) when something could not be inspected, e.g. without root),
+              V(warnings) (what and how to fix it), V(processes) and V(fds) inspected,
+              V(kinds) looked for, V(euid) of the scan.
+          returned: always
+          type: dict
+          sample:
+            complete: true
+            warnings: []
+            processes: 153
+            fds: 2120
+            kinds: [fd, mmap, cwd, root, exe, loop, swap]
+            euid: 0
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.frelink.frelink.plugins.module_utils.scan import DEFAULT_LIMIT, KINDS, scan
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            include=dict(type="list", elements="str"),
+            exclude=dict(type="list", elements="str"),
+            min_size=dict(type="int", default=0),
+            kinds=dict(type="list", elements="str", choices=list(KINDS), default=list(KINDS)),
+            limit=dict(type="int", default=DEFAULT_LIMIT),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["min_size"] < 0:
+        module.fail_json(msg="min_size must be 0 or more bytes, got %d" % params["min_size"])
+    if params["limit"] < 0:
+        module.fail_json(msg="limit must be 0 (list all) or a positive number of orphans, got %d" % params["limit"])
+    try:
+        facts = scan(
+            include=params["include"],
+            exclude=params["exclude"],
+            min_size=params["min_size"],
+            kinds=params["kinds"],
+            limit=params["limit"],
+        )
+    except OSError as exc:
+        module.fail_json(msg="scanning /proc failed: %s; is /proc mounted (Linux only)?" % exc)
+    module.exit_json(changed=False, ansible_facts={"frelink": facts})
+
+
+if __name__ == "__main__":
+    main()
