@@ -1,0 +1,203 @@
+"""playbooks/audit.yml against this host with real held deleted files.
+
+Two inventory names point at this host (so the per-host and per-filesystem
+aggregation is exercised) and one at a closed port (a host the audit cannot
+reach must be reported, not abort the audit). The audit runs in check mode:
+it must still write its report on the controller and change nothing here.
+The HTML page is rendered in headless Chromium and the screenshot checked.
+"""
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+CHROMIUM = "/usr/bin/chromium"
+
+HOLDER = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, b"p" * int(sys.argv[2]))
+os.unlink(sys.argv[1])
+print(fd, flush=True)
+sys.stdin.read()
+"""
+
+
+def run(argv, **kwargs):
+    kwargs.setdefault("check", True)
+    return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def held_file(tmp_path):
+    """A 3 MiB file a process keeps open after it was unlinked."""
+    path = tmp_path / "audit-precious.log"
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", HOLDER, str(path), str(3 << 20)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = proc.stdout.readline().strip()
+        assert fd.isdigit(), "holder process did not start"
+        yield {"path": str(path), "pid": proc.pid, "size": 3 << 20,
+               "handle": "/proc/%d/fd/%s" % (proc.pid, fd)}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def loop_mounted_image():
+    """An ext4 image, loop-mounted, whose backing file was then deleted."""
+    if os.geteuid() != 0:
+        pytest.fail("test_audit needs root to set up a loop device (run the tests as root)")
+    for tool in ("losetup", "mkfs.ext4", "mount", "umount"):
+        if not shutil.which(tool):
+            pytest.fail("test_audit needs %s (util-linux, e2fsprogs)" % tool)
+    # /var/tmp: a disk filesystem on most hosts, unlike a tmpfs /tmp.
+    work = Path(tempfile.mkdtemp(prefix="frelink-audit-", dir="/var/tmp"))
+    image, mnt = work / "disk.img", work / "mnt"
+    mnt.mkdir()
+    loop = None
+    mounted = False
+    try:
+        with open(image, "wb") as f:
+            f.truncate(24 << 20)
+        run(["mkfs.ext4", "-q", "-F", str(image)])
+        try:
+            loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+        except subprocess.CalledProcessError as exc:
+            pytest.fail("no loop device available (%s); load the loop driver" % exc.stderr.strip())
+        run(["mount", loop, str(mnt)])
+        mounted = True
+        image.unlink()
+        yield {"path": str(image), "loop": loop, "mount": str(mnt), "size": 24 << 20}
+    finally:
+        if mounted:
+            run(["umount", str(mnt)], check=False)
+        if loop:
+            run(["losetup", "-d", loop], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_audit_reports_real_orphans(held_file, loop_mounted_image, tmp_path):
+    report = tmp_path / "report"
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        "[fleet]\n"
+        "web1 ansible_connection=local ansible_python_interpreter=%s\n"
+        "web2 ansible_connection=local ansible_python_interpreter=%s\n"
+        "gone ansible_host=127.0.0.1 ansible_port=%d ansible_user=root "
+        "ansible_ssh_common_args='-o ConnectTimeout=10 -o BatchMode=yes'\n"
+        % (SYSTEM_PYTHON, SYSTEM_PYTHON, closed_port()))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1")
+    started = time.monotonic()
+    proc = run([str(BIN / "ansible-playbook"), "-i", str(inventory), "--check",
+                str(REPO / "playbooks" / "audit.yml"), "-e", "frelink_audit_dir=%s" % report,
+                "-e", "frelink_audit_top_holders=1000"],
+               env=env, cwd=tmp_path, check=False)
+    print("audit.yml took %.1f s" % (time.monotonic() - started))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    # Nothing changed on the host: both files are still deleted and held.
+    assert os.stat(held_file["handle"]).st_nlink == 0
+    assert not os.path.exists(held_file["path"])
+    assert not os.path.exists(loop_mounted_image["path"])
+
+    data = json.loads((report / "audit.json").read_text())
+    hosts = {h["name"]: h for h in data["hosts"]}
+    assert hosts["web1"]["status"] in ("ok", "partial"), hosts["web1"]
+    assert hosts["gone"]["status"] == "unreachable", hosts["gone"]
+    assert data["totals"]["hosts"] == 3 and data["totals"]["hosts_failed"] == 1
+
+    def entries(path):
+        return [o for o in data["orphans"] if o["path"] == path]
+
+    held = entries(held_file["path"])
+    assert sorted(o["host"] for o in held) == ["web1", "web2"], data["orphans"]
+    assert held[0]["size"] == held_file["size"]
+    assert "fd" in held[0]["kinds"]
+    assert any("[%d]" % held_file["pid"] in h for h in held[0]["holders"]), held[0]
+
+    image = entries(loop_mounted_image["path"])
+    assert len(image) == 2, data["orphans"]
+    # Only the loop device holds it: no handle to stat, the size may be unknown.
+    assert image[0]["size"] in (None, loop_mounted_image["size"]), image[0]
+    assert image[0]["kinds"] == ["loop"]
+    assert any(o["path"] == loop_mounted_image["path"] for o in data["loop_swap"])
+    assert hosts["web1"]["loop_swap"] >= 1
+    assert any(h["holder"].startswith(loop_mounted_image["loop"]) for h in data["top_holders"])
+
+    # Per-filesystem totals add up to the per-host totals.
+    for name in ("web1", "web2"):
+        fs_total = sum(f["allocated"] for f in data["filesystems"] if f["host"] == name)
+        assert fs_total == hosts[name]["allocated"] > 0
+
+    rows = list(csv.DictReader((report / "audit.csv").open()))
+    assert len(rows) == len(data["orphans"])
+    row = next(r for r in rows if r["path"] == held_file["path"] and r["host"] == "web1")
+    assert int(row["size_bytes"]) == held_file["size"]
+    assert row["holder_kinds"] == "fd"
+
+    markdown = (report / "audit.md").read_text()
+    assert "| gone | unreachable |" in markdown
+    assert held_file["path"] in markdown and loop_mounted_image["loop"] in markdown
+
+    html = (report / "index.html").read_text()
+    assert held_file["path"] in html and loop_mounted_image["path"] in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    check_screenshot(report / "index.html", tmp_path)
+
+
+def png_pixel_bytes(data):
+    """The decompressed image data of a PNG (row-filtered pixels)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    return zlib.decompress(idat)
+
+
+def check_screenshot(page, tmp_path):
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail("%s is missing (Debian package chromium, installed by scripts/bootstrap.sh)" % CHROMIUM)
+    shot = tmp_path / "audit.png"
+    profile = tempfile.mkdtemp(prefix="frelink-chromium-")
+    try:
+        run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--user-data-dir=%s" % profile, "--screenshot=%s" % shot,
+             "--window-size=1280,1400", page.as_uri()], timeout=120, check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert shot.exists(), "chromium wrote no screenshot"
+    pixels = png_pixel_bytes(shot.read_bytes())
+    # A blank page is (after PNG row filtering) nearly one repeated byte.
+    most_common = max(pixels.count(bytes([b])) for b in set(pixels[:: max(1, len(pixels) // 4096)]))
+    assert most_common < 0.97 * len(pixels), "screenshot looks blank"
+    assert len(set(pixels)) > 64, "screenshot has almost no detail"
+    keep = REPO / "tests" / "output"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, keep / "audit.png")
+    print("screenshot: %s" % (keep / "audit.png"))
