@@ -136,7 +136,7 @@ class Scanner:
         self.complete = True
         self.processes = 0
         self.fds = 0
-        self.denied_pids = 0
+        self.denied_pids = []
         self.unconfirmed_mappings = 0
         self._maps_seen = {}  # (maps_dev, ino) -> orphan key, or None when not an orphan
         self._procinfo = {}
@@ -164,8 +164,13 @@ class Scanner:
         if "swap" in self.kinds:
             self._scan_swaps()
         if self.denied_pids:
-            self._partial("%d of %d processes could not be inspected (permission denied); run as root "
-                          "(become: true) for a complete scan" % (self.denied_pids, self.processes))
+            shown = ", ".join(self.denied_pids[:10]) + (", ..." if len(self.denied_pids) > 10 else "")
+            if self.euid == 0:
+                hint = "they are protected even from root (LSM policy, or another user namespace)"
+            else:
+                hint = "run as root (become: true) for a complete scan"
+            self._partial("%d of %d processes could not be inspected (permission denied; pids %s): %s"
+                          % (len(self.denied_pids), self.processes, shown, hint))
         if self.unconfirmed_mappings:
             self._partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
                           "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
@@ -261,7 +266,7 @@ class Scanner:
                 if b" (deleted)\n" in data:
                     self._scan_mappings(proc_fd, pid, data)
         if denied:
-            self.denied_pids += 1
+            self.denied_pids.append(pid)
 
     def _scan_fds(self, dfd, pid):
         readlink = os.readlink
