@@ -57,7 +57,7 @@ def parse_fdinfo(text):
     """pos, flags (int, octal in the file) and mnt_id of a /proc/PID/fdinfo/N text."""
     info = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
+        key, _sep, value = line.partition(":")
         value = value.strip()
         if key == "pos":
             info["pos"] = int(value)

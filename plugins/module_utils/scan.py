@@ -395,8 +395,8 @@ class Scanner:
             orphan = self.orphans.get(key)
             if orphan is None:
                 orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
-            orphan.holders.append(("swap", None, {"size": swap["size"], "used": swap["used"],
-                                                   "priority": swap["priority"]}))
+            detail = {"size": swap["size"], "used": swap["used"], "priority": swap["priority"]}
+            orphan.holders.append(("swap", None, detail))
             orphan.kinds.add("swap")
             orphan.size_hint = max(orphan.size_hint, swap["size"])
 

@@ -23,14 +23,14 @@ description:
     SysV shared memory, shared anonymous mappings, sockets and pipes.
     Deleted files on tmpfs (for example C(/dev/shm)) that once had a name are reported.
   - A deleted file whose original path has since been taken by a new file is
-    reported with O(path_free=false).
+    reported with C(path_free=false).
   - Only candidates are statted, so a dead NFS mount does not block the scan unless
     a deleted-and-held candidate lives on it.
-  - Without root the scan is partial; RV(ansible_facts.frelink.scan.complete) is
-    V(false) and RV(ansible_facts.frelink.scan.warnings) says what could not be seen.
+  - Without root the scan is partial; C(complete) in RV(ansible_facts.frelink.scan) is
+    V(false) and its C(warnings) say what could not be seen.
   - Needs only the Python standard library on the managed node and runs no subprocess.
 author:
-  - frelink contributors
+  - frelink contributors (@frelink)
 options:
   include:
     description:
@@ -70,10 +70,12 @@ attributes:
     description: The module only reads; check mode runs the same scan.
   diff_mode:
     support: none
+    description: Nothing changes, so there is no diff.
   facts:
     support: full
+    description: Returns C(ansible_facts.frelink).
 notes:
-  - Run it with O(ansible.builtin.become=true) for a complete scan; mappings
+  - Run it with privilege escalation (C(become)) for a complete scan; mappings
     (C(/proc/PID/map_files)) and loop device identities need root.
   - Threads that unshared their file table (C(clone) without C(CLONE_FILES)) are
     not inspected separately; only thread group leaders are.

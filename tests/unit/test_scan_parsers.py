@@ -97,7 +97,7 @@ def test_parse_deleted_mappings():
         ("7f0000040000-7f0000041000", "r--p", 0, vda, 99, "/tmp/x (deleted)"),
         ("7f0000050000-7f0000051000", "r--p", 0, vda, 98, "/tmp/new\nline"),
     ]
-    assert procfs.parse_deleted_mappings(MAPS.split(b"7f0000000000")[0]) == []
+    assert procfs.parse_deleted_mappings(MAPS.split(b"7f0000000000", maxsplit=1)[0]) == []
     # no trailing newline on the last line
     assert len(procfs.parse_deleted_mappings(MAPS.rstrip(b"\n").split(b"\n")[1])) == 1
 
