@@ -275,9 +275,9 @@ static int frelink_relink_dentry(const struct frelink_relink *req,
 out_unlock:
 	mutex_unlock(&frelink_mutex);
 	if (!err)
-		pr_info("pid %d relinked inode %lu of %s as %s\n",
-			task_pid_nr(current), inode->i_ino, inode->i_sb->s_id,
-			req->name);
+		pr_info("pid %d relinked inode %llu of %s as %s\n",
+			task_pid_nr(current), (u64)inode->i_ino,
+			inode->i_sb->s_id, req->name);
 	return err;
 }
 
