@@ -1,0 +1,914 @@
+#!/usr/bin/python3
+"""In-guest half of tests/guest/test_kmod.py: exercise /dev/frelink for real.
+
+Run as root inside a test guest with the frelink module loaded, next to a copy
+of plugins/module_utils/kmod_abi.py:
+
+    python3 kmod_suite.py SCENARIO [SCENARIO...] [--stress N] [--fuzz N]
+
+Every scenario builds its own filesystems on loop devices under /var/tmp,
+creates real deleted-but-held files, relinks them through the module and
+records what it observed.  One JSON document goes to stdout; pytest on the
+host asserts on it.  Cleanup (holders, mounts, loops) also happens on failure.
+"""
+
+import argparse
+import collections
+import ctypes
+import errno
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import random
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import kmod_abi as abi  # noqa: E402  pylint: disable=wrong-import-position
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+LIBC.linkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+LOOP_GET_STATUS64 = 0x4C05
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_IMMUTABLE_FL = 0x10
+
+WORK = "/var/tmp/frelink-kmod"
+CLEANUP = []  # callables, run in reverse order
+
+
+def name_of(err):
+    return abi.errno_name(err) if err else "OK"
+
+
+def run(*argv, check=True):
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    if check and proc.returncode:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stdout))
+    return proc
+
+
+def sha(path_or_fd):
+    digest = hashlib.sha256()
+    if isinstance(path_or_fd, int):
+        os.lseek(path_or_fd, 0, os.SEEK_SET)
+        fd, close = path_or_fd, False
+    else:
+        fd, close = os.open(path_or_fd, os.O_RDONLY), True
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+    finally:
+        if close:
+            os.close(fd)
+
+
+def seeded_bytes(seed, size):
+    return random.Random(seed).getrandbits(8 * size).to_bytes(size, "little")
+
+
+def write_file(path, data, mode=0o644):
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def refusal(call):
+    """Run call(); return "OK" or the errno name it raised."""
+    try:
+        call()
+    except OSError as exc:
+        return name_of(exc.errno)
+    return "OK"
+
+
+def kill(pid):
+    """Kill (if still running) and reap a forked child; idempotent."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def listing(directory):
+    return sorted(os.listdir(directory))
+
+
+class Holder:
+    """A forked child that keeps `path` open; with writer=True it also keeps
+    writing 512-byte blocks at random offsets until paused.
+
+    Commands over a pipe: p (pause, reply "count sha"), r (resume),
+    w N (N writes while paused, reply "count sha"), q (quit: close and exit).
+    """
+
+    def __init__(self, path, writer=False, seed=1):
+        cmd_r, self.cmd_w = os.pipe()
+        self.reply_r, reply_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # child
+            code = 0
+            try:
+                os.close(self.cmd_w)
+                os.close(self.reply_r)
+                self._child(path, writer, seed, cmd_r, reply_w)
+            except BaseException:  # pylint: disable=broad-except
+                traceback.print_exc()
+                code = 1
+            os._exit(code)  # pylint: disable=protected-access
+        os.close(cmd_r)
+        os.close(reply_w)
+        self.fd = int(self._reply())
+        self.proc_path = "/proc/%d/fd/%d" % (self.pid, self.fd)
+        CLEANUP.append(self.stop)
+
+    @staticmethod
+    def _child(path, writer, seed, cmd_r, reply_w):
+        fd = os.open(path, os.O_RDWR)
+        os.write(reply_w, b"%d\n" % fd)
+        model = bytearray(os.pread(fd, os.fstat(fd).st_size, 0)) if writer else None
+        rng = random.Random(seed)
+        running, count = writer, 0
+
+        def write_one():
+            offset = rng.randrange(0, max(1, len(model) - 512))
+            block = rng.getrandbits(4096).to_bytes(512, "little")
+            os.pwrite(fd, block, offset)
+            model[offset:offset + 512] = block
+
+        def state():
+            digest = hashlib.sha256(model).hexdigest() if writer else "-"
+            return ("%d %s\n" % (count, digest)).encode()
+
+        with os.fdopen(cmd_r, "rb", buffering=0) as cmds:
+            while True:
+                ready, _, _ = select.select([cmds], [], [], 0 if running else None)
+                if not ready:
+                    write_one()
+                    count += 1
+                    continue
+                line = b""
+                while not line.endswith(b"\n"):
+                    byte = cmds.read(1)
+                    if not byte:
+                        return
+                    line += byte
+                word = line.split()
+                if word[0] == b"p":
+                    running = False
+                    os.write(reply_w, state())
+                elif word[0] == b"r":
+                    running = True
+                elif word[0] == b"w":
+                    for _ in range(int(word[1])):
+                        write_one()
+                        count += 1
+                    os.write(reply_w, state())
+                elif word[0] == b"q":
+                    os.close(fd)
+                    return
+
+    def _reply(self):
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(self.reply_r, 256)
+            if not chunk:
+                raise RuntimeError("holder %d died" % self.pid)
+            data += chunk
+        return data.decode().strip()
+
+    def ask(self, command):
+        os.write(self.cmd_w, command.encode() + b"\n")
+        if command[0] in "pw":
+            count, digest = self._reply().split()
+            return int(count), digest
+        return None
+
+    def stop(self):
+        if self.pid is None:
+            return
+        try:
+            os.write(self.cmd_w, b"q\n")
+        except OSError:
+            pass
+        os.waitpid(self.pid, 0)
+        os.close(self.cmd_w)
+        os.close(self.reply_r)
+        self.pid = None
+
+
+class Fs:
+    """A filesystem on a loop device (or tmpfs) mounted at /mnt/frelink-NAME."""
+
+    MKFS = {
+        "ext4": (["mkfs.ext4", "-q", "-F"], 64),
+        "ext4-orphan_file": (["mkfs.ext4", "-q", "-F", "-O", "orphan_file"], 64),
+        "xfs": (["mkfs.xfs", "-q", "-f"], 320),
+        "btrfs": (["mkfs.btrfs", "-q", "-f"], 256),
+        "jfs": (["mkfs.jfs", "-q"], 64),
+        "vfat": (["mkfs.vfat"], 64),
+    }
+    FSCK = {
+        "ext4": ["e2fsck", "-fn"],
+        "xfs": ["xfs_repair", "-n"],
+        "btrfs": ["btrfs", "check"],
+    }
+
+    def __init__(self, name, kind, directory=WORK):
+        self.name, self.kind = name, kind
+        self.type = kind.split("-")[0]
+        self.mnt = "/mnt/frelink-%s" % name
+        os.makedirs(self.mnt, exist_ok=True)
+        self.image = self.loop = None
+        self.fds = []
+        if kind == "tmpfs":
+            run("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", self.mnt)
+        else:
+            argv, size_mb = self.MKFS[kind]
+            self.image = os.path.join(directory, "%s.img" % name)
+            with open(self.image, "wb") as img:
+                img.truncate(size_mb << 20)
+            run(*(argv + [self.image]))
+            self.loop = run("losetup", "--find", "--show", self.image).stdout.strip()
+            self.mount()
+        self.mounted = True
+        CLEANUP.append(self.destroy)
+
+    def mount(self):
+        run("mount", "-t", self.type, self.loop, self.mnt)
+        self.mounted = True
+
+    def open_dir(self, path):
+        """An O_PATH directory fd, closed again before unmounting."""
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        self.fds.append(fd)
+        return fd
+
+    def close_fds(self):
+        while self.fds:
+            os.close(self.fds.pop())
+
+    def umount(self):
+        self.close_fds()
+        run("umount", self.mnt)
+        self.mounted = False
+
+    def fsck(self):
+        proc = run(*(self.FSCK[self.type] + [self.loop]), check=False)
+        return {"rc": proc.returncode, "output": proc.stdout[-3000:] if proc.returncode else ""}
+
+    def dev(self):
+        return os.stat(self.mnt).st_dev
+
+    def destroy(self):
+        self.close_fds()
+        if self.mounted:
+            run("umount", "-l", self.mnt, check=False)
+            self.mounted = False
+        if self.loop:
+            run("losetup", "-d", self.loop, check=False)
+            self.loop = None
+
+
+def deleted_file(path, data, writer=False):
+    """Create path with data, start a holder (and a writer), delete path."""
+    write_file(path, data)
+    holder = Holder(path)
+    writer_proc = Holder(path, writer=True, seed=len(data)) if writer else None
+    os.unlink(path)
+    return holder, writer_proc
+
+
+# --- scenarios --------------------------------------------------------------
+
+def scenario_relink(kind):
+    """Holder + random writer; plain linkat fails; relink by fd and by (dev, ino)."""
+    fs = Fs(kind, kind)
+    res = {}
+    os.mkdir(fs.mnt + "/dir")
+    dir_fd = fs.open_dir(fs.mnt + "/dir")
+    data1, data2 = seeded_bytes(1, 1 << 20), seeded_bytes(2, 256 << 10)
+
+    holder, writer = deleted_file(fs.mnt + "/dir/victim", data1, writer=True)
+    src = os.stat(holder.proc_path)
+    res["deleted_nlink"] = src.st_nlink
+    res["linkat_follow"] = refusal(lambda: os.link(holder.proc_path, fs.mnt + "/dir/try1", follow_symlinks=True))
+    src_fd = os.open(holder.proc_path, os.O_RDONLY)
+    rc = LIBC.linkat(src_fd, b"", AT_FDCWD, (fs.mnt + "/dir/try2").encode(), AT_EMPTY_PATH)
+    res["linkat_empty_path"] = name_of(ctypes.get_errno()) if rc else "OK"
+
+    res["by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    new = os.stat(fs.mnt + "/dir/restored")
+    res["by_fd_same_inode"] = (new.st_dev, new.st_ino) == (src.st_dev, src.st_ino)
+    res["by_fd_nlink"] = new.st_nlink
+    _, digest = writer.ask("p")
+    res["by_fd_content_equal"] = sha(fs.mnt + "/dir/restored") == digest
+    writer.ask("r")
+    count, _ = writer.ask("p")
+    count2, digest2 = writer.ask("w 64")
+    res["writes_after_relink_visible"] = count2 > count and sha(fs.mnt + "/dir/restored") == digest2
+    writer.ask("r")
+    os.close(src_fd)
+
+    holder2, _ = deleted_file(fs.mnt + "/dir/victim2", data2)
+    src2 = os.stat(holder2.proc_path)
+    res["by_inode"] = refusal(lambda: abi.relink_by_inode(src2.st_dev, src2.st_ino, dir_fd, "restored2"))
+    new2 = os.stat(fs.mnt + "/dir/restored2")
+    res["by_inode_same_inode"] = (new2.st_dev, new2.st_ino) == (src2.st_dev, src2.st_ino)
+    res["by_inode_nlink"] = new2.st_nlink
+    res["by_inode_content_equal"] = sha(fs.mnt + "/dir/restored2") == hashlib.sha256(data2).hexdigest()
+
+    _, final = writer.ask("p")
+    for proc in (writer, holder, holder2):
+        proc.stop()
+    expect = {"restored": final, "restored2": hashlib.sha256(data2).hexdigest()}
+    res["listing_after_holders_exit"] = listing(fs.mnt + "/dir")
+    if kind == "tmpfs":
+        res["content_after_holders_exit"] = {n: sha(fs.mnt + "/dir/" + n) == h for n, h in expect.items()}
+    else:
+        os.sync()
+        fs.umount()
+        res["fsck"] = fs.fsck()
+        fs.mount()
+        res["listing_after_remount"] = listing(fs.mnt + "/dir")
+        res["content_after_remount"] = {n: sha(fs.mnt + "/dir/" + n) == h for n, h in expect.items()}
+        res["nlink_after_remount"] = {n: os.stat(fs.mnt + "/dir/" + n).st_nlink for n in expect}
+    if kind == "btrfs":
+        res["subvolumes"] = btrfs_subvolumes(fs)
+    fs.destroy()
+    return res
+
+
+def btrfs_subvolumes(fs):
+    """Two subvolumes of one superblock hold the same inode number: (dev, ino)
+    picks the one of the right subvolume; another subvolume is EXDEV."""
+    res = {}
+    run("btrfs", "subvolume", "create", fs.mnt + "/sub")
+    run("btrfs", "subvolume", "create", fs.mnt + "/sub2")
+    write_file(fs.mnt + "/sub2/live", b"live\n")
+    live = os.stat(fs.mnt + "/sub2/live")
+    data = seeded_bytes(3, 64 << 10)
+    holder, _ = deleted_file(fs.mnt + "/sub/victim", data)
+    src = os.stat(holder.proc_path)
+    res["same_ino_in_both"] = live.st_ino == src.st_ino
+    res["devs_differ"] = live.st_dev != src.st_dev
+    sub_fd, sub2_fd = fs.open_dir(fs.mnt + "/sub"), fs.open_dir(fs.mnt + "/sub2")
+    src_fd = os.open(holder.proc_path, os.O_RDONLY)
+    res["by_fd_other_subvolume"] = refusal(lambda: abi.relink_by_fd(src_fd, sub2_fd, "x"))
+    res["by_inode_other_subvolume_dir"] = refusal(lambda: abi.relink_by_inode(src.st_dev, src.st_ino, sub2_fd, "y"))
+    res["by_inode_dev_of_other_subvolume"] = refusal(
+        lambda: abi.relink_by_inode(live.st_dev, src.st_ino, sub2_fd, "z"))
+    res["sub2_listing"] = listing(fs.mnt + "/sub2")
+    res["by_inode"] = refusal(lambda: abi.relink_by_inode(src.st_dev, src.st_ino, sub_fd, "restored"))
+    res["content_equal"] = sha(fs.mnt + "/sub/restored") == hashlib.sha256(data).hexdigest()
+    os.close(src_fd)
+    holder.stop()
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.mount()
+    res["present_after_remount"] = sha(fs.mnt + "/sub/restored") == hashlib.sha256(data).hexdigest()
+    return res
+
+
+def scenario_refusals():
+    """Every refusal gives its own errno and changes nothing."""
+    fs = Fs("refuse", "ext4")
+    other = Fs("other", "tmpfs")
+    res = {}
+    base = fs.mnt
+    os.mkdir(base + "/dir")
+    dir_fd = fs.open_dir(base + "/dir")
+    write_file(base + "/dir/existing", b"keep me\n")
+    holder, _ = deleted_file(base + "/dir/victim", b"deleted data\n")
+    src_fd = os.open(holder.proc_path, os.O_RDONLY)
+    src = os.fstat(src_fd)
+    before = listing(base + "/dir")
+
+    def raw(request):
+        dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+        try:
+            fcntl.ioctl(dev_fd, abi.IOC_RELINK, request)
+        except OSError as exc:
+            return name_of(exc.errno)
+        finally:
+            os.close(dev_fd)
+        return "OK"
+
+    good = dict(flags=abi.BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=b"new")
+    cases = collections.OrderedDict()
+    cases["flags_zero"] = raw(abi.pack_request(**dict(good, flags=0)))
+    cases["flags_both"] = raw(abi.pack_request(**dict(good, flags=3)))
+    cases["flags_unknown"] = raw(abi.pack_request(**dict(good, flags=4)))
+    cases["reserved0_set"] = raw(abi.pack_request(reserved0=1, **good))
+    cases["reserved_set"] = raw(abi.pack_request(reserved=(0, 0, 0, 1), **good))
+    cases["by_fd_with_ino"] = raw(abi.pack_request(ino=5, **good))
+    cases["by_inode_with_src_fd"] = raw(abi.pack_request(flags=abi.BY_INODE, src_fd=src_fd, dir_fd=dir_fd,
+                                                         dev=src.st_dev, ino=src.st_ino, name=b"new"))
+    cases["by_inode_dev_zero"] = raw(abi.pack_request(flags=abi.BY_INODE, dir_fd=dir_fd, ino=src.st_ino,
+                                                      name=b"new"))
+    cases["name_not_terminated"] = raw(abi.pack_request(**dict(good, name=b"n" * abi.NAME_SIZE)))
+    for label, name in (("empty", b""), ("dot", b"."), ("dotdot", b".."), ("slash", b"a/b"),
+                        ("trailing_slash", b"new/")):
+        cases["name_" + label] = raw(abi.pack_request(**dict(good, name=name)))
+    cases["bad_src_fd"] = refusal(lambda: abi.relink_by_fd(9999, dir_fd, "new"))
+    cases["negative_src_fd"] = refusal(lambda: abi.relink_by_fd(-5, dir_fd, "new"))
+    cases["bad_dir_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, 9999, "new"))
+    file_fd = os.open(base + "/dir/existing", os.O_RDONLY)
+    cases["dir_fd_not_dir"] = refusal(lambda: abi.relink_by_fd(src_fd, file_fd, "new"))
+    os.close(file_fd)
+    cases["name_exists"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "existing"))
+    live_fd = os.open(base + "/dir/existing", os.O_RDONLY)
+    cases["link_count_not_zero"] = refusal(lambda: abi.relink_by_fd(live_fd, dir_fd, "new"))
+    os.close(live_fd)
+    other_fd = other.open_dir(other.mnt)
+    cases["dir_on_other_fs"] = refusal(lambda: abi.relink_by_fd(src_fd, other_fd, "new"))
+    cases["by_inode_dev_mismatch"] = refusal(lambda: abi.relink_by_inode(os.stat(other.mnt).st_dev, src.st_ino,
+                                                                         dir_fd, "new"))
+    cases["by_inode_not_in_memory"] = refusal(lambda: abi.relink_by_inode(src.st_dev, 999999, dir_fd, "new"))
+    # a directory held as cwd and a FIFO: deleted but not regular files
+    os.mkdir(base + "/dir/gone")
+    cwd_pid = os.fork()
+    if cwd_pid == 0:
+        os.chdir(base + "/dir/gone")
+        time.sleep(600)
+        os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(cwd_pid))
+    while os.readlink("/proc/%d/cwd" % cwd_pid) != base + "/dir/gone":
+        time.sleep(0.01)
+    os.rmdir(base + "/dir/gone")
+    cwd_fd = os.open("/proc/%d/cwd" % cwd_pid, os.O_RDONLY | os.O_DIRECTORY)
+    cases["directory"] = refusal(lambda: abi.relink_by_fd(cwd_fd, dir_fd, "new"))
+    os.mkfifo(base + "/dir/fifo")
+    fifo_fd = os.open(base + "/dir/fifo", os.O_RDWR)
+    os.unlink(base + "/dir/fifo")
+    cases["fifo"] = refusal(lambda: abi.relink_by_fd(fifo_fd, dir_fd, "new"))
+    # read-only bind mount of the same filesystem
+    ro_mnt = "/mnt/frelink-ro"
+    os.makedirs(ro_mnt, exist_ok=True)
+    run("mount", "--bind", base, ro_mnt)
+    CLEANUP.append(lambda: run("umount", "-l", ro_mnt, check=False))
+    run("mount", "-o", "remount,bind,ro", ro_mnt)
+    ro_fd = os.open(ro_mnt + "/dir", os.O_PATH | os.O_DIRECTORY)
+    cases["read_only_mount"] = refusal(lambda: abi.relink_by_fd(src_fd, ro_fd, "new"))
+    os.close(ro_fd)
+    run("umount", ro_mnt)
+    # immutable: vfs_link() itself refuses after I_LINKABLE was set; the flag
+    # must be cleared again, so plain linkat still fails afterwards
+    flags = struct.unpack("l", fcntl.ioctl(src_fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    fcntl.ioctl(src_fd, FS_IOC_SETFLAGS, struct.pack("l", flags | FS_IMMUTABLE_FL))
+    cases["immutable"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "new"))
+    fcntl.ioctl(src_fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
+    rc = LIBC.linkat(src_fd, b"", AT_FDCWD, (base + "/dir/plain").encode(), AT_EMPTY_PATH)
+    cases["plain_linkat_after_failed_vfs_link"] = name_of(ctypes.get_errno()) if rc else "OK"
+    cases["wrong_ioctl_cmd"] = raw_cmd(abi.IOC_RELINK + 1)
+    res["errno"] = cases
+    res["listing_unchanged"] = listing(base + "/dir") == before
+    res["existing_unchanged"] = open(base + "/dir/existing", "rb").read() == b"keep me\n"
+    res["victim_still_deleted"] = os.fstat(src_fd).st_nlink
+    res["other_fs_unchanged"] = listing(other.mnt)
+    # after all refusals the inode can still be relinked
+    res["relink_after_refusals"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "new"))
+    res["relinked_content"] = open(base + "/dir/new", "rb").read() == b"deleted data\n"
+    res["non_root"] = non_root(src_fd, dir_fd, base + "/dir")
+    # last holder gone: the inode is freed, relink by (dev, ino) finds nothing
+    holder2, _ = deleted_file(base + "/dir/victim2", b"short-lived\n")
+    src2 = os.stat(holder2.proc_path)
+    holder2.stop()
+    res["last_holder_gone"] = refusal(lambda: abi.relink_by_inode(src2.st_dev, src2.st_ino, dir_fd, "late"))
+    for fd in (src_fd, cwd_fd, fifo_fd):
+        os.close(fd)
+    holder.stop()
+    kill(cwd_pid)
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    other.destroy()
+    return res
+
+
+def raw_cmd(cmd, arg=None):
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    try:
+        buf = ctypes.create_string_buffer(abi.RELINK_STRUCT_SIZE) if arg is None else arg
+        rc = LIBC.ioctl(dev_fd, cmd, ctypes.addressof(buf) if not isinstance(buf, int) else buf)
+        return name_of(ctypes.get_errno()) if rc else "OK"
+    finally:
+        os.close(dev_fd)
+
+
+def non_root(src_fd, dir_fd, directory):
+    """The device is root-only (0600), and CAP_SYS_ADMIN is checked again at
+    open and at every ioctl, so an fd or a mode change does not help."""
+    import pwd  # pylint: disable=import-outside-toplevel
+    tester = pwd.getpwnam("tester")
+    res = {"device_mode": oct(stat.S_IMODE(os.stat(abi.DEVICE_PATH).st_mode))}
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    before = listing(directory)
+    read_r, read_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            os.setgroups([])
+            os.setgid(tester.pw_gid)
+            os.setuid(tester.pw_uid)
+            out["open_0600"] = refusal(lambda: os.close(os.open(abi.DEVICE_PATH, os.O_RDWR)))
+            request = abi.pack_request(abi.BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=b"by-tester")
+            out["ioctl_on_inherited_fd"] = refusal(lambda: fcntl.ioctl(dev_fd, abi.IOC_RELINK, request))
+            os.write(read_w, json.dumps(out).encode())
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.close(read_w)
+    os.waitpid(pid, 0)
+    res.update(json.loads(os.read(read_r, 4096).decode()))
+    os.close(read_r)
+    os.chmod(abi.DEVICE_PATH, 0o666)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.setgroups([])
+            os.setgid(tester.pw_gid)
+            os.setuid(tester.pw_uid)
+            try:
+                os.close(os.open(abi.DEVICE_PATH, os.O_RDWR))
+                os._exit(0)  # pylint: disable=protected-access
+            except OSError as exc:
+                os._exit(exc.errno)  # pylint: disable=protected-access
+        res["open_0666"] = name_of(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    finally:
+        os.chmod(abi.DEVICE_PATH, 0o600)
+    os.close(dev_fd)
+    res["listing_unchanged"] = listing(directory) == before
+    return res
+
+
+def scenario_unsupported():
+    """jfs has no ->tmpfile, vfat no ->link: both refuse, nothing changes."""
+    res = {}
+    for kind in ("jfs", "vfat"):
+        fs = Fs(kind, kind)
+        holder, _ = deleted_file(fs.mnt + "/victim", b"data\n")
+        src_fd = os.open(holder.proc_path, os.O_RDONLY)
+        dir_fd = os.open(fs.mnt, os.O_PATH | os.O_DIRECTORY)
+        before = listing(fs.mnt)
+        res[kind] = {
+            "by_fd": refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored")),
+            "by_inode": refusal(lambda: abi.relink_by_inode(os.fstat(src_fd).st_dev, os.fstat(src_fd).st_ino,
+                                                            dir_fd, "restored")),
+            "listing_unchanged": listing(fs.mnt) == before,
+            "still_deleted": os.fstat(src_fd).st_nlink,
+        }
+        os.close(src_fd)
+        os.close(dir_fd)
+        holder.stop()
+        fs.destroy()
+    return res
+
+
+def loop_status(loop_dev):
+    fd = os.open(loop_dev, os.O_RDONLY)
+    try:
+        buf = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(232))
+    finally:
+        os.close(fd)
+    lo_device, lo_inode = struct.unpack_from("=QQ", buf)
+    return lo_device, lo_inode
+
+
+def scenario_loop():
+    """ext4 image mounted via loop, image deleted, relinked by the loop
+    device's (dev, ino); every write, also after the relink, survives detach."""
+    res = {}
+    outer = Fs("outer", "ext4")
+    inner_img = outer.mnt + "/inner.img"
+    with open(inner_img, "wb") as img:
+        img.truncate(32 << 20)
+    run("mkfs.ext4", "-q", "-F", inner_img)
+    loop = run("losetup", "--find", "--show", inner_img).stdout.strip()
+    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+    inner_mnt = "/mnt/frelink-inner"
+    os.makedirs(inner_mnt, exist_ok=True)
+    run("mount", loop, inner_mnt)
+    CLEANUP.append(lambda: run("umount", "-l", inner_mnt, check=False))
+    before = seeded_bytes(4, 300 << 10)
+    write_file(inner_mnt + "/before", before)
+    img_stat = os.stat(inner_img)
+    os.unlink(inner_img)
+    lo_device, lo_inode = loop_status(loop)
+    res["loop_status_matches"] = (lo_device, lo_inode) == (img_stat.st_dev, img_stat.st_ino)
+    res["backing_file_deleted"] = open("/sys/block/%s/loop/backing_file" % os.path.basename(loop)).read().strip()
+    during = seeded_bytes(5, 200 << 10)
+    write_file(inner_mnt + "/during", during)
+    outer_fd = outer.open_dir(outer.mnt)
+    res["by_inode"] = refusal(lambda: abi.relink_by_inode(lo_device, lo_inode, outer_fd, "inner.img"))
+    relinked = os.stat(inner_img)
+    res["same_inode"] = (relinked.st_dev, relinked.st_ino) == (img_stat.st_dev, img_stat.st_ino)
+    res["nlink"] = relinked.st_nlink
+    after = seeded_bytes(6, 100 << 10)
+    write_file(inner_mnt + "/after", after)
+    run("umount", inner_mnt)
+    run("losetup", "-d", loop)
+    res["inner_fsck"] = run("e2fsck", "-fn", inner_img, check=False).returncode
+    os.sync()
+    outer.umount()
+    res["outer_fsck"] = outer.fsck()
+    outer.mount()
+    run("mount", "-o", "loop,ro", inner_img, inner_mnt)
+    res["inner_files"] = {n: sha(inner_mnt + "/" + n) == hashlib.sha256(d).hexdigest()
+                          for n, d in (("before", before), ("during", during), ("after", after))}
+    run("umount", inner_mnt)
+    outer.destroy()
+    return res
+
+
+def scenario_mapped_and_exe():
+    """Only a shared mapping holds the file; and a deleted running executable."""
+    res = {}
+    fs = Fs("mapped", "ext4")
+    path = fs.mnt + "/mapped.bin"
+    size = 256 << 10
+    write_file(path, seeded_bytes(7, size))
+    cmd_r, cmd_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(cmd_w)
+        fd = os.open(path, os.O_RDWR)
+        area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.close(fd)
+        os.write(ack_w, b"k")
+        while os.read(cmd_r, 1) == b"w":
+            area[1000:1000 + 11] = b"hello-after"
+            area.flush()
+            os.write(ack_w, b"k")
+        os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(pid))
+    os.read(ack_r, 1)
+    st = os.stat(path)
+    os.unlink(path)
+    entries = []
+    for entry in os.listdir("/proc/%d/map_files" % pid):
+        full = "/proc/%d/map_files/%s" % (pid, entry)
+        est = os.stat(full)
+        if (est.st_dev, est.st_ino) == (st.st_dev, st.st_ino):
+            entries.append(full)
+    res["map_files_entries"] = len(entries)
+    res["fd_entries"] = sum(1 for n in os.listdir("/proc/%d/fd" % pid)
+                            if os.stat("/proc/%d/fd/%s" % (pid, n)).st_ino == st.st_ino)
+    src_fd = os.open(entries[0], os.O_RDONLY)
+    res["deleted_nlink"] = os.fstat(src_fd).st_nlink
+    dir_fd = fs.open_dir(fs.mnt)
+    res["mapped_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "mapped.restored"))
+    os.close(src_fd)
+    os.write(cmd_w, b"w")
+    os.read(ack_r, 1)
+    with open(fs.mnt + "/mapped.restored", "rb") as restored:
+        restored.seek(1000)
+        res["mapping_write_visible"] = restored.read(11) == b"hello-after"
+    res["mapped_same_inode"] = os.stat(fs.mnt + "/mapped.restored").st_ino == st.st_ino
+
+    exe = fs.mnt + "/mysleep"
+    shutil.copy("/bin/sleep", exe)
+    os.chmod(exe, 0o755)
+    proc = subprocess.Popen([exe, "600"])
+    CLEANUP.append(proc.kill)
+    while os.readlink("/proc/%d/exe" % proc.pid) != exe:
+        time.sleep(0.01)
+    os.unlink(exe)
+    exe_fd = os.open("/proc/%d/exe" % proc.pid, os.O_RDONLY)
+    res["exe_deleted_nlink"] = os.fstat(exe_fd).st_nlink
+    res["exe_by_fd"] = refusal(lambda: abi.relink_by_fd(exe_fd, dir_fd, "mysleep.restored"))
+    res["exe_content_equal"] = sha(fs.mnt + "/mysleep.restored") == sha("/bin/sleep")
+    res["exe_runs"] = run(fs.mnt + "/mysleep.restored", "0", check=False).returncode
+    os.close(exe_fd)
+    proc.kill()
+    proc.wait()
+    os.write(cmd_w, b"q")
+    kill(pid)
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+def scenario_stress(kind, cycles, seed=42):
+    """Relink cycles with holders that close before, after or at a random
+    moment during the relink, plus concurrent relinks of one inode."""
+    fs = Fs("stress-" + kind, kind)
+    rng = random.Random(seed)
+    os.mkdir(fs.mnt + "/src")
+    os.mkdir(fs.mnt + "/dst")
+    dir_fd = fs.open_dir(fs.mnt + "/dst")
+    outcome = collections.Counter()
+    violations = []
+    for i in range(cycles):
+        mode = ("closed_before", "held", "racing")[i % 3]
+        by_inode = rng.random() < 0.5 or mode == "closed_before"
+        data = b"%d\n" % i * 100
+        path = fs.mnt + "/src/f%d" % i
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, data)
+        st = os.fstat(fd)
+        gate_r, gate_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            if mode == "held":
+                os.read(gate_r, 1)
+            elif mode == "racing":
+                time.sleep(rng.random() * 0.004)
+            os._exit(0)  # pylint: disable=protected-access
+        os.close(gate_r)
+        os.unlink(path)
+        os.close(fd)
+        if mode == "closed_before":
+            os.waitpid(pid, 0)
+        name = "f%d" % i
+        try:
+            if by_inode:
+                abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, name)
+            else:
+                src_fd = os.open("/proc/%d/fd/%d" % (pid, fd), os.O_RDONLY)
+                try:
+                    abi.relink_by_fd(src_fd, dir_fd, name)
+                finally:
+                    os.close(src_fd)
+            result = "relinked"
+        except OSError as exc:
+            result = name_of(exc.errno)
+        os.close(gate_w)
+        if mode != "closed_before":
+            os.waitpid(pid, 0)
+        outcome["%s:%s" % (mode, result)] += 1
+        target = fs.mnt + "/dst/" + name
+        if result == "relinked":
+            tst = os.stat(target)
+            if tst.st_ino != st.st_ino or tst.st_nlink != 1 or open(target, "rb").read() != data:
+                violations.append("cycle %d: relinked file wrong" % i)
+        elif os.path.lexists(target):
+            violations.append("cycle %d: refused (%s) but %s exists" % (i, result, name))
+    res = {"outcomes": dict(outcome), "violations": violations}
+    res["concurrent"] = concurrent_relinks(fs, dir_fd, 30)
+    res["src_empty"] = os.listdir(fs.mnt + "/src")
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+def concurrent_relinks(fs, dir_fd, rounds):
+    """Two processes relink the same inode to two names at once: one wins."""
+    winners = collections.Counter()
+    losers = collections.Counter()
+    bad = []
+    for i in range(rounds):
+        path = fs.mnt + "/src/c%d" % i
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"c%d" % i)
+        os.unlink(path)
+        gate_r, gate_w = os.pipe()
+        pids = []
+        for side in ("a", "b"):
+            pid = os.fork()
+            if pid == 0:
+                os.read(gate_r, 1)
+                try:
+                    abi.relink_by_fd(fd, dir_fd, "c%d%s" % (i, side))
+                    os._exit(0)  # pylint: disable=protected-access
+                except OSError as exc:
+                    os._exit(exc.errno)  # pylint: disable=protected-access
+            pids.append(pid)
+        os.write(gate_w, b"gg")
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        os.close(gate_r)
+        os.close(gate_w)
+        winners[codes.count(0)] += 1
+        for code in codes:
+            if code:
+                losers[name_of(code)] += 1
+        names = [n for n in ("c%da" % i, "c%db" % i) if os.path.lexists(fs.mnt + "/dst/" + n)]
+        if len(names) != 1 or os.fstat(fd).st_nlink != 1:
+            bad.append("round %d: names %s nlink %d" % (i, names, os.fstat(fd).st_nlink))
+        os.close(fd)
+    return {"winners_per_round": {str(k): v for k, v in winners.items()}, "loser_errno": dict(losers),
+            "violations": bad}
+
+
+def scenario_fuzz(count, seed=7):
+    """Random and malformed requests, bad fds, bad pointers, odd sizes."""
+    fs = Fs("fuzz", "tmpfs")
+    rng = random.Random(seed)
+    os.mkdir(fs.mnt + "/d")
+    dir_fd = os.open(fs.mnt + "/d", os.O_PATH | os.O_DIRECTORY)
+    file_fd = os.open(fs.mnt + "/live", os.O_CREAT | os.O_RDWR, 0o644)
+    deleted_fd = os.open(fs.mnt + "/deleted", os.O_CREAT | os.O_RDWR, 0o644)
+    os.unlink(fs.mnt + "/deleted")
+    fds = [dir_fd, file_fd, deleted_fd, -1, 0, 1, 2, 9999, 2 ** 31 - 1, -2 ** 31, os.open("/", os.O_PATH)]
+    page = mmap.PAGESIZE
+    guard = mmap.mmap(-1, 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(guard))
+    LIBC.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    LIBC.mprotect(base + page, page, 0)  # second page inaccessible
+    straddling = base + page - abi.RELINK_STRUCT_SIZE // 2
+    bad_pointers = [0, 1, 0xdeadbeef, straddling, (1 << 47) - 8, 0xffff888000000000, 0xffffffffffffffff]
+    counts = collections.Counter()
+    kinds = collections.Counter()
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    buf = ctypes.create_string_buffer(8192)
+    for _ in range(count):
+        kind = rng.choice(("random_bytes", "random_fields", "bad_pointer", "wrong_cmd", "odd_size"))
+        kinds[kind] += 1
+        cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
+        if kind == "random_bytes":
+            ctypes.memmove(buf, os.urandom(abi.RELINK_STRUCT_SIZE), abi.RELINK_STRUCT_SIZE)
+        elif kind == "random_fields":
+            name = bytes(rng.choice(b"ab./\0\xff") for _ in range(rng.choice((0, 1, 2, 5, 255, 256))))
+            request = struct.pack(
+                "=IiiIQQ4Q",
+                rng.choice((0, 1, 2, 3, 0xffffffff, rng.getrandbits(32))),
+                rng.choice(fds), rng.choice(fds), rng.choice((0, 0, 0, 1)),
+                rng.choice((0, os.fstat(deleted_fd).st_dev, rng.getrandbits(64))),
+                rng.choice((0, os.fstat(deleted_fd).st_ino, rng.getrandbits(64))),
+                *[rng.choice((0, 0, 0, 0, 1)) for _ in range(4)]) + name[:abi.NAME_SIZE].ljust(abi.NAME_SIZE,
+                                                                                               b"\0")
+            if rng.random() < 0.3:  # not NUL-terminated
+                request = request[:-abi.NAME_SIZE] + bytes(rng.choice(b"ab/.") for _ in range(abi.NAME_SIZE))
+            ctypes.memmove(buf, request, len(request))
+        elif kind == "bad_pointer":
+            ptr = rng.choice(bad_pointers)
+        elif kind == "wrong_cmd":
+            cmd = rng.choice((rng.getrandbits(32), abi.IOC_RELINK ^ (1 << rng.randrange(32)), 0))
+        else:
+            size = rng.choice((0, 1, abi.RELINK_STRUCT_SIZE - 1, abi.RELINK_STRUCT_SIZE + 1, 4096, (1 << 14) - 1))
+            cmd = (abi.IOC_RELINK & ~(0x3fff << 16)) | (size << 16)
+        rc = LIBC.ioctl(dev_fd, cmd, ptr)
+        counts[name_of(ctypes.get_errno()) if rc else "OK"] += 1
+    os.close(dev_fd)
+    guard.close()
+    for fd in (dir_fd, file_fd, deleted_fd, fds[-1]):
+        os.close(fd)
+    fs.destroy()
+    return {"requests": count, "results": dict(counts), "kinds": dict(kinds)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenarios", nargs="+")
+    parser.add_argument("--stress", type=int, default=240)
+    parser.add_argument("--fuzz", type=int, default=3000)
+    args = parser.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    results = {}
+    for scenario in args.scenarios:
+        started = time.monotonic()
+        try:
+            if scenario.startswith("relink:"):
+                results[scenario] = scenario_relink(scenario.split(":", 1)[1])
+            elif scenario.startswith("stress:"):
+                kind, _, cycles = scenario.split(":", 1)[1].partition(":")
+                results[scenario] = scenario_stress(kind, int(cycles or args.stress))
+            elif scenario == "fuzz":
+                results[scenario] = scenario_fuzz(args.fuzz)
+            else:
+                results[scenario] = globals()["scenario_" + scenario]()
+        except Exception:  # pylint: disable=broad-except
+            results[scenario] = {"exception": traceback.format_exc()}
+        finally:
+            while CLEANUP:
+                try:
+                    CLEANUP.pop()()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+        results[scenario]["seconds"] = round(time.monotonic() - started, 1)
+    json.dump(results, sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

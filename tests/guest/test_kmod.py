@@ -1,0 +1,254 @@
+"""The frelink kernel module, proven in real Debian guests (6.1, 6.12, 7.x).
+
+One guest boot per suite for this whole module: the module is built in the
+suite's chroot, loaded in the guest, and tests/guest/payload/kmod_suite.py
+runs every scenario there once and returns JSON; the tests below assert on
+exact results.  See docs/kmod.md.
+"""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.guest
+
+REPO = Path(__file__).resolve().parents[2]
+PAYLOAD = REPO / "tests" / "guest" / "payload" / "kmod_suite.py"
+KMOD_ABI = REPO / "plugins" / "module_utils" / "kmod_abi.py"
+REMOTE = "/root/frelink-kmod"
+RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
+STRESS = {"ext4": 240, "btrfs": 60}
+FUZZ_REQUESTS = 3000
+OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|UBSAN|"
+                  r"possible circular locking|blocked for more than|Kernel panic|RIP:")
+
+
+@pytest.fixture(scope="module", params=harness.SUITES)
+def kmod_guest(request):
+    """(suite, guest, results): module loaded, every payload scenario run once."""
+    suite = request.param
+    module = harness.build_module(suite, REPO / "kmod")
+    with harness.Guest(suite) as guest:
+        guest.run("mkdir -p %s" % REMOTE)
+        for local in (module, PAYLOAD, KMOD_ABI):
+            guest.put(str(local), "%s/%s" % (REMOTE, local.name))
+        guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
+        scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
+        scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe"]
+        scenarios += ["stress:%s:%d" % item for item in STRESS.items()]
+        scenarios += ["fuzz"]
+        proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d" % (
+            REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS), timeout=900)
+        results = json.loads(proc.stdout)
+        print("\n[%s] scenario seconds: %s" % (suite, {k: v.get("seconds") for k, v in results.items()}))
+        yield suite, guest, results
+
+
+def scenario(kmod_guest, name):
+    suite, _, results = kmod_guest
+    res = results[name]
+    assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (suite, name, res["exception"])
+    return res
+
+
+CLEAN_FSCK = {"rc": 0, "output": ""}
+
+
+@pytest.mark.parametrize("fs", RELINK_FILESYSTEMS)
+def test_relink_deleted_open_file(kmod_guest, fs):
+    res = scenario(kmod_guest, "relink:" + fs)
+    assert res["deleted_nlink"] == 0
+    # what userspace alone cannot do
+    assert res["linkat_follow"] == "ENOENT"
+    assert res["linkat_empty_path"] == "ENOENT"
+    # by fd (opened on /proc/PID/fd/N) while another process keeps writing
+    assert res["by_fd"] == "OK"
+    assert res["by_fd_same_inode"] is True
+    assert res["by_fd_nlink"] == 1
+    assert res["by_fd_content_equal"] is True
+    assert res["writes_after_relink_visible"] is True
+    # by (st_dev, st_ino)
+    assert res["by_inode"] == "OK"
+    assert res["by_inode_same_inode"] is True
+    assert res["by_inode_nlink"] == 1
+    assert res["by_inode_content_equal"] is True
+    assert res["listing_after_holders_exit"] == ["restored", "restored2"]
+    if fs == "tmpfs":
+        assert res["content_after_holders_exit"] == {"restored": True, "restored2": True}
+    else:
+        assert res["fsck"] == CLEAN_FSCK
+        assert res["listing_after_remount"] == ["restored", "restored2"]
+        assert res["content_after_remount"] == {"restored": True, "restored2": True}
+        assert res["nlink_after_remount"] == {"restored": 1, "restored2": 1}
+
+
+def test_btrfs_subvolumes(kmod_guest):
+    res = scenario(kmod_guest, "relink:btrfs")["subvolumes"]
+    assert res["same_ino_in_both"] is True
+    assert res["devs_differ"] is True
+    assert res["by_fd_other_subvolume"] == "EXDEV"
+    assert res["by_inode_other_subvolume_dir"] == "EXDEV"
+    # (dev of sub2, ino) is sub2's live file, never the deleted one of sub
+    assert res["by_inode_dev_of_other_subvolume"] == "EMLINK"
+    assert res["sub2_listing"] == ["live"]
+    assert res["by_inode"] == "OK"
+    assert res["content_equal"] is True
+    assert res["fsck"] == CLEAN_FSCK
+    assert res["present_after_remount"] is True
+
+
+EXPECTED_REFUSALS = {
+    "flags_zero": "EINVAL",
+    "flags_both": "EINVAL",
+    "flags_unknown": "EINVAL",
+    "reserved0_set": "EINVAL",
+    "reserved_set": "EINVAL",
+    "by_fd_with_ino": "EINVAL",
+    "by_inode_with_src_fd": "EINVAL",
+    "by_inode_dev_zero": "EINVAL",
+    "name_not_terminated": "ENAMETOOLONG",
+    "name_empty": "EILSEQ",
+    "name_dot": "EILSEQ",
+    "name_dotdot": "EILSEQ",
+    "name_slash": "EILSEQ",
+    "name_trailing_slash": "EILSEQ",
+    "bad_src_fd": "EBADF",
+    "negative_src_fd": "EBADF",
+    "bad_dir_fd": "EBADF",
+    "dir_fd_not_dir": "ENOTDIR",
+    "name_exists": "EEXIST",
+    "link_count_not_zero": "EMLINK",
+    "dir_on_other_fs": "EXDEV",
+    "by_inode_dev_mismatch": "EXDEV",
+    "by_inode_not_in_memory": "ENOENT",
+    "directory": "EMEDIUMTYPE",
+    "fifo": "EMEDIUMTYPE",
+    "read_only_mount": "EROFS",
+    "immutable": "EPERM",
+    "plain_linkat_after_failed_vfs_link": "ENOENT",
+    "wrong_ioctl_cmd": "ENOTTY",
+}
+
+
+def test_every_refusal_has_its_errno_and_changes_nothing(kmod_guest):
+    res = scenario(kmod_guest, "refusals")
+    assert res["errno"] == EXPECTED_REFUSALS
+    assert res["listing_unchanged"] is True
+    assert res["existing_unchanged"] is True
+    assert res["victim_still_deleted"] == 0
+    assert res["other_fs_unchanged"] == []
+    # the refused inode is intact: it can still be relinked afterwards
+    assert res["relink_after_refusals"] == "OK"
+    assert res["relinked_content"] is True
+    assert res["last_holder_gone"] == "ENOENT"
+    assert res["fsck"] == CLEAN_FSCK
+
+
+def test_non_root_is_refused(kmod_guest):
+    res = scenario(kmod_guest, "refusals")["non_root"]
+    assert res == {
+        "device_mode": "0o600",
+        "open_0600": "EACCES",
+        "ioctl_on_inherited_fd": "EPERM",
+        "open_0666": "EPERM",
+        "listing_unchanged": True,
+    }
+    _, guest, _ = kmod_guest
+    proc = guest.run("python3 -c 'import os; os.open(\"/dev/frelink\", os.O_RDWR)'", user="tester", check=False)
+    assert proc.returncode != 0 and "PermissionError" in proc.stderr
+
+
+def test_filesystems_without_tmpfile_or_link_refuse(kmod_guest):
+    res = scenario(kmod_guest, "unsupported")
+    for fs in ("jfs", "vfat"):
+        assert res[fs] == {"by_fd": "EOPNOTSUPP", "by_inode": "EOPNOTSUPP", "listing_unchanged": True,
+                           "still_deleted": 0}, fs
+
+
+def test_loop_backing_file(kmod_guest):
+    res = scenario(kmod_guest, "loop")
+    assert res["loop_status_matches"] is True
+    assert res["backing_file_deleted"].endswith("(deleted)")
+    assert res["by_inode"] == "OK"
+    assert res["same_inode"] is True
+    assert res["nlink"] == 1
+    assert res["inner_fsck"] == 0
+    assert res["outer_fsck"] == CLEAN_FSCK
+    assert res["inner_files"] == {"before": True, "during": True, "after": True}
+
+
+def test_mapped_only_and_deleted_exe(kmod_guest):
+    res = scenario(kmod_guest, "mapped_and_exe")
+    assert res["map_files_entries"] >= 1
+    assert res["fd_entries"] == 0
+    assert res["deleted_nlink"] == 0
+    assert res["mapped_by_fd"] == "OK"
+    assert res["mapping_write_visible"] is True
+    assert res["mapped_same_inode"] is True
+    assert res["exe_deleted_nlink"] == 0
+    assert res["exe_by_fd"] == "OK"
+    assert res["exe_content_equal"] is True
+    assert res["exe_runs"] == 0
+    assert res["fsck"] == CLEAN_FSCK
+
+
+@pytest.mark.parametrize("fs", sorted(STRESS))
+def test_stress(kmod_guest, fs):
+    res = scenario(kmod_guest, "stress:%s:%d" % (fs, STRESS[fs]))
+    outcomes = res["outcomes"]
+    print("\n[%s] stress %s outcomes: %s" % (kmod_guest[0], fs, outcomes))
+    assert res["violations"] == []
+    assert sum(outcomes.values()) == STRESS[fs]
+    thirds = {mode: -(-(STRESS[fs] - i) // 3) for i, mode in enumerate(("closed_before", "held", "racing"))}
+    # deterministic modes have exactly one possible outcome
+    assert outcomes.get("closed_before:ENOENT") == thirds["closed_before"]
+    assert outcomes.get("held:relinked") == thirds["held"]
+    racing = {k.split(":", 1)[1]: v for k, v in outcomes.items() if k.startswith("racing:")}
+    assert set(racing) <= {"relinked", "ENOENT"}
+    assert sum(racing.values()) == thirds["racing"]
+    assert res["concurrent"] == {"winners_per_round": {"1": 30}, "loser_errno": {"EMLINK": 30},
+                                 "violations": []}
+    assert res["src_empty"] == []
+    assert res["fsck"] == CLEAN_FSCK
+
+
+ALLOWED_FUZZ_RESULTS = {"OK", "EINVAL", "ENAMETOOLONG", "EILSEQ", "EBADF", "ENOTDIR", "EMEDIUMTYPE", "EMLINK",
+                        "EXDEV", "ENOENT", "EEXIST", "EFAULT", "ENOTTY"}
+
+
+def test_ioctl_fuzz(kmod_guest):
+    res = scenario(kmod_guest, "fuzz")
+    print("\n[%s] ioctl fuzz: %d requests, results %s" % (kmod_guest[0], res["requests"], res["results"]))
+    assert sum(res["results"].values()) == FUZZ_REQUESTS
+    assert set(res["results"]) <= ALLOWED_FUZZ_RESULTS
+    for expected in ("EFAULT", "ENOTTY", "EINVAL"):
+        assert res["results"].get(expected, 0) > 0, expected
+
+
+def test_unload_refused_while_in_use_then_idle(kmod_guest):
+    _, guest, _ = kmod_guest
+    busy = guest.run(
+        "python3 -c 'import os, subprocess; fd = os.open(\"/dev/frelink\", os.O_RDWR); "
+        "r = subprocess.run([\"rmmod\", \"frelink\"]); print(\"rc\", r.returncode)'", check=False)
+    assert "rc 1" in busy.stdout, busy.stdout + busy.stderr
+    assert "in use" in busy.stderr
+    guest.run("test -e /sys/module/frelink")
+    guest.run("rmmod frelink")
+    assert guest.run("test -e /sys/module/frelink || test -e /dev/frelink", check=False).returncode == 1
+    guest.run("insmod %s/frelink.ko && test -c /dev/frelink" % REMOTE)
+    assert guest.run("stat -c %a /dev/frelink").stdout.strip() == "600"
+
+
+def test_no_oops_or_warning(kmod_guest):
+    """Last: nothing in dmesg or on the serial console after all of the above."""
+    _, guest, _ = kmod_guest
+    dmesg = guest.run("dmesg").stdout
+    assert not OOPS.findall(dmesg), dmesg[-6000:]
+    console = guest.console_log()
+    assert not OOPS.findall(console), console[-6000:]
+    assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log

@@ -1,0 +1,66 @@
+"""Kernel style of kmod/: checkpatch.pl --strict, sparse (make C=1), no warnings (W=1).
+
+checkpatch.pl comes from Debian's linux-source package (fetched with the host's
+apt, cached under ~/.cache/frelink/checkpatch, never committed).  The builds
+run in each suite's chroot with that kernel's headers and gcc.
+"""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.guest
+
+REPO = Path(__file__).resolve().parents[2]
+KMOD = REPO / "kmod"
+CACHE = Path.home() / ".cache" / "frelink" / "checkpatch"
+KERNEL_SOURCES = ("frelink.c", "compat.h", "uapi/frelink.h")
+DIAGNOSTIC = re.compile(r"\b(warning|error):", re.I)
+
+
+def checkpatch_script():
+    """scripts/checkpatch.pl of the host suite's linux-source, cached."""
+    for script in sorted(CACHE.glob("linux-source-*/scripts/checkpatch.pl")):
+        return script
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "linux-source"], cwd=CACHE, check=True, capture_output=True)
+    meta = sorted(CACHE.glob("linux-source_*.deb"))[-1]
+    depends = subprocess.run(["dpkg-deb", "-f", str(meta), "Depends"], check=True, capture_output=True,
+                             text=True).stdout
+    package = re.search(r"(linux-source-[0-9.]+)", depends).group(1)
+    subprocess.run(["apt-get", "download", package], cwd=CACHE, check=True, capture_output=True)
+    deb = sorted(CACHE.glob(package + "_*.deb"))[-1]
+    wanted = [package + "/scripts/" + name for name in ("checkpatch.pl", "spelling.txt",
+                                                         "const_structs.checkpatch")]
+    subprocess.run(
+        "dpkg-deb --fsys-tarfile %s | tar -xO ./usr/src/%s.tar.xz | tar -xJ %s" % (deb, package, " ".join(wanted)),
+        shell=True, cwd=CACHE, check=True)
+    for leftover in CACHE.glob("*.deb"):
+        leftover.unlink()
+    return CACHE / package / "scripts" / "checkpatch.pl"
+
+
+def test_checkpatch_strict():
+    script = checkpatch_script()
+    proc = subprocess.run(["perl", str(script), "--strict", "--no-tree", "--terse", "--show-types", "-f",
+                           *KERNEL_SOURCES], cwd=KMOD, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("suite", harness.SUITES)
+def test_sparse_and_extra_warnings_clean(suite):
+    module = harness.build_module(suite, KMOD)
+    if harness.chroot_run(suite, ["sh", "-c", "command -v sparse"], check=False).returncode:
+        harness.chroot_run(suite, ["apt-get", "install", "-y", "--no-install-recommends", "sparse"])
+    release = harness.prepare(suite).kernel_release
+    make = ["make", "-C", "/lib/modules/%s/build" % release, "M=/build/" + module.parent.name]
+    harness.chroot_run(suite, make + ["clean"], cwd="/build/" + module.parent.name)
+    proc = harness.chroot_run(suite, make + ["C=1", "W=1", "modules"], cwd="/build/" + module.parent.name)
+    output = proc.stdout + proc.stderr
+    assert "CHECK" in output, "sparse did not run:\n" + output
+    assert "frelink.ko" in output
+    assert not [line for line in output.splitlines() if DIAGNOSTIC.search(line)], output
