@@ -673,8 +673,8 @@ def restore_target(target, dest, opts, check_mode=False):
                                    "elsewhere already, or its last holder exited); dest %s does not exist"
                                    % (res["device"], target.ino, dest))
             raise RestoreError("%s (device %s inode %d) is not deleted (it has %d links) and dest %s does not "
-                               "name it: nothing to restore" % (target.path, res["device"], target.ino,
-                                                                 target.nlink, dest))
+                               "name it: nothing to restore"
+                               % (target.path, res["device"], target.ino, target.nlink, dest))
         if (target.orphan or {}).get("type", "file") != "file":
             raise RestoreError("%s is a %s; only regular files can be given a name back"
                                % (target.path, target.orphan.get("type")))
@@ -789,8 +789,8 @@ def run(params, check_mode=False):
         items.append((params["src"], _guard(resolve_src, params["src"])))
     else:
         dev = parse_device(params.get("device"))
-        items.append(("%s/%s" % (device_name(dev), params.get("inode")), _guard(resolve_inode, dev,
-                                                                                 int(params["inode"]))))
+        selector = "%s/%s" % (device_name(dev), params.get("inode"))
+        items.append((selector, _guard(resolve_inode, dev, int(params["inode"]))))
     results, failures = [], []
     for selector, target in items:
         item = {"selector": selector}

@@ -17,10 +17,10 @@ description:
     (an I(orphan) as M(frelink.frelink.frelink_facts) reports it).
   - With O(method=link) (the default choice of O(method=auto)) the live inode itself gets a name again through
     the frelink kernel module (C(/dev/frelink), deployed by the role C(frelink.frelink.frelink_kmod)). This takes
-    constant time whatever the size, and every later write of the holder is in the restored file: it B(is) the
-    file.
+    constant time whatever the size, and every later write of the holder is in the restored file; it is the
+    file itself.
   - O(method=reflink) (FICLONE, same CoW filesystem) and O(method=copy) make a B(new) file with the same content.
-    They do not preserve identity (new inode): a process that still holds the deleted file keeps writing to the
+    They do not preserve identity (new inode); a process that still holds the deleted file keeps writing to the
     deleted one, and those writes are not in the copy. That is why they are only used when asked for, either
     explicitly or as O(fallback) of O(method=auto). A copy or clone is committed only when the source did not
     change while it was read (size, mtime and ctime unchanged, and the source read again after the copy has the
@@ -28,15 +28,15 @@ description:
   - Never overwrites anything. If O(dest) already names the same inode the task is C(changed=false); for a copy,
     if O(dest) already holds identical bytes it is C(changed=false) too. Any other existing O(dest) is a failure
     that names both files.
-  - Never follows a symbolic link in O(dest): each parent directory is opened from C(/) with C(O_NOFOLLOW), and
+  - Never follows a symbolic link in O(dest); each parent directory is opened from C(/) with C(O_NOFOLLOW), and
     the new name is made relative to the last one. A O(dest) under C(/proc/PID/root/) is resolved inside that
     process's mount namespace (for holders in another mount namespace); only that C(/proc/PID/root) link is
     followed.
   - Select one file by its original path (O(path)), by what holds it (O(src)) or by its identity (O(device) and
     O(inode), straight from the facts); or many at once with O(paths) and O(dest_dir). Two deleted files with
-    the same original path are never guessed between: the task fails and lists the candidates.
+    the same original path are never guessed between; the task fails and lists the candidates.
 author:
-  - frelink developers
+  - frelink contributors (@frelink)
 options:
   path:
     description:
@@ -50,7 +50,7 @@ options:
       - What holds the file now, as the C(frelink) tool of old took it, C(/proc/PID/fd/N),
         C(/proc/PID/map_files/START-END), C(/proc/PID/exe), or a loop device C(/dev/loopN) whose backing file was
         deleted.
-      - A file held only by a loop device can only be relinked (O(method=link)): no process has it open, so there is
+      - A file held only by a loop device can only be relinked (O(method=link)); no process has it open, so there is
         nothing to copy from.
     type: str
   device:
@@ -135,6 +135,7 @@ attributes:
     support: full
     description: Shows the destination path before (absent) and after (device, inode, size, method).
   platform:
+    support: full
     platforms: posix
     description: Linux only (C(/proc), FICLONE, the frelink kernel module).
 requirements:

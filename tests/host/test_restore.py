@@ -5,7 +5,6 @@ bulk form and playbooks/recover.yml, through Ansible and through the module_util
 Holders are separate processes (the system python, fast to start) that create
 a file, keep it open, unlink it and then obey simple commands on stdin.
 """
-import errno
 import hashlib
 import json
 import os
@@ -123,7 +122,7 @@ def ansible_module(module, args, check=False, diff=False):
             argv.append("--check")
         if diff:
             argv.append("--diff")
-        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=300)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=300, check=False)
         result_file = Path(tree) / "localhost"
         assert result_file.exists(), proc.stdout + proc.stderr
         result = json.loads(result_file.read_text())
@@ -143,7 +142,7 @@ def ansible_playbook(playbook, extra_vars=None, check=False, inventory=None, tim
         argv += ["-e", json.dumps(extra_vars)]
     if check:
         argv.append("--check")
-    return subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=timeout)
+    return subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), timeout=timeout, check=False)
 
 
 def wait_for(predicate, timeout=10.0):
@@ -187,8 +186,8 @@ class LoopFs:
             raise
 
     def close(self):
-        subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
-        subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+        subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
         self.image.unlink()
 
 
@@ -208,7 +207,7 @@ def cow_filesystems(tmp_path_factory):
     finally:
         for fs in made.values():
             fs.close()
-        subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True)
+        subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -465,7 +464,7 @@ def test_loop_only_holder_cannot_be_copied(work):
         assert result.get("failed") is True and "kernel module is not loaded" in result["msg"], result
         assert not image.exists()
     finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
 
 
 # ------------------------------------------------------------------ bulk

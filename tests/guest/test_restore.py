@@ -1,0 +1,352 @@
+"""frelink_restore through Ansible in real Debian guests (bookworm 6.1, sid 7.x)
+with the frelink kernel module loaded: every selector on ext4, xfs, btrfs and
+tmpfs, idempotence, check mode, later writes, refusals, reflink, appended
+copy, a loop-mounted deleted image, a holder in another mount namespace,
+playbooks/recover.yml (check and real), and the module-not-loaded error.
+
+One guest boot per suite: holders are started over SSH, then three
+ansible-playbook runs (recover.yml --check, recover.yml, one generated
+playbook with every other task, results registered and saved as JSON on the
+controller); the tests below assert on those results.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.guest
+
+REPO = Path(__file__).resolve().parents[2]
+SUITES = ("bookworm", "sid")
+FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
+BIN = Path(sys.executable).parent
+WORK = "/root/frelink-restore"
+
+HOLDER = r"""
+import json, os, signal, sys, time
+path, size, mode, info = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+block = os.urandom(1 << 16)
+left = size
+while left > 0:
+    left -= os.write(fd, block[:min(left, len(block))])
+os.fsync(fd)
+st = os.fstat(fd)
+os.unlink(path)
+def later(signum, frame):
+    os.pwrite(fd, b"LATER-WRITE", 0)
+    os.fsync(fd)
+signal.signal(signal.SIGUSR1, later)
+with open(info + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid(), "fd": fd, "path": path, "dev": st.st_dev, "ino": st.st_ino,
+               "device": "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev)),
+               "mntns": os.readlink("/proc/self/ns/mnt")}, f)
+os.rename(info + ".tmp", info)
+n = 0
+while mode == "append" and n < 20000:
+    os.write(fd, (b"%08d" % n) * 512)
+    n += 1
+    time.sleep(0.001)
+while True:
+    signal.pause()
+"""
+
+SETUP = r"""
+set -eu
+W=%(work)s
+mkdir -p $W/info /mnt/ext4 /mnt/xfs /mnt/btrfs /mnt/tmpfs /mnt/ns /mnt/loopmnt
+truncate -s 256M $W/ext4.img; mkfs.ext4 -q -F $W/ext4.img
+truncate -s 320M $W/xfs.img; mkfs.xfs -q -f -m reflink=1 $W/xfs.img
+truncate -s 256M $W/btrfs.img; mkfs.btrfs -q -f $W/btrfs.img
+for fs in ext4 xfs btrfs; do mount -o loop -t $fs $W/$fs.img /mnt/$fs; done
+mount -t tmpfs -o size=256m frelink-tmpfs /mnt/tmpfs
+hold() {  # hold NAME PATH SIZE [MODE [PREFIX...]]
+  name=$1 path=$2 size=$3 mode=${4:-idle}; shift 4 || shift $#
+  setsid "$@" python3 $W/holder.py "$path" "$size" "$mode" $W/info/$name.json </dev/null >/dev/null 2>&1 &
+}
+for fs in ext4 xfs btrfs tmpfs; do
+  hold path-$fs /mnt/$fs/bypath.dat 1048576
+  hold src-$fs /mnt/$fs/bysrc.dat 1048576
+  hold inode-$fs /mnt/$fs/byinode.dat 1048576
+  hold check-$fs /mnt/$fs/check.dat 4096
+done
+hold reflink-btrfs /mnt/btrfs/clone.dat 16777216
+hold reflink-xfs /mnt/xfs/clone.dat 16777216
+hold refuse /mnt/ext4/refuse.dat 4096
+hold append /mnt/ext4/growing.log 4194304 append
+hold notloaded /mnt/ext4/notloaded.dat 4096
+mkdir -p /mnt/ext4/recover /mnt/ext4/realdir
+hold recover-a /mnt/ext4/recover/a.dat 65536
+hold recover-b /mnt/ext4/recover/b.dat 65536
+echo occupied > /mnt/ext4/occupied
+ln -s /mnt/ext4/victim /mnt/ext4/planted
+echo victim > /mnt/ext4/victim
+ln -s /mnt/ext4/realdir /mnt/ext4/linkdir
+# a holder in a private mount namespace, on a tmpfs only it sees
+setsid unshare -m --propagation private sh -c \
+  "mount -t tmpfs frelink-ns /mnt/ns && exec python3 $W/holder.py /mnt/ns/secret.dat 65536 idle $W/info/ns.json" \
+  </dev/null >/dev/null 2>&1 &
+# a loop-mounted image whose file is deleted
+truncate -s 64M $W/disk.img; mkfs.ext4 -q -F $W/disk.img
+losetup -f --show $W/disk.img > $W/info/loopdev
+mount -t ext4 $(cat $W/info/loopdev) /mnt/loopmnt
+echo inside-the-image > /mnt/loopmnt/hello
+stat -c '{"dev": %%d, "ino": %%i}' $W/disk.img > $W/info/loopimg.json
+rm $W/disk.img
+for i in $(seq 100); do
+  [ $(ls $W/info/*.json | wc -l) -ge 25 ] && break
+  sleep 0.2
+done
+python3 - <<'EOF'
+import glob, json, os
+out = {}
+for p in glob.glob("%(work)s/info/*.json"):
+    out[os.path.basename(p)[:-5]] = json.load(open(p))
+out["loopdev"] = open("%(work)s/info/loopdev").read().strip()
+print(json.dumps(out))
+EOF
+"""
+
+
+def _env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+                ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="0", ANSIBLE_NOCOLOR="1",
+                ANSIBLE_LOCALHOST_WARNING="false", PATH="%s:%s" % (BIN, os.environ.get("PATH", "")))
+
+
+def _playbook(inventory, playbook, extra=None, check=False):
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)]
+    if extra:
+        argv += ["-e", json.dumps(extra)]
+    if check:
+        argv.append("--check")
+    return subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=1200, check=False)
+
+
+def _restore_task(name, args, check_mode=False):
+    task = {"name": name, "frelink.frelink.frelink_restore": args, "register": "r_" + name.replace("-", "_"),
+            "ignore_errors": True}
+    if check_mode:
+        task["check_mode"] = True
+    return task
+
+
+def _shell_task(name, cmd):
+    return {"name": name, "ansible.builtin.shell": cmd, "register": "r_" + name.replace("-", "_"),
+            "changed_when": False, "ignore_errors": True}
+
+
+def _main_playbook(h, results_file):
+    """Every scenario as tasks; all registered results saved on the controller."""
+    tasks, names = [], []
+
+    def add(task):
+        tasks.append(task)
+        names.append(task["register"])
+
+    for fs in FILESYSTEMS:
+        path, src, ino, chk = h["path-" + fs], h["src-" + fs], h["inode-" + fs], h["check-" + fs]
+        add(_restore_task("check-" + fs, {"path": chk["path"]}, check_mode=True))
+        add(_shell_task("check-after-" + fs, "ls -a /mnt/%s; test ! -e %s" % (fs, chk["path"])))
+        add(_restore_task("path-" + fs, {"path": path["path"]}))
+        add(_restore_task("path-again-" + fs, {"path": path["path"]}))
+        add(_restore_task("src-" + fs, {"src": "/proc/%d/fd/%d" % (src["pid"], src["fd"]),
+                                        "dest": "/mnt/%s/bysrc.restored" % fs}))
+        add(_restore_task("src-again-" + fs, {"src": "/proc/%d/fd/%d" % (src["pid"], src["fd"]),
+                                              "dest": "/mnt/%s/bysrc.restored" % fs}))
+        add(_restore_task("inode-" + fs, {"device": ino["device"], "inode": ino["ino"], "dest": ino["path"]}))
+        add(_restore_task("inode-again-" + fs, {"device": ino["dev"], "inode": ino["ino"], "dest": ino["path"]}))
+        add(_shell_task("later-" + fs, "kill -USR1 %d; sleep 0.5; head -c 11 %s; echo; stat -c '%%d %%i %%h' %s"
+                        % (path["pid"], path["path"], path["path"])))
+    refuse = h["refuse"]
+    refuse_src = "/proc/%d/fd/%d" % (refuse["pid"], refuse["fd"])
+    add(_restore_task("dest-exists", {"src": refuse_src, "dest": "/mnt/ext4/occupied"}))
+    add(_restore_task("symlink-dest", {"src": refuse_src, "dest": "/mnt/ext4/planted"}))
+    add(_restore_task("symlink-parent", {"src": refuse_src, "dest": "/mnt/ext4/linkdir/refuse.dat"}))
+    add(_restore_task("cross-fs", {"src": refuse_src, "dest": "/mnt/xfs/refuse.dat", "method": "link"}))
+    add(_shell_task("refusals-after", "cat /mnt/ext4/occupied /mnt/ext4/victim; ls -A /mnt/ext4/realdir; "
+                                      "test ! -e /mnt/xfs/refuse.dat; readlink /mnt/ext4/planted"))
+    for fs in ("btrfs", "xfs"):
+        clone = h["reflink-" + fs]
+        add(_restore_task("reflink-" + fs, {"src": "/proc/%d/fd/%d" % (clone["pid"], clone["fd"]),
+                                            "dest": "/mnt/%s/clone.copy" % fs, "method": "reflink"}))
+        add(_shell_task("reflink-sums-" + fs, "sha256sum /proc/%d/fd/%d /mnt/%s/clone.copy | cut -d' ' -f1"
+                        % (clone["pid"], clone["fd"], fs)))
+    grow = h["append"]
+    add(_restore_task("append-copy", {"src": "/proc/%d/fd/%d" % (grow["pid"], grow["fd"]),
+                                      "dest": "/mnt/ext4/growing.copy", "method": "copy", "copy_retries": 2}))
+    add(_shell_task("append-after", "if [ -e /mnt/ext4/growing.copy ]; then cmp -n $(stat -c %%s /mnt/ext4/growing.copy)"
+                    " /mnt/ext4/growing.copy /proc/%d/fd/%d && echo prefix-ok; fi; ls -A /mnt/ext4 | grep -c frelink"
+                    " || true" % (grow["pid"], grow["fd"])))
+    add(_restore_task("loop", {"src": h["loopdev"], "dest": "/root/frelink-restore/disk.restored"}))
+    add(_restore_task("loop-again", {"src": h["loopdev"], "dest": "/root/frelink-restore/disk.restored"}))
+    add(_shell_task("loop-after", "stat -c '%%d %%i %%h' /root/frelink-restore/disk.restored; cat /mnt/loopmnt/hello"))
+    ns = h["ns"]
+    add(_restore_task("ns", {"path": ns["path"]}))
+    add(_shell_task("ns-after", "stat -c '%%d %%i %%h' /proc/%d/root/mnt/ns/secret.dat; ls -A /mnt/ns"
+                    % ns["pid"]))
+    add(_shell_task("rmmod", "rmmod frelink && test ! -e /sys/module/frelink && echo unloaded"))
+    add(_restore_task("not-loaded", {"path": h["notloaded"]["path"]}))
+    save = {"name": "save results", "delegate_to": "localhost", "check_mode": False,
+            "ansible.builtin.copy": {"dest": str(results_file), "mode": "0600",
+                                     "content": "{{ %s | to_json }}" % (
+                                         "{" + ", ".join("'%s': %s" % (n, n) for n in names) + "}")}}
+    tasks.append(save)
+    return [{"name": "frelink_restore scenarios", "hosts": "guest", "gather_facts": False, "tasks": tasks}]
+
+
+@pytest.fixture(scope="module", params=SUITES)
+def restored(request):
+    """(suite, holders, results of every task, recover.yml runs)."""
+    suite = request.param
+    module = harness.build_module(suite, REPO / "kmod")
+    tmp = Path(tempfile.mkdtemp(prefix="frelink-restore-%s-" % suite))
+    with harness.Guest(suite) as guest:
+        guest.run("mkdir -p %s" % WORK)
+        holder = tmp / "holder.py"
+        holder.write_text(HOLDER)
+        guest.put(str(holder), WORK + "/holder.py")
+        guest.put(str(module), WORK + "/frelink.ko")
+        guest.run("insmod %s/frelink.ko" % WORK)
+        holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout)
+        inventory = guest.inventory_path()
+        recover = REPO / "playbooks" / "recover.yml"
+        rec_vars = {"frelink_recover_paths": ["/mnt/ext4/recover/*"], "frelink_recover_hosts": "guest"}
+        runs = {"recover_check": _playbook(inventory, recover, rec_vars, check=True)}
+        runs["recover_check_ls"] = guest.run("ls -A /mnt/ext4/recover").stdout
+        runs["recover"] = _playbook(inventory, recover, rec_vars)
+        runs["recover_stat"] = guest.run("stat -c '%d %i %h' /mnt/ext4/recover/a.dat /mnt/ext4/recover/b.dat",
+                                         check=False).stdout
+        playbook = tmp / "restore.yml"
+        results_file = tmp / "results.json"
+        playbook.write_text(json.dumps(_main_playbook(holders, results_file), indent=1))
+        runs["main"] = _playbook(inventory, playbook)
+        assert results_file.exists(), runs["main"].stdout[-20000:] + runs["main"].stderr[-5000:]
+        results = json.loads(results_file.read_text())
+        console = guest.console_log()
+        yield {"suite": suite, "h": holders, "r": results, "runs": runs, "console": console}
+
+
+def _ok(res):
+    assert not res.get("failed"), res.get("msg")
+    return res
+
+
+def _failed(res, *texts):
+    assert res.get("failed") is True, res
+    for text in texts:
+        assert text in res["msg"], (text, res["msg"])
+    assert res["changed"] is False
+    return res
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_check_mode_changes_nothing(restored, fs):
+    res = _ok(restored["r"]["r_check_" + fs])
+    assert res["changed"] is True and res["status"] == "would_restore" and res["method"] == "link"
+    assert restored["r"]["r_check_after_" + fs]["rc"] == 0, restored["r"]["r_check_after_" + fs]
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_relink_by_path_is_idempotent_and_live(restored, fs):
+    held = restored["h"]["path-" + fs]
+    res = _ok(restored["r"]["r_path_" + fs])
+    assert res["changed"] is True and res["status"] == "restored" and res["method"] == "link"
+    assert res["identity_preserved"] is True and res["verification"]["same_inode"] is True
+    assert (res["dev"], res["ino"]) == (held["dev"], held["ino"]) and res["dest"] == held["path"]
+    again = _ok(restored["r"]["r_path_again_" + fs])
+    assert again["changed"] is False and again["status"] == "nothing_to_restore"
+    later = restored["r"]["r_later_" + fs]["stdout"].splitlines()
+    assert later[0] == "LATER-WRITE", "the holder's write after the relink is not in dest"
+    assert later[1] == "%d %d 1" % (held["dev"], held["ino"])
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_relink_by_src_and_by_inode(restored, fs):
+    for kind in ("src", "inode"):
+        held = restored["h"]["%s-%s" % (kind, fs)]
+        res = _ok(restored["r"]["r_%s_%s" % (kind, fs)])
+        assert res["changed"] is True and res["method"] == "link", res
+        assert (res["verification"]["dest_dev"], res["verification"]["dest_ino"]) == (held["dev"], held["ino"])
+        again = _ok(restored["r"]["r_%s_again_%s" % (kind, fs)])
+        assert again["changed"] is False and again["status"] == "already_restored", again
+
+
+def test_refusals_touch_nothing(restored):
+    r = restored["r"]
+    _failed(r["r_dest_exists"], "exists", "/mnt/ext4/occupied", "nothing was touched")
+    _failed(r["r_symlink_dest"], "/mnt/ext4/planted is a symbolic link")
+    _failed(r["r_symlink_parent"], "/mnt/ext4/linkdir is a symbolic link", "never follows symlinks")
+    _failed(r["r_cross_fs"], "another filesystem", "method: copy")
+    after = r["r_refusals_after"]
+    assert after["rc"] == 0 and after["stdout"].split() == ["occupied", "victim", "/mnt/ext4/victim"], after
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_reflink_identical_clone(restored, fs):
+    res = _ok(restored["r"]["r_reflink_" + fs])
+    assert res["method"] == "reflink" and res["identity_preserved"] is False
+    assert res["verification"]["sha256"] == res["verification"]["source_sha256"]
+    sums = restored["r"]["r_reflink_sums_" + fs]["stdout"].split()
+    assert len(sums) == 2 and sums[0] == sums[1] == res["verification"]["sha256"]
+
+
+def test_copy_of_appended_file_is_consistent_or_refused(restored):
+    res = restored["r"]["r_append_copy"]
+    after = restored["r"]["r_append_after"]["stdout"].split()
+    if res.get("failed"):
+        assert "kept changing" in res["msg"] and "torn copy is never kept" in res["msg"]
+        assert after == ["0"], after  # no copy, no temporary file
+    else:
+        assert res["verification"]["sha256"] == res["verification"]["source_sha256"]
+        assert after == ["prefix-ok", "0"], after
+
+
+def test_loop_mounted_deleted_image(restored):
+    img = restored["h"]["loopimg"]
+    res = _ok(restored["r"]["r_loop"])
+    assert res["changed"] is True and res["method"] == "link" and (res["dev"], res["ino"]) == (img["dev"], img["ino"])
+    again = _ok(restored["r"]["r_loop_again"])
+    assert again["changed"] is False and again["status"] == "already_restored"
+    after = restored["r"]["r_loop_after"]["stdout"].splitlines()
+    assert after == ["%d %d 1" % (img["dev"], img["ino"]), "inside-the-image"]
+
+
+def test_holder_in_other_mount_namespace(restored):
+    ns = restored["h"]["ns"]
+    res = _ok(restored["r"]["r_ns"])
+    assert res["changed"] is True and res["method"] == "link"
+    assert res["dest"] == "/proc/%d/root/mnt/ns/secret.dat" % ns["pid"]
+    after = restored["r"]["r_ns_after"]["stdout"].split("\n")
+    assert after[0] == "%d %d 1" % (ns["dev"], ns["ino"])
+    assert after[1:] == [""], "the name appeared in the root namespace's /mnt/ns instead"
+
+
+def test_module_not_loaded_error(restored):
+    assert restored["r"]["r_rmmod"]["stdout"].strip() == "unloaded", restored["r"]["r_rmmod"]
+    _failed(restored["r"]["r_not_loaded"], "kernel module is not loaded", "frelink.frelink.frelink_kmod")
+
+
+def test_recover_playbook_check_then_real(restored):
+    runs, h = restored["runs"], restored["h"]
+    check = runs["recover_check"]
+    assert check.returncode == 0, check.stdout[-10000:] + check.stderr[-3000:]
+    assert "would link /mnt/ext4/recover/a.dat" in check.stdout and "would restore 2" in check.stdout
+    assert runs["recover_check_ls"].split() == []
+    real = runs["recover"]
+    assert real.returncode == 0, real.stdout[-10000:] + real.stderr[-3000:]
+    assert "restored 2" in real.stdout
+    assert runs["recover_stat"].splitlines() == [
+        "%d %d 1" % (h[k]["dev"], h[k]["ino"]) for k in ("recover-a", "recover-b")]
+
+
+def test_no_kernel_warnings(restored):
+    for bad in ("Oops", "BUG:", "WARNING:", "Call Trace"):
+        assert bad not in restored["console"], restored["console"][-5000:]
