@@ -99,7 +99,7 @@ def internal_shm_dev():
 class Orphan:
     """One deleted inode and what holds it (raw, before enrichment)."""
 
-    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "kinds", "mmap_pids", "size_hint")
+    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint")
 
     def __init__(self, key, dev, ino, st, path):
         self.key = key
@@ -107,10 +107,13 @@ class Orphan:
         self.ino = ino
         self.st = st  # os.stat_result from a /proc handle, None for loop/swap-only orphans
         self.path = path
-        self.holders = []  # tuples (kind, pid or None, detail)
-        self.kinds = set()
-        self.mmap_pids = {}
+        self.holders = []  # tuples (kind, pid or None, detail); kept minimal, enriched when listed
+        self.mmap_pids = None  # pid -> [first range, number of mappings]
         self.size_hint = 0
+
+    @property
+    def kinds(self):
+        return set(holder[0] for holder in self.holders)
 
     @property
     def size(self):
@@ -200,7 +203,6 @@ class Scanner:
         elif orphan.st is None:
             orphan.st = st
         orphan.holders.append(holder)
-        orphan.kinds.add(holder[0])
         return orphan
 
     def _scan_process(self, proc_fd, pid):
@@ -287,16 +289,26 @@ class Scanner:
                     continue
                 if target.endswith(SUFFIX):
                     candidates.append((name, target))
+        orphans = self.orphans
+        shm_dev = self.shm_dev
+        stat_at = os.stat
         for name, target in candidates:
-            if not target.startswith("/"):
+            if target[0] != "/":
                 continue
             try:
-                st = os.stat(name, dir_fd=dfd)
+                st = stat_at(name, dir_fd=dfd)
             except OSError:
                 continue
-            path = target[:-_SUFFIX_LEN]
-            if st.st_nlink == 0 and not self._nameless(path, st):
-                self._add(st, path, ("fd", pid, int(name)))
+            if st.st_nlink or st.st_dev == shm_dev:
+                continue
+            key = (st.st_dev, st.st_ino)
+            orphan = orphans.get(key)
+            if orphan is None:
+                path = target[:-_SUFFIX_LEN]
+                if self._nameless(path, st):
+                    continue
+                orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
+            orphan.holders.append(("fd", pid, name))
 
     def _scan_mappings(self, proc_fd, pid, data):
         seen_here = {}
@@ -333,9 +345,10 @@ class Scanner:
                     self._maps_seen[mkey] = orphan.key
             seen_here[mkey] = orphan
             if orphan is not None:
+                if orphan.mmap_pids is None:
+                    orphan.mmap_pids = {}
                 orphan.mmap_pids[pid] = [rng, 1]
                 orphan.holders.append(("mmap", pid, rng))
-                orphan.kinds.add("mmap")
 
     def _scan_loops(self):
         for loop in bound_loops(self.sys_block):
@@ -372,7 +385,6 @@ class Scanner:
             if orphan is None:
                 orphan = self.orphans[key] = Orphan(key, dev, ino, None, text[:-_SUFFIX_LEN])
             orphan.holders.append(("loop", None, detail))
-            orphan.kinds.add("loop")
             try:
                 device_bytes = int(read_text("%s/%s/size" % (self.sys_block, loop["name"]))) * 512
                 orphan.size_hint = max(orphan.size_hint, device_bytes + status["offset"])
@@ -397,7 +409,6 @@ class Scanner:
                 orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
             detail = {"size": swap["size"], "used": swap["used"], "priority": swap["priority"]}
             orphan.holders.append(("swap", None, detail))
-            orphan.kinds.add("swap")
             orphan.size_hint = max(orphan.size_hint, swap["size"])
 
     # -- selection and enrichment -----------------------------------------
@@ -425,9 +436,10 @@ class Scanner:
         apparent = 0
         mapped_only = 0
         for orphan in selected:
-            for kind in orphan.kinds:
+            kinds = orphan.kinds
+            for kind in kinds:
                 by_kind[kind] += 1
-            if orphan.kinds == {"mmap"}:
+            if kinds == {"mmap"}:
                 mapped_only += 1
             allocated = orphan.allocated or 0
             pinned += allocated
@@ -515,16 +527,16 @@ class Scanner:
         info = self._process(pid)
         entry = {"kind": kind, "pid": int(pid), "name": info["name"], "user": info["user"]}
         if kind == "fd":
-            entry["fd"] = detail
+            entry["fd"] = int(detail)
             try:
-                fdinfo = parse_fdinfo(read_text("%s/%s/fdinfo/%d" % (self.proc, pid, detail)))
+                fdinfo = parse_fdinfo(read_text("%s/%s/fdinfo/%s" % (self.proc, pid, detail)))
                 entry["mode"] = access_mode(fdinfo.get("flags", 0))
                 entry["pos"] = fdinfo.get("pos")
             except OSError:
                 entry["mode"] = entry["pos"] = None
         elif kind == "mmap":
             entry["range"] = detail
-            entry["mappings"] = orphan.mmap_pids.get(pid, [detail, 1])[1]
+            entry["mappings"] = (orphan.mmap_pids or {}).get(pid, [detail, 1])[1]
         if info["prefix"]:
             entry["mntns"] = info["mntns"]
             entry["host_path"] = info["prefix"] + orphan.path
@@ -605,7 +617,7 @@ def _open_path(proc, holders):
         return None
     kind, pid, detail = best
     if kind == "fd":
-        return "%s/%s/fd/%d" % (proc, pid, detail)
+        return "%s/%s/fd/%s" % (proc, pid, detail)
     if kind == "mmap":
         return "%s/%s/map_files/%s" % (proc, pid, detail)
     return "%s/%s/%s" % (proc, pid, kind)

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark of the collection, one after the other.
+# Each prints its own table; all need root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python bench/facts/run.py "$@"
