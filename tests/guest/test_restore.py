@@ -62,9 +62,9 @@ SETUP = r"""
 set -eu
 W=%(work)s
 mkdir -p $W/info /mnt/ext4 /mnt/xfs /mnt/btrfs /mnt/tmpfs /mnt/ns /mnt/loopmnt
-truncate -s 256M $W/ext4.img; mkfs.ext4 -q -F $W/ext4.img
-truncate -s 320M $W/xfs.img; mkfs.xfs -q -f -m reflink=1 $W/xfs.img
-truncate -s 256M $W/btrfs.img; mkfs.btrfs -q -f $W/btrfs.img
+truncate -s 256M $W/ext4.img; mkfs.ext4 -q -F $W/ext4.img >&2
+truncate -s 320M $W/xfs.img; mkfs.xfs -q -f -m reflink=1 $W/xfs.img >&2
+truncate -s 256M $W/btrfs.img; mkfs.btrfs -q -f $W/btrfs.img >&2
 for fs in ext4 xfs btrfs; do mount -o loop -t $fs $W/$fs.img /mnt/$fs; done
 mount -t tmpfs -o size=256m frelink-tmpfs /mnt/tmpfs
 hold() {  # hold NAME PATH SIZE [MODE [PREFIX...]]
@@ -94,7 +94,7 @@ setsid unshare -m --propagation private sh -c \
   "mount -t tmpfs frelink-ns /mnt/ns && exec python3 $W/holder.py /mnt/ns/secret.dat 65536 idle $W/info/ns.json" \
   </dev/null >/dev/null 2>&1 &
 # a loop-mounted image whose file is deleted
-truncate -s 64M $W/disk.img; mkfs.ext4 -q -F $W/disk.img
+truncate -s 64M $W/disk.img; mkfs.ext4 -q -F $W/disk.img >&2
 losetup -f --show $W/disk.img > $W/info/loopdev
 mount -t ext4 $(cat $W/info/loopdev) /mnt/loopmnt
 echo inside-the-image > /mnt/loopmnt/hello
@@ -215,7 +215,7 @@ def restored(request):
         guest.put(str(holder), WORK + "/holder.py")
         guest.put(str(module), WORK + "/frelink.ko")
         guest.run("insmod %s/frelink.ko" % WORK)
-        holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout)
+        holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1])
         inventory = guest.inventory_path()
         recover = REPO / "playbooks" / "recover.yml"
         rec_vars = {"frelink_recover_paths": ["/mnt/ext4/recover/*"], "frelink_recover_hosts": "guest"}

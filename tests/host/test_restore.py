@@ -116,7 +116,8 @@ def ansible_env():
 def ansible_module(module, args, check=False, diff=False):
     """Runs one module ad hoc on localhost through Ansible; returns its result dict."""
     with tempfile.TemporaryDirectory() as tree:
-        argv = [str(BIN / "ansible"), "localhost", "-m", "frelink.frelink." + module, "-a", json.dumps(args),
+        argv = [str(BIN / "ansible"), "localhost", "-m", "frelink.frelink." + module, "-a",
+                args if isinstance(args, str) else json.dumps(args),
                 "--tree", tree]
         if check:
             argv.append("--check")
@@ -351,6 +352,14 @@ def test_reflink_refused_on_ext4_and_auto_falls_back_to_copy(work, holders):
 
 
 # -------------------------------------------------------------- refusals
+
+def test_documented_one_liner(work, holders):
+    """docs/restore.md: `ansible localhost -m frelink.frelink.frelink_restore -a 'src=/proc/574/fd/4 method=copy'`."""
+    held = holders(work / "one.txt", size=777)
+    result = ansible_module("frelink_restore", "src=%s method=copy" % held.src)
+    assert result["_rc"] == 0 and result["changed"] is True and result["dest"] == held.path, result
+    assert (work / "one.txt").read_bytes() == held.content()
+
 
 def test_link_without_module_names_the_role(work, holders):
     held = holders(work / "f", size=100)
