@@ -113,7 +113,7 @@ class Orphan:
 
     @property
     def kinds(self):
-        return set(holder[0] for holder in self.holders)
+        return {holder[0] for holder in self.holders}
 
     @property
     def size(self):
@@ -436,11 +436,18 @@ class Scanner:
         apparent = 0
         mapped_only = 0
         for orphan in selected:
-            kinds = orphan.kinds
-            for kind in kinds:
+            holders = orphan.holders
+            if len(holders) == 1:
+                kind = holders[0][0]
                 by_kind[kind] += 1
-            if kinds == {"mmap"}:
-                mapped_only += 1
+                if kind == "mmap":
+                    mapped_only += 1
+            else:
+                kinds = orphan.kinds
+                for kind in kinds:
+                    by_kind[kind] += 1
+                if kinds == {"mmap"}:
+                    mapped_only += 1
             allocated = orphan.allocated or 0
             pinned += allocated
             apparent += orphan.size or 0
