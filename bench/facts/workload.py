@@ -27,8 +27,12 @@ _LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 class Workload:
     def __init__(self, procs, fds, deleted_fraction=0.25, mapped_every=8, decoy_every=50, loops=0,
-                 base_dir="/var/tmp"):
+                 base_dir="/var/tmp", inherited=False):
         self.procs, self.fds = procs, fds
+        # inherited: the deleted files are opened once by the parent and inherited by
+        # every child (forked workers sharing deleted logs) instead of one set per child
+        self.inherited = inherited
+        self._inherited_fds = []
         self.deleted_per_proc = max(1, int(fds * deleted_fraction))
         self.mapped_every, self.decoy_every, self.loops = mapped_every, decoy_every, loops
         self.base_dir = base_dir
@@ -55,6 +59,15 @@ class Workload:
             live.append(path)
         for k in range(self.loops):
             self._attach_loop(k)
+        if self.inherited:
+            for j in range(self.deleted_per_proc):
+                path = os.path.join(self.workdir, "shared-%d" % j)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.write(fd, b"x")
+                st = os.fstat(fd)
+                os.unlink(path)
+                self._inherited_fds.append(fd)
+                self.truth[(st.st_dev, st.st_ino)] = ("fd", path)
         report_r, report_w = os.pipe()
         gate_r, self._gate_w = os.pipe()
         for i in range(self.procs):
@@ -73,11 +86,16 @@ class Workload:
             self.pids.append(pid)
         os.close(report_w)
         os.close(gate_r)
+        for fd in self._inherited_fds:  # only the children hold them now
+            os.close(fd)
+        self._inherited_fds = []
         with os.fdopen(report_r, "r") as reports:
             for line in reports:
                 kind, dev, ino, path = line.rstrip("\n").split("\t")
                 self.truth[(int(dev), int(ino))] = (kind, path)
-        expected = self.procs * self.deleted_per_proc + len(range(0, self.procs, self.mapped_every)) + self.loops
+        own = 0 if self.inherited else self.procs * self.deleted_per_proc
+        expected = own + (self.deleted_per_proc if self.inherited else 0) \
+            + len(range(0, self.procs, self.mapped_every)) + self.loops
         if len(self.truth) != expected:
             raise RuntimeError("workload incomplete: %d of %d orphans reported" % (len(self.truth), expected))
 
@@ -94,8 +112,8 @@ class Workload:
 
     def _child(self, i, live, report_w):
         lines = []
-        opened = 0
-        for j in range(self.deleted_per_proc):
+        opened = len(self._inherited_fds)
+        for j in range(0 if self.inherited else self.deleted_per_proc):
             path = os.path.join(self.workdir, "p%d-%d" % (i, j))
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
             os.write(fd, b"x")
