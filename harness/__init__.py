@@ -6,8 +6,9 @@ SUITES, prepare(), chroot_run(), build_module(), Guest.
 
 from .chroot import CommandError, build_module, chroot_run
 from .debian import SUITES
+from .guest import Guest, GuestCommandError
 from .image import Env, prepare
 from .util import HarnessError
 
-__all__ = ["SUITES", "CommandError", "Env", "HarnessError", "build_module", "chroot_run",
-           "prepare"]
+__all__ = ["SUITES", "CommandError", "Env", "Guest", "GuestCommandError", "HarnessError",
+           "build_module", "chroot_run", "prepare"]

@@ -7,14 +7,11 @@ is ever left mounted on the host.
 """
 
 import hashlib
-import shlex
 import subprocess
 from pathlib import Path
 
 from .image import prepare
-from .util import HarnessError, file_lock, require_tools, suite_dir
-
-CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from .util import HarnessError, file_lock, namespace_chroot, require_tools, suite_dir
 
 # kbuild outputs: never copied from a source tree into a build dir
 KBUILD_PRODUCTS = ("*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "*.a", "Module.symvers",
@@ -51,21 +48,7 @@ def chroot_run(suite, argv, cwd=None, check=True, input=None, timeout=None, env=
     if isinstance(argv, (str, bytes)):
         raise TypeError("chroot_run takes an argument list; use ['sh', '-c', script] for shell code")
     rootfs = prepare(suite).rootfs
-    variables = {"PATH": CHROOT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
-    variables.update(env or {})
-    setup = " && ".join([
-        'mount --rbind /dev "$R/dev"',
-        'mount -t proc proc "$R/proc"',
-        'mount -t sysfs sysfs "$R/sys"',
-        'mount --bind "$B" "$R/build"',
-        'mkdir -p "$R/tmp" && mount -t tmpfs tmpfs "$R/tmp"',
-    ])
-    inner = ["/usr/bin/env", "-i"] + [f"{k}={v}" for k, v in variables.items()]
-    inner += ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(cwd or "/")]
-    script = f"set -e; {setup}; exec chroot \"$R\" {shlex.join(inner + list(map(str, argv)))}"
-    cmd = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script]
-    host_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "R": str(rootfs),
-                "B": str(build_root(suite))}
+    cmd, host_env = namespace_chroot(rootfs, argv, cwd or "/", env, build_root(suite))
     result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                             env=host_env, stdin=None if input is not None else subprocess.DEVNULL)
     result.args = list(argv)

@@ -21,14 +21,15 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from . import debian
-from .util import (HarnessError, file_lock, progress, remove_tree, require_tools, suite_dir,
-                   tail, write_atomic)
+from .util import (HarnessError, file_lock, namespace_chroot, progress, remove_tree, require_tools,
+                   suite_dir, tail, write_atomic)
 
 # Bump when the customisation below changes in a way an existing image lacks.
-IMAGE_FORMAT = 1
+IMAGE_FORMAT = 2
 DISK_SIZE = "8G"
 HOSTNAME = "frelink-{suite}"
 
@@ -48,6 +49,9 @@ Type=ether
 [Network]
 DHCP=ipv4
 """
+
+# A small initramfs (just what mounts /dev/vda) unpacks and boots much faster under TCG.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic", "crc32c_intel")
 
 SSHD_CONFIG = """\
 PermitRootLogin prohibit-password
@@ -148,9 +152,9 @@ def _run_logged(cmd, log: Path, what: str, suite: str, **kwargs):
 
 
 def _chroot(rootfs: Path, script: str, log: Path, suite: str, what: str):
-    """Run a shell script in ROOTFS during the build (no daemons start: no /proc needed)."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"}
-    _run_logged(["chroot", rootfs, "/bin/sh", "-eu", "-c", script], log, what, suite, env=env)
+    """Run a shell script in ROOTFS during the build."""
+    cmd, env = namespace_chroot(rootfs, ["/bin/sh", "-eu", "-c", script])
+    _run_logged(cmd, log, what, suite, env=env)
 
 
 def _build(suite: str, key: str) -> None:
@@ -235,9 +239,12 @@ def _customize(suite: str, rootfs: Path, new: Path, log: Path) -> None:
     (etc / "sudoers.d" / "tester").write_text("tester ALL=(ALL) NOPASSWD:ALL\n")
     os.chmod(etc / "sudoers.d" / "tester", 0o440)
     (rootfs / "build").mkdir(exist_ok=True)  # bind mount point for module builds
+    (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
+    (etc / "initramfs-tools" / "conf.d" / "frelink").write_text("MODULES=list\n")
+    (etc / "initramfs-tools" / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
 
     script = f"""
-        systemd-machine-id-setup >/dev/null
+        update-initramfs -u -k all
         systemctl enable systemd-networkd.service ssh.service
         systemctl mask {' '.join(MASKED_UNITS)}
         useradd --create-home --shell /bin/bash --groups sudo tester

@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,26 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return "(no output captured)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def namespace_chroot(rootfs, argv, cwd="/", variables=None, build_dir=None):
+    """Command line running ARGV in ROOTFS inside a private mount namespace.
+
+    /dev, /proc, /sys and a fresh /tmp (and BUILD_DIR at /build) are mounted for the
+    command only: they vanish with the namespace, even when the caller is killed.
+    """
+    values = {"PATH": CHROOT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
+    values.update(variables or {})
+    steps = ['mount --rbind /dev "$R/dev"', 'mount -t proc proc "$R/proc"',
+             'mount -t sysfs sysfs "$R/sys"', 'mount -t tmpfs tmpfs "$R/tmp"']
+    if build_dir is not None:
+        steps.append('mkdir -p "$R/build" && mount --bind "$B" "$R/build"')
+    inner = ["/usr/bin/env", "-i"] + [f"{key}={value}" for key, value in values.items()]
+    inner += ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(cwd)]
+    script = " && ".join(steps) + ' && exec chroot "$R" ' + shlex.join(inner + [str(a) for a in argv])
+    cmd = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "R": str(rootfs), "B": str(build_dir or "")}
+    return cmd, env
