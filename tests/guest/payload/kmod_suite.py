@@ -41,6 +41,7 @@ LIBC.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 LIBC.linkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
 LOOP_GET_STATUS64 = 0x4C05
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
@@ -165,7 +166,7 @@ class Holder:
 
         with os.fdopen(cmd_r, "rb", buffering=0) as cmds:
             while True:
-                ready, _, _ = select.select([cmds], [], [], 0 if running else None)
+                ready, _, _ = select.select([cmds], [], [], 0.001 if running else None)
                 if not ready:
                     write_one()
                     count += 1
@@ -315,7 +316,10 @@ def scenario_relink(kind):
     holder, writer = deleted_file(fs.mnt + "/dir/victim", data1, writer=True)
     src = os.stat(holder.proc_path)
     res["deleted_nlink"] = src.st_nlink
-    res["linkat_follow"] = refusal(lambda: os.link(holder.proc_path, fs.mnt + "/dir/try1", follow_symlinks=True))
+    # (os.link() would call link(2), which does not follow the magic link)
+    rc = LIBC.linkat(AT_FDCWD, holder.proc_path.encode(), AT_FDCWD, (fs.mnt + "/dir/try1").encode(),
+                     AT_SYMLINK_FOLLOW)
+    res["linkat_follow"] = name_of(ctypes.get_errno()) if rc else "OK"
     src_fd = os.open(holder.proc_path, os.O_RDONLY)
     rc = LIBC.linkat(src_fd, b"", AT_FDCWD, (fs.mnt + "/dir/try2").encode(), AT_EMPTY_PATH)
     res["linkat_empty_path"] = name_of(ctypes.get_errno()) if rc else "OK"
@@ -738,6 +742,7 @@ def scenario_stress(kind, cycles, seed=42):
         gate_r, gate_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(gate_w)
             if mode == "held":
                 os.read(gate_r, 1)
             elif mode == "racing":
