@@ -1,0 +1,113 @@
+"""The frelink_kmod role's refusals, on a real Debian guest.
+
+- state=absent while a process holds /dev/frelink open: refused, module and
+  DKMS build left in place; after the holder exits, state=absent removes it.
+- the running kernel's headers cannot be installed (package removed, apt
+  sources emptied): the role fails naming linux-headers-<kernel> and what to do.
+- a kernel that enforces module signatures (booted with lockdown=integrity
+  module.sig_enforce=1, no UEFI): the role fails before building with the
+  enrolment steps; with the pre-check off, modprobe's refusal is translated
+  into the same steps.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import harness
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SUITE = "bookworm"
+
+PLAYBOOK = """\
+- name: Role frelink_kmod
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: frelink.frelink.frelink_kmod
+"""
+
+
+def run_role(guest, tmp_path, **extra_vars):
+    playbook = tmp_path / "role.yml"
+    playbook.write_text(PLAYBOOK)
+    argv = [str(BIN / "ansible-playbook"), "-i", str(guest.inventory_path()), str(playbook)]
+    if extra_vars:
+        argv += ["-e", json.dumps(extra_vars)]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+               ANSIBLE_PIPELINING="1", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False")
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    print("role %s: rc=%d in %.0f s" % (extra_vars or "", proc.returncode, time.monotonic() - started))
+    return proc, proc.stdout + proc.stderr
+
+
+def one_line(text):
+    """Ansible wraps long messages; compare on collapsed whitespace."""
+    return " ".join(text.replace("\\n", " ").split())
+
+
+@pytest.mark.guest
+@pytest.mark.slow
+def test_in_use_refusal_and_missing_headers(tmp_path):
+    with harness.Guest(SUITE) as guest:
+        kernel = guest.run("uname -r").stdout.strip()
+        proc, out = run_role(guest, tmp_path)
+        assert proc.returncode == 0, out
+        assert guest.run("test -c /dev/frelink", check=False).returncode == 0
+
+        # A process holding /dev/frelink open pins the module.
+        guest.run("setsid sh -c 'exec sleep 3600 < /dev/frelink' >/dev/null 2>&1 & sleep 1")
+        assert int(guest.run("cat /sys/module/frelink/refcnt").stdout) >= 1
+        proc, out = run_role(guest, tmp_path, frelink_kmod_state="absent")
+        assert proc.returncode != 0, out
+        text = one_line(out)
+        assert "The frelink module is in use" in text and "fuser -v /dev/frelink" in text, out
+        # Refused means nothing removed.
+        guest.run("test -d /sys/module/frelink && ls /usr/src/frelink-0.1.0/dkms.conf "
+                  "&& modinfo -F filename frelink")
+
+        guest.run("pkill -f 'sleep 3600'; sleep 1")
+        proc, out = run_role(guest, tmp_path, frelink_kmod_state="absent")
+        assert proc.returncode == 0, out
+        left = guest.run("ls -d /sys/module/frelink /usr/src/frelink-* 2>/dev/null; "
+                         "modinfo -F filename frelink 2>/dev/null; true").stdout.strip()
+        assert left == "", left
+
+        # Headers for the running kernel gone, and apt cannot fetch them.
+        guest.run("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q linux-headers-amd64 "
+                  "linux-headers-%s >/dev/null && rm -f /etc/apt/sources.list "
+                  "/etc/apt/sources.list.d/* && rm -rf /var/lib/apt/lists/*" % kernel, timeout=900)
+        proc, out = run_role(guest, tmp_path)
+        assert proc.returncode != 0, out
+        text = one_line(out)
+        assert "Cannot install linux-headers-%s, the headers for the running kernel" % kernel in text, out
+        assert "reboot into the newest installed kernel" in text, out
+
+
+@pytest.mark.guest
+@pytest.mark.slow
+def test_signature_enforcement_guidance(tmp_path):
+    with harness.Guest(SUITE, kernel_cmdline_extra="lockdown=integrity module.sig_enforce=1") as guest:
+        assert "[integrity]" in guest.run("cat /sys/kernel/security/lockdown").stdout
+        proc, out = run_role(guest, tmp_path)
+        assert proc.returncode != 0, out
+        text = one_line(out)
+        assert "Refuse to build a module the kernel cannot load" in text, out
+        assert "mokutil --import /var/lib/dkms/mok.pub" in text and "lockdown: integrity" in text, out
+        assert guest.run("ls /var/lib/dkms/frelink 2>/dev/null; true").stdout.strip() == "", \
+            "the role built the module although the kernel cannot load it"
+
+        # Without the pre-check, modprobe's own refusal gets the same guidance.
+        proc, out = run_role(guest, tmp_path, frelink_kmod_signature_check=False)
+        assert proc.returncode != 0, out
+        text = one_line(out)
+        assert "Explain the refused module load" in text, out
+        assert "mokutil --import /var/lib/dkms/mok.pub" in text, out
+        assert "Key was rejected by service" in text or "Operation not permitted" in text, out
+        assert guest.run("test -d /sys/module/frelink", check=False).returncode != 0
