@@ -31,6 +31,7 @@ import pwd
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+    ANON_DEV_FSTYPES,
     MountTable,
     device_string,
     parse_device_string,
@@ -403,10 +404,16 @@ class Scanner:
             path = text[:-_SUFFIX_LEN]
             mount = _longest_mount(self.mounts.mounts, path)
             dev = mount["dev"] if mount else None
-            key = ("swap", path)
-            orphan = self.orphans.get(key)
+            # /proc/swaps gives no inode: if a process holds a deleted file of that
+            # path on that filesystem, it is the swap file (same name, same device).
+            orphan = next((o for o in self.orphans.values() if o.path == path and o.st is not None
+                           and stat.S_ISREG(o.st.st_mode)
+                           and (dev is None or o.dev == dev or mount["fstype"] in ANON_DEV_FSTYPES)), None)
             if orphan is None:
-                orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
+                key = ("swap", path)
+                orphan = self.orphans.get(key)
+                if orphan is None:
+                    orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
             detail = {"size": swap["size"], "used": swap["used"], "priority": swap["priority"]}
             orphan.holders.append(("swap", None, detail))
             orphan.size_hint = max(orphan.size_hint, swap["size"])
