@@ -82,7 +82,8 @@ notes:
   - Loop-device and swap-only orphans have no handle to C(stat); for them the kernel's
     deleted marker on the backing path is all there is, and C(confirmed) is V(false).
     Loop backing inodes are identified by C(LOOP_GET_STATUS64) (device and inode number).
-    Swap-only orphans have no inode number.
+    Swap-only orphans have no inode number. Current kernels refuse to unlink an
+    active swap file and to swapon a deleted one, so swap orphans are not expected.
   - The short name C(frelink_facts) works once the collection is in the play's
     C(collections:) keyword, or for ad-hoc use when C(ANSIBLE_LIBRARY) (or
     C(library) in C(ansible.cfg)) points at the collection's C(plugins/modules)
