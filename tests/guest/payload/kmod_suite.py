@@ -102,6 +102,10 @@ def refusal(call):
     return "OK"
 
 
+def same_file(one, other):
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
 def kill(pid):
     """Kill (if still running) and reap a forked child; idempotent."""
     try:
@@ -678,12 +682,11 @@ def scenario_mapped_and_exe():
     entries = []
     for entry in os.listdir("/proc/%d/map_files" % pid):
         full = "/proc/%d/map_files/%s" % (pid, entry)
-        est = os.stat(full)
-        if (est.st_dev, est.st_ino) == (st.st_dev, st.st_ino):
+        if same_file(os.stat(full), st):
             entries.append(full)
     res["map_files_entries"] = len(entries)
     res["fd_entries"] = sum(1 for n in os.listdir("/proc/%d/fd" % pid)
-                            if os.stat("/proc/%d/fd/%s" % (pid, n)).st_ino == st.st_ino)
+                            if same_file(os.stat("/proc/%d/fd/%s" % (pid, n)), st))
     src_fd = os.open(entries[0], os.O_RDONLY)
     res["deleted_nlink"] = os.fstat(src_fd).st_nlink
     dir_fd = fs.open_dir(fs.mnt)
