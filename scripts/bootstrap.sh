@@ -12,7 +12,7 @@ debs=(
   qemu-system-x86 qemu-utils mmdebstrap debootstrap
   e2fsprogs xfsprogs btrfs-progs dosfstools jfsutils util-linux
   sparse busybox-static cpio zstd xz-utils socat openssh-client
-  lsof gcc make rsync chromium
+  lsof gcc make rsync chromium shellcheck
 )
 missing=()
 for p in "${debs[@]}"; do
