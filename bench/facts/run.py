@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 """Benchmark of frelink_facts against `lsof +L1` and a C floor, on one large real workload.
 
@@ -59,7 +58,7 @@ def run_scan(**options):
 
 
 def median_runs(fn, repeat):
-    runs = [fn() for _ in range(repeat)]
+    runs = [fn() for _round in range(repeat)]
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
 
 
