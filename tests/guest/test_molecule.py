@@ -34,7 +34,7 @@ def test_molecule_scenario(suite):
     env = dict(os.environ,
                PATH="%s:%s" % (BIN, os.environ.get("PATH", "")),
                ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
-               ANSIBLE_FORCE_COLOR="0", NO_COLOR="1", PY_COLORS="0")
+               ANSIBLE_FORCE_COLOR="0", NO_COLOR="1", PY_COLORS="0", PYTHONUNBUFFERED="1")
     started = time.monotonic()
     with open(log_path, "w") as log:
         # Each output line gets the elapsed time, so the log shows where the minutes go.
