@@ -666,13 +666,18 @@ def scenario_mapped_and_exe():
     pid = os.fork()
     if pid == 0:
         os.close(cmd_w)
+        # libc's mmap, not Python's: mmap.mmap() keeps a dup() of the fd
+        LIBC.mmap.restype = ctypes.c_void_p
+        LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long)
+        LIBC.msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         fd = os.open(path, os.O_RDWR)
-        area = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        area = LIBC.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
         os.close(fd)
         os.write(ack_w, b"k")
         while os.read(cmd_r, 1) == b"w":
-            area[1000:1000 + 11] = b"hello-after"
-            area.flush()
+            ctypes.memmove(area + 1000, b"hello-after", 11)
+            LIBC.msync(area, size, 4)  # MS_SYNC
             os.write(ack_w, b"k")
         os._exit(0)  # pylint: disable=protected-access
     CLEANUP.append(lambda: kill(pid))
@@ -850,11 +855,24 @@ def scenario_fuzz(count, seed=7):
     dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
     buf = ctypes.create_string_buffer(8192)
     for _ in range(count):
-        kind = rng.choice(("random_bytes", "random_fields", "bad_pointer", "wrong_cmd", "odd_size"))
+        kind = rng.choice(("random_bytes", "random_fields", "plausible", "bad_pointer", "wrong_cmd", "odd_size"))
         kinds[kind] += 1
         cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
         if kind == "random_bytes":
-            ctypes.memmove(buf, os.urandom(abi.RELINK_STRUCT_SIZE), abi.RELINK_STRUCT_SIZE)
+            ctypes.memmove(buf, rng.getrandbits(8 * abi.RELINK_STRUCT_SIZE).to_bytes(abi.RELINK_STRUCT_SIZE,
+                                                                                     "little"),
+                           abi.RELINK_STRUCT_SIZE)
+        elif kind == "plausible":  # well-formed, so it gets past the format checks
+            name = rng.choice((b"n%d" % rng.randrange(50), b"live", b"d", b"x" * 255, b"."))
+            if rng.random() < 0.5:
+                request = abi.pack_request(abi.BY_FD, src_fd=rng.choice(fds), dir_fd=rng.choice(fds), name=name)
+            else:
+                request = abi.pack_request(abi.BY_INODE, dir_fd=rng.choice(fds), name=name,
+                                           dev=rng.choice((os.fstat(deleted_fd).st_dev, os.stat("/").st_dev,
+                                                           rng.getrandbits(64) or 1)),
+                                           ino=rng.choice((os.fstat(deleted_fd).st_ino, os.fstat(file_fd).st_ino,
+                                                           os.fstat(dir_fd).st_ino, rng.getrandbits(64))))
+            ctypes.memmove(buf, request, len(request))
         elif kind == "random_fields":
             name = bytes(rng.choice(b"ab./\0\xff") for _ in range(rng.choice((0, 1, 2, 5, 255, 256))))
             request = struct.pack(
