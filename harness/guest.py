@@ -8,6 +8,7 @@ a restore that does not answer on SSH quickly falls back to a cold boot.
 """
 
 import atexit
+import ctypes
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from .util import (HarnessError, file_lock, progress, remove_tree, require_tools
 
 DEFAULT_MEM_MB = 2048
 SMP = 2
-BOOT_TIMEOUT = 240
+BOOT_TIMEOUT = int(os.environ.get("FRELINK_BOOT_TIMEOUT", "300"))
 RESTORE_TIMEOUT = 120
 SSH_HOST = "127.0.0.1"
 
@@ -36,6 +37,12 @@ _running = set()
 
 class GuestCommandError(CommandError):
     """A command in the guest failed (or ssh itself failed: exit 255)."""
+
+
+def _die_with_parent():
+    # a guest owned by a test process must not outlive it, even when it is SIGKILLed
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -111,7 +118,11 @@ class Guest:
     # ---- lifecycle -------------------------------------------------------
 
     def __enter__(self):
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -167,8 +178,10 @@ class Guest:
                 if stale.exists():
                     stale.unlink()
             with open(self.dir / "qemu.log", "w") as log:
-                self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+                self.process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=None if self.detached else _die_with_parent)
             self.pid = self.process.pid
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.process.poll() is None:
@@ -432,7 +445,7 @@ def _ensure_snapshot(env, cmdline, mem_mb):
         remove_tree(snap)
         progress(env.suite, "first boot of this image: booting cold, then saving the booted "
                             "state for fast restores (one time, ~1 min)")
-        maker = Guest(env.suite, mem_mb=mem_mb, instance_dir=snap, detached=True, snapshot=False)
+        maker = Guest(env.suite, mem_mb=mem_mb, instance_dir=snap, snapshot=False)
         try:
             maker._launch(env.disk)
             maker._wait_ssh(maker.boot_timeout)
@@ -455,6 +468,7 @@ def _ensure_snapshot(env, cmdline, mem_mb):
             qmp.close()
             maker.process.wait(30)
             maker.process = None
+            _running.discard(maker)
             os.rename(state, snap / "state")
             os.rename(snap / "overlay.qcow2", snap / "disk.qcow2")
         except (HarnessError, OSError, subprocess.SubprocessError) as error:

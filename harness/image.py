@@ -5,7 +5,8 @@ Cache layout, per suite, under ~/.cache/frelink/<suite>/ (FRELINK_CACHE override
     image/rootfs/        the Debian tree, also used as the build chroot
     image/disk.qcow2     ext4 image of rootfs (no partition table, root=/dev/vda)
     image/vmlinuz, image/initrd.img, image/env.json
-    image/ssh/id_ed25519 the key root and tester accept (generated, never committed)
+    ssh/id_ed25519       the key root and tester accept (generated once, kept across
+                         rebuilds so running guests stay reachable; never committed)
     image.ready          the version key of the finished image, written last
     build/               out-of-tree module builds (see chroot.py)
     snapshot/            a saved booted state (see guest.py)
@@ -25,11 +26,11 @@ import uuid
 from pathlib import Path
 
 from . import debian
-from .util import (HarnessError, file_lock, namespace_chroot, progress, remove_tree, require_tools,
+from .util import (HarnessError, cache_root, file_lock, namespace_chroot, progress, remove_tree, require_tools,
                    suite_dir, tail, write_atomic)
 
 # Bump when the customisation below changes in a way an existing image lacks.
-IMAGE_FORMAT = 2
+IMAGE_FORMAT = 3
 DISK_SIZE = "8G"
 HOSTNAME = "frelink-{suite}"
 
@@ -40,7 +41,14 @@ MASKED_UNITS = (
     "systemd-networkd-wait-online.service", "systemd-firstboot.service",
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
     "dpkg-db-backup.timer", "man-db.timer", "systemd-tmpfiles-clean.timer",
+    # xfsprogs >= 6.x: background scrubbing, and (sid) a healer started on every xfs mount
+    # that would keep test filesystems busy
+    "xfs_scrub_all.timer", "xfs_healer_start.service", "xfs_healer@.service",
+    "modprobe@drm.service",
 )
+
+# Emulated legacy devices nobody uses; their drivers only slow the boot down.
+BLACKLISTED_MODULES = ("floppy", "pcspkr")
 
 NETWORK_UNIT = """\
 [Match]
@@ -57,6 +65,8 @@ SSHD_CONFIG = """\
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 UseDNS no
+PrintMotd no
+PrintLastLog no
 """
 
 
@@ -110,11 +120,39 @@ def _load(suite: str, key: str):
         vmlinuz=image / "vmlinuz",
         initrd=image / "initrd.img",
         disk=image / "disk.qcow2",
-        ssh_key=image / "ssh" / "id_ed25519",
+        ssh_key=ssh_key_path(suite),
         key=key,
     )
-    needed = (env.rootfs / "etc" / "os-release", env.vmlinuz, env.initrd, env.disk, env.ssh_key)
-    return env if all(path.exists() for path in needed) else None
+    needed = (env.rootfs / "etc" / "os-release", env.vmlinuz, env.initrd, env.disk, env.ssh_key,
+              Path(f"{env.ssh_key}.pub"))
+    if not all(path.exists() for path in needed):
+        return None
+    # an image that does not accept the current key is as good as missing
+    if meta.get("ssh_pubkey") != Path(f"{env.ssh_key}.pub").read_text().strip():
+        return None
+    return env
+
+
+def ssh_key_path(suite: str) -> Path:
+    return suite_dir(suite) / "ssh" / "id_ed25519"
+
+
+def _ensure_ssh_key(suite: str, log: Path) -> Path:
+    key = ssh_key_path(suite)
+    pub = key.with_name(key.name + ".pub")
+    if key.exists() and pub.exists():
+        return key
+    key.parent.mkdir(parents=True, exist_ok=True)
+    tmp = key.with_name(key.name + ".tmp")
+    tmp_pub = key.with_name(tmp.name + ".pub")
+    for stale in (tmp, tmp_pub):
+        if stale.exists():
+            stale.unlink()
+    _run_logged(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"frelink-{suite}",
+                 "-f", tmp], log, "ssh-keygen", suite)
+    os.replace(tmp_pub, pub)
+    os.replace(tmp, key)
+    return key
 
 
 def prepare(suite: str, rebuild: bool = False) -> Env:
@@ -169,9 +207,7 @@ def _build(suite: str, key: str) -> None:
     log = new / "build.log"
     rootfs = new / "rootfs"
 
-    (new / "ssh").mkdir()
-    _run_logged(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"frelink-{suite}",
-                 "-f", new / "ssh" / "id_ed25519"], log, "ssh-keygen", suite)
+    ssh_key = _ensure_ssh_key(suite, log)
 
     sources = debian.apt_source_lines(suite)
     cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
@@ -179,13 +215,17 @@ def _build(suite: str, key: str) -> None:
     for option in debian.apt_options(suite):
         cmd.append("--aptopt=" + option)
     cmd += [suite, rootfs] + sources
-    progress(suite, "downloading and installing Debian packages with mmdebstrap "
-                    f"(~{len(debian.PACKAGES)} packages plus dependencies, kernel, headers, gcc; "
-                    "2-6 min; log: " + str(log) + ")")
-    _run_logged(cmd, log, "mmdebstrap", suite)
+    # one download at a time: parallel prepare() calls for several suites share the host
+    with file_lock(cache_root() / "mmdebstrap.lock", suite,
+                   "waiting for another suite's mmdebstrap to finish"):
+        progress(suite, "downloading and installing Debian packages with mmdebstrap "
+                        f"(~{len(debian.PACKAGES)} packages plus dependencies, kernel, headers, "
+                        "gcc; 2-6 min; log: " + str(log) + ")")
+        _run_logged(cmd, log, "mmdebstrap", suite)
 
     progress(suite, "configuring the image (ssh key, network, user tester, masked timers)")
-    _customize(suite, rootfs, new, log)
+    pubkey = Path(f"{ssh_key}.pub").read_text().strip()
+    _customize(suite, rootfs, pubkey, log)
 
     boot = sorted((rootfs / "boot").glob("vmlinuz-*"))
     if len(boot) != 1:
@@ -209,6 +249,7 @@ def _build(suite: str, key: str) -> None:
     raw.unlink()
 
     meta = {"suite": suite, "kernel_release": release, "key": key, "sources": sources,
+            "ssh_pubkey": pubkey,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (new / "env.json").write_text(json.dumps(meta, indent=2) + "\n")
     remove_tree(image)
@@ -217,8 +258,7 @@ def _build(suite: str, key: str) -> None:
     progress(suite, f"image ready: kernel {release}, built in {time.monotonic() - started:.0f} s")
 
 
-def _customize(suite: str, rootfs: Path, new: Path, log: Path) -> None:
-    pubkey = (new / "ssh" / "id_ed25519.pub").read_text()
+def _customize(suite: str, rootfs: Path, pubkey: str, log: Path) -> None:
     hostname = HOSTNAME.format(suite=suite)
     etc = rootfs / "etc"
     (etc / "hostname").write_text(hostname + "\n")
@@ -240,6 +280,13 @@ def _customize(suite: str, rootfs: Path, new: Path, log: Path) -> None:
     os.chmod(etc / "sudoers.d" / "tester", 0o440)
     (rootfs / "build").mkdir(exist_ok=True)  # bind mount point for module builds
     (etc / "machine-id").write_text(uuid.uuid4().hex + "\n")
+    (etc / "modprobe.d" / "frelink-blacklist.conf").write_text(
+        "".join(f"blacklist {name}\n" for name in BLACKLISTED_MODULES))
+    # every ssh command is a new session: skip the motd scripts (slow under TCG)
+    pam_sshd = etc / "pam.d" / "sshd"
+    pam_sshd.write_text("".join(
+        "#" + line if "pam_motd.so" in line and not line.startswith("#") else line
+        for line in pam_sshd.read_text().splitlines(keepends=True)))
     (etc / "initramfs-tools" / "conf.d" / "frelink").write_text("MODULES=list\n")
     (etc / "initramfs-tools" / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
 
@@ -250,7 +297,7 @@ def _customize(suite: str, rootfs: Path, new: Path, log: Path) -> None:
         useradd --create-home --shell /bin/bash --groups sudo tester
         for home in /root /home/tester; do
             mkdir -p "$home/.ssh"
-            printf '%s\\n' '{pubkey.strip()}' > "$home/.ssh/authorized_keys"
+            printf '%s\\n' '{pubkey}' > "$home/.ssh/authorized_keys"
             chmod 700 "$home/.ssh"
             chmod 600 "$home/.ssh/authorized_keys"
         done
