@@ -50,7 +50,7 @@ def kmod_guest(request):
 
 
 def scenario(kmod_guest, name):
-    suite, _, results = kmod_guest
+    suite, results = kmod_guest[0], kmod_guest[2]
     res = results[name]
     assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (suite, name, res["exception"])
     return res
@@ -158,7 +158,7 @@ def test_non_root_is_refused(kmod_guest):
         "open_0666": "EPERM",
         "listing_unchanged": True,
     }
-    _, guest, _ = kmod_guest
+    guest = kmod_guest[1]
     proc = guest.run("python3 -c 'import os; os.open(\"/dev/frelink\", os.O_RDWR)'", user="tester", check=False)
     assert proc.returncode != 0 and "PermissionError" in proc.stderr
 
@@ -231,7 +231,7 @@ def test_ioctl_fuzz(kmod_guest):
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):
-    _, guest, _ = kmod_guest
+    guest = kmod_guest[1]
     busy = guest.run(
         "python3 -c 'import os, subprocess; fd = os.open(\"/dev/frelink\", os.O_RDWR); "
         "r = subprocess.run([\"rmmod\", \"frelink\"]); print(\"rc\", r.returncode)'", check=False)
@@ -246,7 +246,7 @@ def test_unload_refused_while_in_use_then_idle(kmod_guest):
 
 def test_no_oops_or_warning(kmod_guest):
     """Last: nothing in dmesg or on the serial console after all of the above."""
-    _, guest, _ = kmod_guest
+    guest = kmod_guest[1]
     dmesg = guest.run("dmesg").stdout
     assert not OOPS.findall(dmesg), dmesg[-6000:]
     console = guest.console_log()

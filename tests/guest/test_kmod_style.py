@@ -34,8 +34,8 @@ def checkpatch_script():
     package = re.search(r"(linux-source-[0-9.]+)", depends).group(1)
     subprocess.run(["apt-get", "download", package], cwd=CACHE, check=True, capture_output=True)
     deb = sorted(CACHE.glob(package + "_*.deb"))[-1]
-    wanted = [package + "/scripts/" + name for name in ("checkpatch.pl", "spelling.txt",
-                                                         "const_structs.checkpatch")]
+    wanted = [package + "/scripts/" + name
+              for name in ("checkpatch.pl", "spelling.txt", "const_structs.checkpatch")]
     subprocess.run(
         "dpkg-deb --fsys-tarfile %s | tar -xO ./usr/src/%s.tar.xz | tar -xJ %s" % (deb, package, " ".join(wanted)),
         shell=True, cwd=CACHE, check=True)
@@ -47,7 +47,7 @@ def checkpatch_script():
 def test_checkpatch_strict():
     script = checkpatch_script()
     proc = subprocess.run(["perl", str(script), "--strict", "--no-tree", "--terse", "--show-types", "-f",
-                           *KERNEL_SOURCES], cwd=KMOD, capture_output=True, text=True)
+                           *KERNEL_SOURCES], cwd=KMOD, capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
 
 

@@ -30,15 +30,15 @@ PROBE = r"""
 #define SIZE(f) printf("size_%s %zu\n", #f, sizeof(((struct frelink_relink *)0)->f))
 int main(void)
 {
-	printf("sizeof %zu\n", sizeof(struct frelink_relink));
-	printf("ioc_relink %lu\n", (unsigned long)FRELINK_IOC_RELINK);
-	printf("ioc_magic %u\n", (unsigned)FRELINK_IOC_MAGIC);
-	printf("by_fd %u\n", (unsigned)FRELINK_BY_FD);
-	printf("by_inode %u\n", (unsigned)FRELINK_BY_INODE);
-	printf("name_size %u\n", (unsigned)FRELINK_NAME_SIZE);
-	printf("device_name %s\n", FRELINK_DEVICE_NAME);
+    printf("sizeof %zu\n", sizeof(struct frelink_relink));
+    printf("ioc_relink %lu\n", (unsigned long)FRELINK_IOC_RELINK);
+    printf("ioc_magic %u\n", (unsigned)FRELINK_IOC_MAGIC);
+    printf("by_fd %u\n", (unsigned)FRELINK_BY_FD);
+    printf("by_inode %u\n", (unsigned)FRELINK_BY_INODE);
+    printf("name_size %u\n", (unsigned)FRELINK_NAME_SIZE);
+    printf("device_name %s\n", FRELINK_DEVICE_NAME);
 %s
-	return 0;
+    return 0;
 }
 """
 

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """In-guest half of tests/guest/test_kmod.py: exercise /dev/frelink for real.
 
 Run as root inside a test guest with the frelink module loaded, next to a copy
@@ -15,7 +14,6 @@ host asserts on it.  Cleanup (holders, mounts, loops) also happens on failure.
 import argparse
 import collections
 import ctypes
-import errno
 import fcntl
 import hashlib
 import json
@@ -56,7 +54,8 @@ def name_of(err):
 
 
 def run(*argv, check=True):
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          check=False)
     if check and proc.returncode:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stdout))
     return proc
@@ -170,7 +169,7 @@ class Holder:
 
         with os.fdopen(cmd_r, "rb", buffering=0) as cmds:
             while True:
-                ready, _, _ = select.select([cmds], [], [], 0.001 if running else None)
+                ready = select.select([cmds], [], [], 0.001 if running else None)[0]
                 if not ready:
                     write_one()
                     count += 1
@@ -188,7 +187,7 @@ class Holder:
                 elif word[0] == b"r":
                     running = True
                 elif word[0] == b"w":
-                    for _ in range(int(word[1])):
+                    for dummy in range(int(word[1])):
                         write_one()
                         count += 1
                     os.write(reply_w, state())
@@ -332,16 +331,16 @@ def scenario_relink(kind):
     new = os.stat(fs.mnt + "/dir/restored")
     res["by_fd_same_inode"] = (new.st_dev, new.st_ino) == (src.st_dev, src.st_ino)
     res["by_fd_nlink"] = new.st_nlink
-    _, digest = writer.ask("p")
+    digest = writer.ask("p")[1]
     res["by_fd_content_equal"] = sha(fs.mnt + "/dir/restored") == digest
     writer.ask("r")
-    count, _ = writer.ask("p")
+    count = writer.ask("p")[0]
     count2, digest2 = writer.ask("w 64")
     res["writes_after_relink_visible"] = count2 > count and sha(fs.mnt + "/dir/restored") == digest2
     writer.ask("r")
     os.close(src_fd)
 
-    holder2, _ = deleted_file(fs.mnt + "/dir/victim2", data2)
+    holder2, unused = deleted_file(fs.mnt + "/dir/victim2", data2)
     src2 = os.stat(holder2.proc_path)
     res["by_inode"] = refusal(lambda: abi.relink_by_inode(src2.st_dev, src2.st_ino, dir_fd, "restored2"))
     new2 = os.stat(fs.mnt + "/dir/restored2")
@@ -349,7 +348,7 @@ def scenario_relink(kind):
     res["by_inode_nlink"] = new2.st_nlink
     res["by_inode_content_equal"] = sha(fs.mnt + "/dir/restored2") == hashlib.sha256(data2).hexdigest()
 
-    _, final = writer.ask("p")
+    final = writer.ask("p")[1]
     for proc in (writer, holder, holder2):
         proc.stop()
     expect = {"restored": final, "restored2": hashlib.sha256(data2).hexdigest()}
@@ -379,7 +378,7 @@ def btrfs_subvolumes(fs):
     write_file(fs.mnt + "/sub2/live", b"live\n")
     live = os.stat(fs.mnt + "/sub2/live")
     data = seeded_bytes(3, 64 << 10)
-    holder, _ = deleted_file(fs.mnt + "/sub/victim", data)
+    holder, unused = deleted_file(fs.mnt + "/sub/victim", data)
     src = os.stat(holder.proc_path)
     res["same_ino_in_both"] = live.st_ino == src.st_ino
     res["devs_differ"] = live.st_dev != src.st_dev
@@ -411,7 +410,7 @@ def scenario_refusals():
     os.mkdir(base + "/dir")
     dir_fd = fs.open_dir(base + "/dir")
     write_file(base + "/dir/existing", b"keep me\n")
-    holder, _ = deleted_file(base + "/dir/victim", b"deleted data\n")
+    holder, unused = deleted_file(base + "/dir/victim", b"deleted data\n")
     src_fd = os.open(holder.proc_path, os.O_RDONLY)
     src = os.fstat(src_fd)
     before = listing(base + "/dir")
@@ -503,7 +502,7 @@ def scenario_refusals():
     res["relinked_content"] = open(base + "/dir/new", "rb").read() == b"deleted data\n"
     res["non_root"] = non_root(src_fd, dir_fd, base + "/dir")
     # last holder gone: the inode is freed, relink by (dev, ino) finds nothing
-    holder2, _ = deleted_file(base + "/dir/victim2", b"short-lived\n")
+    holder2, unused = deleted_file(base + "/dir/victim2", b"short-lived\n")
     src2 = os.stat(holder2.proc_path)
     holder2.stop()
     res["last_holder_gone"] = refusal(lambda: abi.relink_by_inode(src2.st_dev, src2.st_ino, dir_fd, "late"))
@@ -580,7 +579,7 @@ def scenario_unsupported():
     res = {}
     for kind in ("jfs", "vfat"):
         fs = Fs(kind, kind)
-        holder, _ = deleted_file(fs.mnt + "/victim", b"data\n")
+        holder, unused = deleted_file(fs.mnt + "/victim", b"data\n")
         src_fd = os.open(holder.proc_path, os.O_RDONLY)
         dir_fd = os.open(fs.mnt, os.O_PATH | os.O_DIRECTORY)
         before = listing(fs.mnt)
@@ -854,7 +853,7 @@ def scenario_fuzz(count, seed=7):
     kinds = collections.Counter()
     dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
     buf = ctypes.create_string_buffer(8192)
-    for _ in range(count):
+    for dummy in range(count):
         kind = rng.choice(("random_bytes", "random_fields", "plausible", "bad_pointer", "wrong_cmd", "odd_size"))
         kinds[kind] += 1
         cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
@@ -874,17 +873,17 @@ def scenario_fuzz(count, seed=7):
                                                            os.fstat(dir_fd).st_ino, rng.getrandbits(64))))
             ctypes.memmove(buf, request, len(request))
         elif kind == "random_fields":
-            name = bytes(rng.choice(b"ab./\0\xff") for _ in range(rng.choice((0, 1, 2, 5, 255, 256))))
+            name = bytes(rng.choice(b"ab./\0\xff") for dummy in range(rng.choice((0, 1, 2, 5, 255, 256))))
             request = struct.pack(
                 "=IiiIQQ4Q",
                 rng.choice((0, 1, 2, 3, 0xffffffff, rng.getrandbits(32))),
                 rng.choice(fds), rng.choice(fds), rng.choice((0, 0, 0, 1)),
                 rng.choice((0, os.fstat(deleted_fd).st_dev, rng.getrandbits(64))),
                 rng.choice((0, os.fstat(deleted_fd).st_ino, rng.getrandbits(64))),
-                *[rng.choice((0, 0, 0, 0, 1)) for _ in range(4)]) + name[:abi.NAME_SIZE].ljust(abi.NAME_SIZE,
-                                                                                               b"\0")
+                *[rng.choice((0, 0, 0, 0, 1)) for dummy in range(4)])
+            request += name[:abi.NAME_SIZE].ljust(abi.NAME_SIZE, b"\0")
             if rng.random() < 0.3:  # not NUL-terminated
-                request = request[:-abi.NAME_SIZE] + bytes(rng.choice(b"ab/.") for _ in range(abi.NAME_SIZE))
+                request = request[:-abi.NAME_SIZE] + bytes(rng.choice(b"ab/.") for dummy in range(abi.NAME_SIZE))
             ctypes.memmove(buf, request, len(request))
         elif kind == "bad_pointer":
             ptr = rng.choice(bad_pointers)
@@ -917,7 +916,7 @@ def main():
             if scenario.startswith("relink:"):
                 results[scenario] = scenario_relink(scenario.split(":", 1)[1])
             elif scenario.startswith("stress:"):
-                kind, _, cycles = scenario.split(":", 1)[1].partition(":")
+                kind, cycles = (scenario.split(":", 2)[1:] + [""])[:2]
                 results[scenario] = scenario_stress(kind, int(cycles or args.stress))
             elif scenario == "fuzz":
                 results[scenario] = scenario_fuzz(args.fuzz)
