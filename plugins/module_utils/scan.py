@@ -461,12 +461,17 @@ class Scanner:
             fs = by_fs.get(orphan.dev)
             if fs is None:
                 mount = self.mounts.lookup(orphan.dev) if orphan.dev is not None else None
+                prefix = ""
+                if mount is None:  # only mounted in a holder's namespace (or a swap path)
+                    mount, prefix = self._mount_for(orphan)
+                mount_point = mount["mount_point"] if mount else None
                 fs = by_fs[orphan.dev] = {
                     "device": device_string(orphan.dev) if orphan.dev is not None else None,
-                    "mount_point": mount["mount_point"] if mount else None,
+                    "mount_point": mount_point,
                     "fstype": mount["fstype"] if mount else None,
                     "count": 0,
                     "bytes_pinned": 0,
+                    "free_bytes": self._free_bytes(prefix + mount_point) if mount_point else None,
                 }
             fs["count"] += 1
             fs["bytes_pinned"] += allocated
@@ -556,12 +561,10 @@ class Scanner:
             entry["host_path"] = info["prefix"] + orphan.path
         return entry
 
-    def entry(self, orphan, relink_available):
-        st = orphan.st
-        holders = orphan.holders
-        # Reference holder for path and mounts: prefer a process in our own namespace.
+    def _mount_for(self, orphan):
+        """(mount, prefix) of the orphan's filesystem, seen from a holder (our own namespace preferred)."""
         ref_pid = None
-        for _kind, pid, _detail in holders:
+        for _kind, pid, _detail in orphan.holders:
             if pid is not None:
                 if ref_pid is None or not self._process(pid)["prefix"]:
                     ref_pid = pid
@@ -571,6 +574,12 @@ class Scanner:
         mount = table.lookup(orphan.dev, orphan.path) if orphan.dev is not None else None
         if mount is None and orphan.dev is None:
             mount = _longest_mount(table.mounts, orphan.path)
+        return mount, prefix
+
+    def entry(self, orphan, relink_available):
+        st = orphan.st
+        holders = orphan.holders
+        mount, prefix = self._mount_for(orphan)
         ftype = file_type(st.st_mode) if st is not None else (
             "file" if {"loop", "swap"} & orphan.kinds else "unknown")
         try:
@@ -602,17 +611,20 @@ class Scanner:
             "fstype": fstype,
             "mount_point": mount_point,
             "path_free": path_free,
-            "confirmed": st is not None,
             "open_path": open_path,
-            "holder_count": len(holders),
             "holders": [self._holder(h, orphan) for h in holders[:HOLDERS_CAP]],
+            # A copy needs `size` bytes; the free space is per filesystem, in summary.by_filesystem.
             "restore": {
                 "relink": bool(relink_available and is_file and fstype in RELINK_FSTYPES and orphan.ino is not None),
                 "reflink": bool(is_file and fstype in REFLINK_FSTYPES and open_path is not None),
-                "copy_bytes": size if is_file else None,
-                "free_bytes": self._free_bytes(prefix + mount_point) if mount_point else None,
             },
         }
+        # Lean payload (Ansible's cost grows with every value it returns): the
+        # defaults confirmed=true and holder_count=len(holders) are left out.
+        if st is None:
+            entry["confirmed"] = False
+        if len(holders) > HOLDERS_CAP:
+            entry["holder_count"] = len(holders)
         return entry
 
 

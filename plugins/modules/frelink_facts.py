@@ -142,7 +142,8 @@ ansible_facts:
               V(bytes_pinned) (allocated bytes held), V(bytes_apparent) (sum of sizes),
               V(by_kind) (orphans with at least one holder of each kind), V(mapped_only)
               (orphans held by mappings only), V(by_filesystem) (list of V(device),
-              V(mount_point), V(fstype), V(count), V(bytes_pinned)).
+              V(mount_point), V(fstype), V(count), V(bytes_pinned), V(free_bytes) available
+              on that filesystem, for copies).
           returned: always
           type: dict
           sample:
@@ -154,7 +155,8 @@ ansible_facts:
             by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
             mapped_only: 0
             by_filesystem:
-              - {device: "254:0", mount_point: /, fstype: ext4, count: 1, bytes_pinned: 1052672}
+              - {device: "254:0", mount_point: /, fstype: ext4, count: 1, bytes_pinned: 1052672,
+                 free_bytes: 80495566848}
         orphans:
           description:
             - One entry per deleted inode, largest allocated first, at most O(limit).
@@ -163,11 +165,14 @@ ansible_facts:
               V(allocated) (st_blocks * 512), V(mode) (octal string), V(uid), V(owner),
               V(gid), V(group), V(mtime), V(fstype), V(mount_point),
               V(path_free) (nothing exists at V(path) now; V(false) when it was re-created),
-              V(confirmed) (link count 0 read by stat; V(false) for loop/swap-only orphans),
               V(open_path) (a C(/proc) path that opens the inode now, or V(null) for
-              loop/swap-only orphans), V(holder_count), V(holders) (at most 16),
-              V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible,
-              V(copy_bytes) a copy needs, V(free_bytes) on the file's filesystem).
+              loop/swap-only orphans), V(holders) (at most 16),
+              V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible;
+              a copy needs V(size) bytes, the free space is per filesystem in
+              RV(ansible_facts.frelink.summary.by_filesystem)).
+            - To keep the result lean, two values appear only when they differ from their default
+              V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
+              by stat) and V(holder_count) (the total, when more than 16 holders are listed).
             - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
               Process holders have V(pid), V(name), V(user); V(fd) holders add V(fd), V(mode)
               (V(r), V(w), V(rw), +V(a) for append) and V(pos); V(mmap) holders add V(range)
@@ -197,12 +202,10 @@ ansible_facts:
               fstype: ext4
               mount_point: /
               path_free: true
-              confirmed: true
               open_path: /proc/9681/fd/3
-              holder_count: 1
               holders:
                 - {kind: fd, pid: 9681, name: app, user: root, fd: 3, mode: w, pos: 1048576}
-              restore: {relink: true, reflink: false, copy_bytes: 1048576, free_bytes: 80495566848}
+              restore: {relink: true, reflink: false}
         scan:
           description:
             - V(complete) (V(false) when something could not be inspected, e.g. without root),

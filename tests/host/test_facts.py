@@ -105,8 +105,9 @@ def test_fd_orphan_exact_facts(workdir, writer):
         facts = full_scan()
         entry = entry_of(facts, held.dev, held.ino)
         assert entry is not None, "deleted open file %s not found" % held.path
-        free = entry["restore"].pop("free_bytes")
-        assert_free_bytes_close(free, mount_point)
+        (fs,) = [fs for fs in facts["summary"]["by_filesystem"] if fs["device"] == entry["device"]]
+        assert (fs["mount_point"], fs["fstype"]) == (mount_point, fstype)
+        assert_free_bytes_close(fs["free_bytes"], mount_point)
         assert entry == {
             "dev": held.dev,
             "device": "%d:%d" % (os.major(held.dev), os.minor(held.dev)),
@@ -121,13 +122,11 @@ def test_fd_orphan_exact_facts(workdir, writer):
             "fstype": fstype,
             "mount_point": mount_point,
             "path_free": True,
-            "confirmed": True,
             "open_path": held.proc_path,
-            "holder_count": 1,
             "holders": [{"kind": "fd", "pid": held.pid, "name": comm(held.pid), "user": "root", "fd": held.fd,
                          "mode": "rw" if writer else "r", "pos": held.pos}],
             "restore": {"relink": kmod_abi.module_loaded() and fstype in scanmod.RELINK_FSTYPES,
-                        "reflink": fstype in scanmod.REFLINK_FSTYPES, "copy_bytes": 10000},
+                        "reflink": fstype in scanmod.REFLINK_FSTYPES},
         }
         assert abs(entry["mtime"] - os.stat(held.proc_path).st_mtime) < 1e-6
         # Independent oracle: lsof agrees on this holder's deleted fds.
@@ -142,7 +141,7 @@ def test_mapped_only_file(workdir):
         facts = full_scan()
         entry = entry_of(facts, held.dev, held.ino)
         assert entry is not None, "mapped-only file not found"
-        assert entry["path"] == held.path and entry["size"] == 3 * 4096 and entry["confirmed"]
+        assert entry["path"] == held.path and entry["size"] == 3 * 4096 and "confirmed" not in entry
         assert entry["holders"] == [{"kind": "mmap", "pid": held.pid, "name": comm(held.pid), "user": "root",
                                      "range": held.range, "mappings": len(held.ranges)}]
         assert entry["open_path"] == "/proc/%d/map_files/%s" % (held.pid, held.range)
@@ -159,7 +158,7 @@ def test_deleted_cwd(workdir):
         assert (entry["type"], entry["path"], entry["path_free"]) == ("directory", held.path, True)
         assert [(h["kind"], h["pid"]) for h in entry["holders"]] == [("cwd", held.pid)]
         assert entry["open_path"] == "/proc/%d/cwd" % held.pid
-        assert entry["restore"]["relink"] is False and entry["restore"]["copy_bytes"] is None
+        assert entry["restore"] == {"relink": False, "reflink": False}
 
 
 def test_deleted_root(workdir):
@@ -253,7 +252,7 @@ def test_loop_with_offset_also_held_by_fd(workdir):
                     hold_fd=True) as held:
         entry = entry_of(full_scan(), held.dev, held.ino)
         assert entry is not None
-        assert entry["confirmed"] is True and entry["size"] == 8 << 20
+        assert "confirmed" not in entry and entry["size"] == 8 << 20
         assert entry["open_path"] == "/proc/%d/fd/%d" % (held.pid, held.fd)
         loop = [h for h in entry["holders"] if h["kind"] == "loop"]
         assert loop == [{"kind": "loop", "device": held.device, "offset": 1 << 20, "sizelimit": 4 << 20,
@@ -384,3 +383,21 @@ def test_find_orphan_and_resolve_selector(workdir):
         assert [e["ino"] for e in scanmod.resolve_selector(selector)] == [held.ino]
         assert [e["ino"] for e in scanmod.resolve_selector(img.device)] == [img.ino]
         assert scanmod.resolve_selector(str(workdir / "never-existed")) == []
+
+
+def test_many_holders_are_listed_up_to_the_cap_with_a_total(workdir):
+    path = workdir / "shared.log"
+    path.write_bytes(b"shared\n")
+    st = os.stat(path)
+    children = scanmod.HOLDERS_CAP + 2
+    # The holder and its forked children share one open fd on the file (killed together as a group).
+    code = ("fd = os.open(%r, os.O_RDONLY)\nout['pids'] = []\nfor _n in range(%d):\n"
+            "    child = os.fork()\n    if child == 0:\n        sys.stdin.read()\n        os._exit(0)\n"
+            "    out['pids'].append(child)\n") % (str(path), children)
+    with holder(code) as (proc, out):
+        os.unlink(path)
+        entry = entry_of(full_scan(), st.st_dev, st.st_ino)
+        assert entry is not None
+        assert entry["holder_count"] == children + 1
+        assert len(entry["holders"]) == scanmod.HOLDERS_CAP
+        assert {h["pid"] for h in entry["holders"]} <= {proc.pid} | set(out["pids"])
