@@ -248,6 +248,7 @@ class DestDir(object):
                                 "the directory %s does not exist: create it, set create_parents: true, "
                                 "or choose another dest" % here)
                         if check_mode:
+                            self.vfs = os.fstatvfs(fd)
                             base = self.anchor.rstrip("/")
                             self.missing = [base + "/" + "/".join(parents[:j + 1]) for j in range(i, len(parents))]
                             self.st = os.fstat(fd)
@@ -269,6 +270,7 @@ class DestDir(object):
                 walked = here
             self.fd = fd
             self.st = os.fstat(fd)
+            self.vfs = os.fstatvfs(fd)
             self.path = walked or "/"
             fd = None
         finally:
@@ -563,8 +565,7 @@ def _copy_obstacle(target, dest_dir):
     needed = orphan.get("allocated")
     if needed is None:
         needed = target.size or 0
-    vfs = os.fstatvfs(dest_dir.fd) if dest_dir.fd is not None else os.statvfs("/")
-    free = vfs.f_bavail * vfs.f_frsize
+    free = dest_dir.vfs.f_bavail * dest_dir.vfs.f_frsize
     if needed > free:
         return ("copy of %s needs %d bytes but only %d are free on the filesystem of %s: free space, choose a dest "
                 "on a larger filesystem, or relink it in place with method: link" % (
@@ -601,6 +602,7 @@ def plan_methods(target, dest_dir, opts, check_mode):
         else:
             plan.append(fallback)
     if plan:
+        target.fallback_reasons = obstacles
         return plan
     if not opts.fallback:
         obstacles.append("no fallback allowed: a reflink or copy is a new file (new inode; the holder keeps "
@@ -682,6 +684,8 @@ def restore_target(target, dest, opts, check_mode=False):
         method = plan[0]
         res["method"] = method
         res["identity_preserved"] = method == "link"
+        if getattr(target, "fallback_reasons", None):
+            res["fallback_reasons"] = list(target.fallback_reasons)
         res["changed"] = True
         res["diff"] = _diff(dest, _state_text(), "state: file\ndevice: %s\ninode: %s\nsize: %s\nmethod: %s\n" % (
             res["device"], target.ino if method == "link" else "(new)", target.size, method))
@@ -704,7 +708,7 @@ def restore_target(target, dest, opts, check_mode=False):
                 except RestoreError as exc:
                     if method != "reflink" or i + 1 == len(plan) or exc.details.get("errno") is None:
                         raise
-                    res["fallback_reasons"] = [exc.msg]
+                    res.setdefault("fallback_reasons", []).append(exc.msg)
             res["method"] = method
         final = dest_dir.lstat_name()
         res["diff"]["after"] = _state_text(final, {"method": method})

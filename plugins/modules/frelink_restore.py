@@ -239,6 +239,12 @@ size:
   returned: single selector
   type: int
   sample: 1048576
+fallback_reasons:
+  description: With O(method=auto), why each method before the one used was impossible (or turned down).
+  returned: a fallback was used
+  type: list
+  elements: str
+  sample: ["link: the frelink kernel module is not loaded ...", "reflink: the ext4 filesystem does not support reflinks ..."]
 created_dirs:
   description: Parent directories created (or that would be created) because of O(create_parents).
   returned: when restoring

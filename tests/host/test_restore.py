@@ -347,7 +347,8 @@ def test_reflink_refused_on_ext4_and_auto_falls_back_to_copy(work, holders):
     assert not (work / "db.ibd").exists() and list(work.iterdir()) == []
     result, failures = _restore({"src": held.src, "method": "auto", "fallback": ["reflink", "copy"]})
     assert failures == [] and result["method"] == "copy", result
-    assert "does not support reflinks" in result["fallback_reasons"][0]
+    assert "kernel module is not loaded" in result["fallback_reasons"][0]
+    assert "does not support reflinks" in result["fallback_reasons"][1]
     assert (work / "db.ibd").read_bytes() == held.content()
 
 
