@@ -178,7 +178,7 @@ class MountTable:
             return best
         if not candidates:
             return None
-        if path:
+        if path and len(candidates) > 1:
             best = _longest_prefix(candidates, path)
             if best is not None:
                 return best

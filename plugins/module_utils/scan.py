@@ -433,7 +433,7 @@ class Scanner:
                 if size < min_size:
                     continue
             selected.append(orphan)
-        selected.sort(key=lambda o: (-(o.allocated if o.allocated is not None else o.size_hint), o.path))
+        selected.sort(key=_largest_first)
         return selected
 
     def summary(self, selected, listed):
@@ -455,9 +455,10 @@ class Scanner:
                     by_kind[kind] += 1
                 if kinds == {"mmap"}:
                     mapped_only += 1
-            allocated = orphan.allocated or 0
+            st = orphan.st
+            allocated = st.st_blocks * 512 if st is not None else 0
             pinned += allocated
-            apparent += orphan.size or 0
+            apparent += st.st_size if st is not None else 0
             fs = by_fs.get(orphan.dev)
             if fs is None:
                 mount = self.mounts.lookup(orphan.dev) if orphan.dev is not None else None
@@ -491,7 +492,7 @@ class Scanner:
         if info is None:
             base = "%s/%s" % (self.proc, pid)
             try:
-                name = read_text(base + "/comm").rstrip("\n")
+                name = _read_small(base + "/comm").rstrip("\n")
             except OSError:
                 name = None
             try:
@@ -548,7 +549,7 @@ class Scanner:
         if kind == "fd":
             entry["fd"] = int(detail)
             try:
-                fdinfo = parse_fdinfo(read_text("%s/%s/fdinfo/%s" % (self.proc, pid, detail)))
+                fdinfo = parse_fdinfo(_read_small("%s/%s/fdinfo/%s" % (self.proc, pid, detail)))
                 entry["mode"] = access_mode(fdinfo.get("flags", 0))
                 entry["pos"] = fdinfo.get("pos")
             except OSError:
@@ -626,6 +627,20 @@ class Scanner:
         if len(holders) > HOLDERS_CAP:
             entry["holder_count"] = len(holders)
         return entry
+
+
+def _largest_first(orphan):
+    st = orphan.st
+    return (-(st.st_blocks * 512 if st is not None else orphan.size_hint), orphan.path)
+
+
+def _read_small(path):
+    """A short /proc file (comm, fdinfo of a file) in one read: they are generated whole on the first read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
 
 
 def _open_path(proc, holders):
