@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Runs inside a guest with the frelink module loaded (see run.py).
 
 For each size: create a file (sparse or filled), keep it open, unlink it;

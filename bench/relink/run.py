@@ -50,8 +50,9 @@ def main():
     print("relink vs cp of a deleted open file: Debian %s, kernel %s, %s, QEMU TCG" % (args.suite, kernel, fstype))
     print("%-9s %-7s %12s %12s %10s" % ("size", "kind", "relink ms", "cp ms", "cp/relink"))
     for row in rows:
-        print("%-9s %-7s %12.3f %12.1f %10.0f" % (human(row["size"]), row["kind"], row["relink_s"] * 1000,
-                                                   row["cp_s"] * 1000, row["cp_s"] / row["relink_s"]))
+        cells = (human(row["size"]), row["kind"], row["relink_s"] * 1000, row["cp_s"] * 1000,
+                 row["cp_s"] / row["relink_s"])
+        print("%-9s %-7s %12.3f %12.1f %10.0f" % cells)
     relinks = [row["relink_s"] for row in rows]
     print("relink: min %.3f ms, max %.3f ms over sizes %s .. %s (flat: independent of size)" % (
         min(relinks) * 1000, max(relinks) * 1000, human(rows[0]["size"]), human(rows[-1]["size"])))
