@@ -91,7 +91,8 @@ def facts(inventory):
     out = ansible(["ansible", "-i", str(inventory), "guest", "-m", "frelink.frelink.frelink_facts",
                    "-a", json.dumps({"include": [DEMO_DIR + "/*"]})], "frelink_facts")
     # minimal/default ad-hoc output: "guest | SUCCESS => {json}"
-    return json.loads(out[out.index("=>") + 2:])["ansible_facts"]["frelink"]
+    result, _ = json.JSONDecoder().raw_decode(out[out.index("=>") + 2:].lstrip())
+    return result["ansible_facts"]["frelink"]
 
 
 def main():

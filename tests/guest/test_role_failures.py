@@ -62,7 +62,8 @@ def test_in_use_refusal_and_missing_headers(tmp_path):
         assert guest.run("test -c /dev/frelink", check=False).returncode == 0
 
         # A process holding /dev/frelink open pins the module.
-        guest.run("setsid sh -c 'exec sleep 3600 < /dev/frelink' >/dev/null 2>&1 & sleep 1")
+        guest.run("setsid sh -c 'exec sleep 3600 < /dev/frelink' >/dev/null 2>&1 & "
+                  "echo $! > /run/frelink-holder.pid; sleep 1")
         assert int(guest.run("cat /sys/module/frelink/refcnt").stdout) >= 1
         proc, out = run_role(guest, tmp_path, frelink_kmod_state="absent")
         assert proc.returncode != 0, out
@@ -72,7 +73,7 @@ def test_in_use_refusal_and_missing_headers(tmp_path):
         guest.run("test -d /sys/module/frelink && ls /usr/src/frelink-0.1.0/dkms.conf "
                   "&& modinfo -F filename frelink")
 
-        guest.run("pkill -f 'sleep 3600'; sleep 1")
+        guest.run("kill $(cat /run/frelink-holder.pid); sleep 1")
         proc, out = run_role(guest, tmp_path, frelink_kmod_state="absent")
         assert proc.returncode == 0, out
         left = guest.run("ls -d /sys/module/frelink /usr/src/frelink-* 2>/dev/null; "
