@@ -44,7 +44,10 @@ def kmod_guest(request):
         scenarios += ["fuzz"]
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d" % (
             REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS), timeout=900)
-        results = json.loads(proc.stdout)
+        try:
+            results = json.loads(proc.stdout)
+        except ValueError:
+            pytest.fail("%s: the payload printed no JSON:\n%s\n%s" % (suite, proc.stdout[-3000:], proc.stderr[-3000:]))
         print("\n[%s] scenario seconds: %s" % (suite, {k: v.get("seconds") for k, v in results.items()}))
         yield suite, guest, results
 
