@@ -29,6 +29,7 @@ import grp
 import os
 import pwd
 import stat
+import threading
 
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
     ANON_DEV_FSTYPES,
@@ -61,6 +62,11 @@ HOLDERS_CAP = 16  # holders listed per orphan; holder_count has the total
 RELINK_FSTYPES = frozenset(("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "ubifs", "bcachefs"))
 # Filesystems where FICLONE can share extents (xfs only when made with reflink=1).
 REFLINK_FSTYPES = frozenset(("btrfs", "xfs", "ocfs2", "bcachefs"))
+
+# Processes are read by up to this many threads (os calls release the GIL), each
+# thread taking at least _PIDS_PER_THREAD processes; the merge stays in one thread.
+_MAX_THREADS = 4
+_PIDS_PER_THREAD = 64
 
 SUFFIX = " (deleted)"
 _SUFFIX_LEN = len(SUFFIX)
@@ -128,13 +134,15 @@ class Orphan:
 class Scanner:
     """One pass over /proc, loop devices and swaps.  Use collect(), then entries()."""
 
-    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block"):
+    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block", threads=None):
         self.kinds = frozenset(kinds or KINDS)
         unknown = self.kinds - frozenset(KINDS)
         if unknown:
             raise ValueError("unknown kinds %s; choose from %s" % (", ".join(sorted(unknown)), ", ".join(KINDS)))
         self.proc = proc
         self.sys_block = sys_block
+        self.threads = threads if threads is not None else min(_MAX_THREADS, os.cpu_count() or 1)
+        self._proc_fd = None
         self.orphans = {}
         self.warnings = []
         self.complete = True
@@ -155,13 +163,13 @@ class Scanner:
     # -- discovery -------------------------------------------------------
 
     def collect(self):
-        proc_fd = os.open(self.proc, _DIR_FLAGS)
+        proc_fd = self._proc_fd = os.open(self.proc, _DIR_FLAGS)
         try:
             pids = [name for name in os.listdir(proc_fd) if name.isdigit()]
             if self.kinds.intersection(PROCESS_KINDS):
-                for pid in pids:
-                    self._scan_process(proc_fd, pid)
+                self._scan_processes(proc_fd, pids)
         finally:
+            self._proc_fd = None
             os.close(proc_fd)
         if "loop" in self.kinds:
             self._scan_loops()
@@ -179,6 +187,33 @@ class Scanner:
             self._partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
                           "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
         return self
+
+    def _scan_processes(self, proc_fd, pids):
+        """Read the processes in worker threads (the syscalls release the GIL), merge in pid order."""
+        workers = min(self.threads, len(pids) // _PIDS_PER_THREAD)
+        if workers < 2:
+            for pid in pids:
+                self._apply(self._read_process(proc_fd, pid))
+            return
+        results = [None] * workers
+        errors = []
+
+        def work(index):
+            try:
+                results[index] = [self._read_process(proc_fd, pid) for pid in pids[index::workers]]
+            except BaseException as exc:  # pylint: disable=broad-except
+                errors.append(exc)  # re-raised in the caller's thread
+
+        threads = [threading.Thread(target=work, args=(index,), name="frelink-scan-%d" % index)
+                   for index in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        for position in range(len(pids)):
+            self._apply(results[position % workers][position // workers])
 
     def _partial(self, message):
         self.complete = False
@@ -206,12 +241,21 @@ class Scanner:
         orphan.holders.append(holder)
         return orphan
 
-    def _scan_process(self, proc_fd, pid):
-        self.processes += 1
+    def _read_process(self, proc_fd, pid):
+        """The syscalls for one process, safe to run in a worker thread (nothing shared is changed).
+
+        Returns (pid, links, fd_count, fd_hits, maps, denied): links and fd_hits are the
+        (kind or fd, stat_result, target) of deleted-looking handles whose stat has
+        st_nlink == 0; maps is the /proc/PID/maps text when it has a deleted mapping.
+        """
         kinds = self.kinds
         readlink = os.readlink
         has_mm = True
         denied = False
+        links = []
+        fd_count = 0
+        fd_hits = []
+        maps = None
         for kind in ("exe", "cwd", "root"):
             if kind != "exe" and kind not in kinds:
                 continue
@@ -223,7 +267,7 @@ class Scanner:
                     has_mm = False  # kernel thread or zombie: no mm, no maps
                 continue
             except ProcessLookupError:
-                return
+                return pid, links, fd_count, fd_hits, maps, denied
             except PermissionError:
                 denied = True
                 continue
@@ -234,20 +278,20 @@ class Scanner:
                     st = os.stat(link, dir_fd=proc_fd)
                 except OSError:
                     continue
-                if st.st_nlink == 0 and not self._nameless(target[:-_SUFFIX_LEN], st):
-                    self._add(st, target[:-_SUFFIX_LEN], (kind, pid, None))
+                if st.st_nlink == 0:
+                    links.append((kind, st, target))
 
         if "fd" in kinds:
             try:
                 dfd = os.open(pid + "/fd", _DIR_FLAGS, dir_fd=proc_fd)
             except (FileNotFoundError, ProcessLookupError):
-                return
+                return pid, links, fd_count, fd_hits, maps, denied
             except PermissionError:
                 dfd = None
                 denied = True
             if dfd is not None:
                 try:
-                    self._scan_fds(dfd, pid)
+                    fd_count = self._read_fds(dfd, fd_hits)
                 finally:
                     os.close(dfd)
 
@@ -255,7 +299,7 @@ class Scanner:
             try:
                 mfd = os.open(pid + "/maps", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
             except (FileNotFoundError, ProcessLookupError):
-                return
+                return pid, links, fd_count, fd_hits, maps, denied
             except PermissionError:
                 mfd = None
                 denied = True
@@ -267,17 +311,16 @@ class Scanner:
                 finally:
                     os.close(mfd)
                 if b" (deleted)\n" in data:
-                    self._scan_mappings(proc_fd, pid, data)
-        if denied:
-            self.denied_pids.append(pid)
+                    maps = data
+        return pid, links, fd_count, fd_hits, maps, denied
 
-    def _scan_fds(self, dfd, pid):
+    def _read_fds(self, dfd, hits):
+        """Read every fd link of one process; stat those ending in ' (deleted)'.  Returns the fd count."""
         readlink = os.readlink
         try:
             names = os.listdir(dfd)
         except OSError:
-            return
-        self.fds += len(names)
+            return 0
         try:
             candidates = [(name, target) for name in names
                           if (target := readlink(name, dir_fd=dfd)).endswith(SUFFIX)]
@@ -290,7 +333,6 @@ class Scanner:
                     continue
                 if target.endswith(SUFFIX):
                     candidates.append((name, target))
-        orphans = self.orphans
         shm_dev = self.shm_dev
         stat_at = os.stat
         for name, target in candidates:
@@ -302,6 +344,20 @@ class Scanner:
                 continue
             if st.st_nlink or st.st_dev == shm_dev:
                 continue
+            hits.append((name, st, target))
+        return len(names)
+
+    def _apply(self, record):
+        """Merge what _read_process found for one process (main thread only)."""
+        pid, links, fd_count, fd_hits, maps, denied = record
+        self.processes += 1
+        self.fds += fd_count
+        for kind, st, target in links:
+            path = target[:-_SUFFIX_LEN]
+            if not self._nameless(path, st):
+                self._add(st, path, (kind, pid, None))
+        orphans = self.orphans
+        for name, st, target in fd_hits:
             key = (st.st_dev, st.st_ino)
             orphan = orphans.get(key)
             if orphan is None:
@@ -310,6 +366,10 @@ class Scanner:
                     continue
                 orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
             orphan.holders.append(("fd", pid, name))
+        if maps is not None:
+            self._scan_mappings(self._proc_fd, pid, maps)
+        if denied:
+            self.denied_pids.append(pid)
 
     def _scan_mappings(self, proc_fd, pid, data):
         seen_here = {}
@@ -729,14 +789,15 @@ def _facts(scanner, selected, limit):
     }
 
 
-def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT):
+def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT, threads=None):
     """Scan the host and return the facts dict (see docs/facts.md and the module's RETURN).
 
     include/exclude: fnmatch globs on the original path ('*' also matches '/').
     min_size: bytes.  kinds: subset of KINDS to look for.  limit: max orphans listed,
     largest allocated first (None or 0 for all); the summary counts all that match.
+    threads: how many threads read the processes (default: up to 4, one per CPU).
     """
-    scanner = Scanner(kinds).collect()
+    scanner = Scanner(kinds, threads=threads).collect()
     selected = scanner.select(include, exclude, min_size)
     return _facts(scanner, selected, limit or None)
 
