@@ -28,7 +28,7 @@ from .util import (HarnessError, file_lock, progress, remove_tree, require_tools
 
 DEFAULT_MEM_MB = 2048
 SMP = 2
-BOOT_TIMEOUT = int(os.environ.get("FRELINK_BOOT_TIMEOUT", "300"))
+BOOT_TIMEOUT = int(os.environ.get("FRELINK_BOOT_TIMEOUT", "600"))
 RESTORE_TIMEOUT = 120
 SSH_HOST = "127.0.0.1"
 
