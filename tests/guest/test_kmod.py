@@ -9,6 +9,7 @@ exact results.  See docs/kmod.md.
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,27 @@ def test_unload_refused_while_in_use_then_idle(kmod_guest):
     assert guest.run("test -e /sys/module/frelink || test -e /dev/frelink", check=False).returncode == 1
     guest.run("insmod %s/frelink.ko && test -c /dev/frelink" % REMOTE)
     assert guest.run("stat -c %a /dev/frelink").stdout.strip() == "600"
+
+
+def test_btrfs_check_catches_a_relink_without_commit(kmod_guest, tmp_path):
+    """Negative control for the btrfs fsck checks above: the same module built
+    without its transaction commit (docs/kmod.md) leaves a name without inode
+    ref, and btrfs check says so.  Runs after the oops check on purpose."""
+    suite, guest = kmod_guest[0], kmod_guest[1]
+    source = tmp_path / "kmod-negative-control"
+    shutil.copytree(REPO / "kmod", source)
+    module = harness.build_module(suite, source, make_args=("KCFLAGS=-DFRELINK_TEST_SKIP_BTRFS_COMMIT=1",))
+    guest.run("mkdir -p %s/negative" % REMOTE)
+    guest.put(str(module), "%s/negative/frelink.ko" % REMOTE)
+    guest.run("rmmod frelink && insmod %s/negative/frelink.ko" % REMOTE)
+    try:
+        proc = guest.run("cd %s && python3 kmod_suite.py btrfs_negative_control" % REMOTE, timeout=600)
+    finally:
+        guest.run("rmmod frelink; insmod %s/frelink.ko" % REMOTE)
+    res = json.loads(proc.stdout)["btrfs_negative_control"]
+    assert res["by_fd"] == "OK", res
+    assert res["fsck"]["rc"] != 0
+    assert "no inode ref" in res["fsck"]["output"], res["fsck"]["output"]
 
 
 def test_no_oops_or_warning(kmod_guest):

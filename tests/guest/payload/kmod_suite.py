@@ -401,6 +401,24 @@ def btrfs_subvolumes(fs):
     return res
 
 
+def scenario_btrfs_negative_control():
+    """Relink on btrfs into the same directory, then btrfs check.  Run with a
+    module built without the transaction commit, this must find the damage."""
+    fs = Fs("negative", "btrfs")
+    os.mkdir(fs.mnt + "/dir")
+    dir_fd = fs.open_dir(fs.mnt + "/dir")
+    holder, unused = deleted_file(fs.mnt + "/dir/victim", seeded_bytes(8, 64 << 10))
+    src_fd = os.open(holder.proc_path, os.O_RDONLY)
+    res = {"by_fd": refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))}
+    os.close(src_fd)
+    holder.stop()
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def scenario_refusals():
     """Every refusal gives its own errno and changes nothing."""
     fs = Fs("refuse", "ext4")
