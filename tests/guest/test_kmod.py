@@ -248,6 +248,16 @@ def test_unload_refused_while_in_use_then_idle(kmod_guest):
     assert guest.run("stat -c %a /dev/frelink").stdout.strip() == "600"
 
 
+def test_no_oops_or_warning(kmod_guest):
+    """Last: nothing in dmesg or on the serial console after all of the above."""
+    guest = kmod_guest[1]
+    dmesg = guest.run("dmesg").stdout
+    assert not OOPS.findall(dmesg), dmesg[-6000:]
+    console = guest.console_log()
+    assert not OOPS.findall(console), console[-6000:]
+    assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log
+
+
 def test_btrfs_check_catches_a_relink_without_commit(kmod_guest, tmp_path):
     """Negative control for the btrfs fsck checks above: the same module built
     without its transaction commit (docs/kmod.md) leaves a name without inode
@@ -267,13 +277,3 @@ def test_btrfs_check_catches_a_relink_without_commit(kmod_guest, tmp_path):
     assert res["by_fd"] == "OK", res
     assert res["fsck"]["rc"] != 0
     assert "no inode ref" in res["fsck"]["output"], res["fsck"]["output"]
-
-
-def test_no_oops_or_warning(kmod_guest):
-    """Last: nothing in dmesg or on the serial console after all of the above."""
-    guest = kmod_guest[1]
-    dmesg = guest.run("dmesg").stdout
-    assert not OOPS.findall(dmesg), dmesg[-6000:]
-    console = guest.console_log()
-    assert not OOPS.findall(console), console[-6000:]
-    assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log
