@@ -168,9 +168,9 @@ ansible_facts:
               V(open_path) (a C(/proc) path that opens the inode now, or V(null) for
               loop/swap-only orphans), V(holders) (at most 16),
               V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible;
-              a copy needs V(size) bytes, the free space is per filesystem in
-              RV(ansible_facts.frelink.summary.by_filesystem)).
-            - To keep the result lean, two values appear only when they differ from their default:
+              a copy needs V(size) bytes, the free space is per filesystem, in V(by_filesystem)
+              of RV(ansible_facts.frelink.summary)).
+            - To keep the result lean, two values appear only when they differ from their default,
               V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
               by stat) and V(holder_count) (the total, when more than 16 holders are listed).
             - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
