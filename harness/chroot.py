@@ -59,10 +59,13 @@ def chroot_run(suite, argv, cwd=None, check=True, input=None, timeout=None, env=
 
 def _ignored_files(src: Path):
     """Files git ignores in SRC (stale build products of another kernel), if SRC is in git."""
-    probe = subprocess.run(
-        ["git", "-C", str(src), "ls-files", "--others", "--ignored", "--exclude-standard",
-         "--directory", "."],
-        capture_output=True, text=True, check=False)
+    try:
+        probe = subprocess.run(
+            ["git", "-C", str(src), "ls-files", "--others", "--ignored", "--exclude-standard",
+             "--directory", "."],
+            capture_output=True, text=True, check=False)
+    except OSError:  # no git on this host: only the kbuild patterns apply
+        return []
     if probe.returncode != 0:
         return []
     return [line.rstrip("/") for line in probe.stdout.splitlines() if line]
