@@ -50,7 +50,7 @@ def chroot_run(suite, argv, cwd=None, check=True, input=None, timeout=None, env=
     rootfs = prepare(suite).rootfs
     cmd, host_env = namespace_chroot(rootfs, argv, cwd or "/", env, build_root(suite))
     result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                            env=host_env, stdin=None if input is not None else subprocess.DEVNULL)
+                            env=host_env, stdin=None if input is not None else subprocess.DEVNULL, check=False)
     result.args = list(argv)
     if check and result.returncode != 0:
         raise CommandError(result.returncode, list(argv), result.stdout, result.stderr)

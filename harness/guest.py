@@ -52,7 +52,7 @@ def _free_port() -> int:
 
 
 def _qemu_version() -> str:
-    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True)
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
@@ -234,7 +234,7 @@ class Guest:
         argv = ["ssh", *self._ssh_base(control=False), f"root@{SSH_HOST}", command]
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired:
             return None
 
@@ -320,7 +320,7 @@ class Guest:
         try:
             result = subprocess.run(argv, input=input, capture_output=True, text=True,
                                     timeout=timeout,
-                                    stdin=None if input is not None else subprocess.DEVNULL)
+                                    stdin=None if input is not None else subprocess.DEVNULL, check=False)
         except subprocess.TimeoutExpired as error:
             raise HarnessError(f"{self.suite}: guest command timed out after {timeout} s: {cmd}\n"
                                f"stdout: {error.stdout!r}\nstderr: {error.stderr!r}") from None
@@ -333,7 +333,7 @@ class Guest:
         argv = ["scp", "-q", "-r", *self._ssh_base("root")]
         argv[argv.index("-p")] = "-P"
         result = subprocess.run(argv + [str(s) for s in sources] + [str(target)],
-                                capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
         if result.returncode != 0:
             raise GuestCommandError(result.returncode, "scp", result.stdout, result.stderr)
 

@@ -182,7 +182,7 @@ def _run_logged(cmd, log: Path, what: str, suite: str, **kwargs):
         out.write("\n$ " + " ".join(str(c) for c in cmd) + "\n")
         out.flush()
         result = subprocess.run([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, **kwargs)
+                                stdin=subprocess.DEVNULL, check=False, **kwargs)
     if result.returncode != 0:
         raise HarnessError(
             f"{suite}: {what} failed (exit {result.returncode}); full log: {log}\n{tail(log)}"

@@ -37,7 +37,7 @@ if [ -z "$py" ]; then
     py=$("$p" -c 'import sys; print(sys.executable)') && break
   done
 fi
-key=$(cat "$here/requirements-test.txt" | sha256sum | cut -c1-12)
+key=$(sha256sum < "$here/requirements-test.txt" | cut -c1-12)
 venv=$cache/venv-$key
 if [ ! -x "$venv/bin/ansible" ]; then
   echo "bootstrap: creating $venv (ansible-core, pytest, psutil, molecule, ansible-lint)" >&2

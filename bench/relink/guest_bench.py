@@ -52,7 +52,7 @@ def one(workdir, size, filled):
         os.unlink(os.path.join(workdir, name + ".cp"))
         os.sync()  # the copy's writeback would otherwise stall the journal the relink needs
         samples = []
-        for _ in range(RELINK_SAMPLES):  # relink, check, delete again: the same file each time
+        for _sample in range(RELINK_SAMPLES):  # relink, check, delete again: the same file each time
             start = time.perf_counter()
             kmod_abi.relink_by_fd(fd, dir_fd, name + ".relinked")
             samples.append(time.perf_counter() - start)

@@ -48,8 +48,8 @@ def main():
             REMOTE, REMOTE, args.sparse_max_mib, args.filled_max_mib), timeout=3600)
         rows = json.loads(proc.stdout)
     print("relink vs cp of a deleted open file: Debian %s, kernel %s, %s, QEMU TCG" % (args.suite, kernel, fstype))
-    print("%-9s %-7s %14s %14s %12s %10s" % ("size", "kind", "relink ms med", "relink ms max", "cp ms",
-                                            "cp/relink"))
+    print("%-9s %-7s %14s %14s %12s %10s" % (
+        "size", "kind", "relink ms med", "relink ms max", "cp ms", "cp/relink"))
     for row in rows:
         cells = (human(row["size"]), row["kind"], row["relink_s"] * 1000, row["relink_max_s"] * 1000,
                  row["cp_s"] * 1000, row["cp_s"] / row["relink_s"])

@@ -147,7 +147,7 @@ def test_guest_kernel_loads_module_built_in_chroot(suite, hello_src, tmp_path):
 
         ansible = subprocess.run([str(_venv_tool("ansible")), "-i", str(guest.inventory_path()),
                                   "guest", "-m", "ping"], capture_output=True, text=True,
-                                 timeout=300, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+                                 timeout=300, env={**os.environ, "ANSIBLE_NOCOLOR": "1"}, check=False)
         assert ansible.returncode == 0, ansible.stdout + ansible.stderr
         assert '"ping": "pong"' in ansible.stdout
 
@@ -168,7 +168,7 @@ def test_detached_cli_boot_and_stop(tmp_path):
     instance = tmp_path / "instance"
     boot = subprocess.run([sys.executable, "-m", "harness", "boot", suite,
                            "--instance-dir", str(instance)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert boot.returncode == 0, boot.stderr
     info = json.loads(boot.stdout)
     try:
@@ -178,16 +178,16 @@ def test_detached_cli_boot_and_stop(tmp_path):
                               "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                               "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30",
                               f"{info['user']}@{info['host']}", "uname -r"],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
         assert ssh.stdout.strip() == harness.prepare(suite).kernel_release, ssh.stderr
         again = subprocess.run([sys.executable, "-m", "harness", "boot", suite,
                                 "--instance-dir", str(instance)], cwd=REPO,
-                               capture_output=True, text=True, timeout=600)
+                               capture_output=True, text=True, timeout=600, check=False)
         assert again.returncode == 1 and "already running" in again.stderr
     finally:
         stop = subprocess.run([sys.executable, "-m", "harness", "stop", "--instance-dir",
                                str(instance)], cwd=REPO, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, check=False)
     assert stop.returncode == 0, stop.stderr
     assert json.loads(stop.stdout)["stopped"] is True
     assert not _alive(info["pid"])
