@@ -124,7 +124,6 @@ def measure_inprocess(args, floor):
         results = {}
         results["floor"] = median_runs(lambda: run_cmd([floor, "-p"]), args.repeat)
         results["scan"] = median_runs(run_scan, args.repeat)
-        results["scan_1thread"] = median_runs(lambda: run_scan(threads=1), args.repeat)
         results["scan_all"] = median_runs(lambda: run_scan(limit=0), args.repeat)
         results["scan_fd"] = median_runs(lambda: run_scan(limit=0, kinds=["fd"]), args.repeat)
         results["lsof"] = median_runs(lambda: run_cmd(["lsof", "-nP", "+L1"]), args.repeat)
@@ -192,7 +191,6 @@ def main():
     scan_wall = results["scan"][0]
     rows = [
         ("frelink scan() default (limit 1000)", results["scan"], scores["scan_all"]),
-        ("frelink scan() default, one thread", results["scan_1thread"], scores["scan_all"]),
         ("frelink scan() limit=0 (all listed)", results["scan_all"], scores["scan_all"]),
         ("frelink scan() kinds=[fd] limit=0", results["scan_fd"], scores["scan_fd"]),
         ("lsof -nP +L1", results["lsof"], scores["lsof"]),

@@ -29,7 +29,6 @@ import grp
 import os
 import pwd
 import stat
-import threading
 
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
     ANON_DEV_FSTYPES,
@@ -62,11 +61,6 @@ HOLDERS_CAP = 16  # holders listed per orphan; holder_count has the total
 RELINK_FSTYPES = frozenset(("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "ubifs", "bcachefs"))
 # Filesystems where FICLONE can share extents (xfs only when made with reflink=1).
 REFLINK_FSTYPES = frozenset(("btrfs", "xfs", "ocfs2", "bcachefs"))
-
-# Processes are read by up to this many threads (os calls release the GIL), each
-# thread taking at least _PIDS_PER_THREAD processes; the merge stays in one thread.
-_MAX_THREADS = 4
-_PIDS_PER_THREAD = 64
 
 SUFFIX = " (deleted)"
 _SUFFIX_LEN = len(SUFFIX)
@@ -134,14 +128,13 @@ class Orphan:
 class Scanner:
     """One pass over /proc, loop devices and swaps.  Use collect(), then entries()."""
 
-    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block", threads=None):
+    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block"):
         self.kinds = frozenset(kinds or KINDS)
         unknown = self.kinds - frozenset(KINDS)
         if unknown:
             raise ValueError("unknown kinds %s; choose from %s" % (", ".join(sorted(unknown)), ", ".join(KINDS)))
         self.proc = proc
         self.sys_block = sys_block
-        self.threads = threads if threads is not None else min(_MAX_THREADS, os.cpu_count() or 1)
         self._proc_fd = None
         self.orphans = {}
         self.warnings = []
@@ -167,7 +160,8 @@ class Scanner:
         try:
             pids = [name for name in os.listdir(proc_fd) if name.isdigit()]
             if self.kinds.intersection(PROCESS_KINDS):
-                self._scan_processes(proc_fd, pids)
+                for pid in pids:
+                    self._apply(self._read_process(proc_fd, pid))
         finally:
             self._proc_fd = None
             os.close(proc_fd)
@@ -187,33 +181,6 @@ class Scanner:
             self._partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
                           "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
         return self
-
-    def _scan_processes(self, proc_fd, pids):
-        """Read the processes in worker threads (the syscalls release the GIL), merge in pid order."""
-        workers = min(self.threads, len(pids) // _PIDS_PER_THREAD)
-        if workers < 2:
-            for pid in pids:
-                self._apply(self._read_process(proc_fd, pid))
-            return
-        results = [None] * workers
-        errors = []
-
-        def work(index):
-            try:
-                results[index] = [self._read_process(proc_fd, pid) for pid in pids[index::workers]]
-            except BaseException as exc:  # pylint: disable=broad-except
-                errors.append(exc)  # re-raised in the caller's thread
-
-        threads = [threading.Thread(target=work, args=(index,), name="frelink-scan-%d" % index)
-                   for index in range(workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
-        for position in range(len(pids)):
-            self._apply(results[position % workers][position // workers])
 
     def _partial(self, message):
         self.complete = False
@@ -242,7 +209,7 @@ class Scanner:
         return orphan
 
     def _read_process(self, proc_fd, pid):
-        """The syscalls for one process, safe to run in a worker thread (nothing shared is changed).
+        """The system calls for one process (nothing shared is changed; _apply merges).
 
         Returns (pid, links, fd_count, fd_hits, maps, denied): links and fd_hits are the
         (kind or fd, stat_result, target) of deleted-looking handles whose stat has
@@ -348,7 +315,7 @@ class Scanner:
         return len(names)
 
     def _apply(self, record):
-        """Merge what _read_process found for one process (main thread only)."""
+        """Merge what _read_process found for one process."""
         pid, links, fd_count, fd_hits, maps, denied = record
         self.processes += 1
         self.fds += fd_count
@@ -789,15 +756,14 @@ def _facts(scanner, selected, limit):
     }
 
 
-def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT, threads=None):
+def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT):
     """Scan the host and return the facts dict (see docs/facts.md and the module's RETURN).
 
     include/exclude: fnmatch globs on the original path ('*' also matches '/').
     min_size: bytes.  kinds: subset of KINDS to look for.  limit: max orphans listed,
     largest allocated first (None or 0 for all); the summary counts all that match.
-    threads: how many threads read the processes (default: up to 4, one per CPU).
     """
-    scanner = Scanner(kinds, threads=threads).collect()
+    scanner = Scanner(kinds).collect()
     selected = scanner.select(include, exclude, min_size)
     return _facts(scanner, selected, limit or None)
 
