@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make demo`: frelink end to end on a Debian bookworm VM.
 
 Boots the VM (building its image on the first run), deploys the kernel module
@@ -62,7 +61,7 @@ def ansible_env():
 
 def ansible(argv, what):
     """Run an ansible command; on failure print its output and stop the demo."""
-    proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env())
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), check=False)
     if proc.returncode != 0:
         show(proc.stdout + proc.stderr)
         raise SystemExit("demo: %s failed (exit %d)" % (what, proc.returncode))
@@ -91,7 +90,7 @@ def facts(inventory):
     out = ansible(["ansible", "-i", str(inventory), "guest", "-m", "frelink.frelink.frelink_facts",
                    "-a", json.dumps({"include": [DEMO_DIR + "/*"]})], "frelink_facts")
     # minimal/default ad-hoc output: "guest | SUCCESS => {json}"
-    result, _ = json.JSONDecoder().raw_decode(out[out.index("=>") + 2:].lstrip())
+    result, _end = json.JSONDecoder().raw_decode(out[out.index("=>") + 2:].lstrip())
     return result["ansible_facts"]["frelink"]
 
 
@@ -104,8 +103,8 @@ def main():
     stage("Booting the VM in QEMU")
     with harness.Guest(SUITE) as guest, tempfile.TemporaryDirectory(prefix="frelink-demo-") as workdir:
         inventory = guest.inventory_path()
-        show("ssh -i %s -p %s root@127.0.0.1   (%s)" % (guest.ssh_key, guest.ssh_port,
-                                                      guest.run("uname -sr").stdout.strip()))
+        show("ssh -i %s -p %s root@127.0.0.1   (%s)" % (
+            guest.ssh_key, guest.ssh_port, guest.run("uname -sr").stdout.strip()))
 
         stage("Deploying the frelink kernel module with the role frelink.frelink.frelink_kmod (DKMS build in the VM)")
         role(inventory, workdir, "present")

@@ -35,9 +35,8 @@ sys.stdin.read()
 """
 
 
-def run(argv, **kwargs):
-    kwargs.setdefault("check", True)
-    return subprocess.run(argv, capture_output=True, text=True, **kwargs)
+def run(argv, check=True, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, check=check, **kwargs)
 
 
 def closed_port():

@@ -26,7 +26,7 @@ def test_ansible_lint_production(tmp_path):
     env.pop("VIRTUAL_ENV", None)  # else ansible-lint caches inside the venv
     started = time.monotonic()
     proc = subprocess.run([str(lint), "--offline", "--profile", "production", *present],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     print("ansible-lint %s: %.0f s" % (" ".join(present), time.monotonic() - started))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
