@@ -174,18 +174,19 @@ class MountTable:
             candidates = self.by_dev.get(st_dev)
         if not candidates and path:
             candidates = [m for m in self.mounts if m["fstype"] in ANON_DEV_FSTYPES]
-            best = _longest_prefix(candidates, path)
+            best = longest_prefix_mount(candidates, path)
             return best
         if not candidates:
             return None
         if path and len(candidates) > 1:
-            best = _longest_prefix(candidates, path)
+            best = longest_prefix_mount(candidates, path)
             if best is not None:
                 return best
         return candidates[0]
 
 
-def _longest_prefix(mounts, path):
+def longest_prefix_mount(mounts, path):
+    """The mount of ``mounts`` whose mount point is the longest prefix of ``path``."""
     best = None
     for mount in mounts:
         mount_point = mount["mount_point"]

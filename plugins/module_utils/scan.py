@@ -34,6 +34,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
     ANON_DEV_FSTYPES,
     MountTable,
     device_string,
+    longest_prefix_mount,
     parse_device_string,
     parse_mountinfo,
     parse_swaps,
@@ -429,7 +430,7 @@ class Scanner:
             if swap["type"] != "file" or not text.endswith(SUFFIX) or os.path.lexists(text):
                 continue
             path = text[:-_SUFFIX_LEN]
-            mount = _longest_mount(self.mounts.mounts, path)
+            mount = longest_prefix_mount(self.mounts.mounts, path)
             dev = mount["dev"] if mount else None
             # /proc/swaps gives no inode: if a process holds a deleted file of that
             # path on that filesystem, it is the swap file (same name, same device).
@@ -601,7 +602,7 @@ class Scanner:
         table, prefix = self._table_for(ref_pid)
         mount = table.lookup(orphan.dev, orphan.path) if orphan.dev is not None else None
         if mount is None and orphan.dev is None:
-            mount = _longest_mount(table.mounts, orphan.path)
+            mount = longest_prefix_mount(table.mounts, orphan.path)
         return mount, prefix
 
     def entry(self, orphan, relink_available):
@@ -689,16 +690,6 @@ def _open_path(proc, holders):
     if kind == "mmap":
         return "%s/%s/map_files/%s" % (proc, pid, detail)
     return "%s/%s/%s" % (proc, pid, kind)
-
-
-def _longest_mount(mounts, path):
-    best = None
-    for mount in mounts:
-        mp = mount["mount_point"]
-        if mp == "/" or path == mp or path.startswith(mp + "/"):
-            if best is None or len(mp) > len(best["mount_point"]):
-                best = mount
-    return best
 
 
 def _readlink_or_none(path):
