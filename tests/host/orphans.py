@@ -172,27 +172,26 @@ def mapped_only_file(directory, size=8192, name="mapped.dat"):
                                     range=ranges[0], ranges=ranges, proc=proc)
 
 
-@contextlib.contextmanager
-def deleted_cwd(directory, name="gone-cwd"):
-    """A holder whose current directory was removed.  Yields Held: pid, path, dev, ino."""
+def _held_deleted_dir(directory, name, holder_code):
     path = Path(directory) / name
     path.mkdir()
     st = os.stat(path)
-    with holder("os.chdir(%r)" % str(path)) as (proc, _out):
+    with holder(holder_code % str(path)) as (proc, _out):
         path.rmdir()
         yield types.SimpleNamespace(pid=proc.pid, path=str(path), dev=st.st_dev, ino=st.st_ino, proc=proc)
+
+
+@contextlib.contextmanager
+def deleted_cwd(directory, name="gone-cwd"):
+    """A holder whose current directory was removed.  Yields Held: pid, path, dev, ino."""
+    yield from _held_deleted_dir(directory, name, "os.chdir(%r)")
 
 
 @contextlib.contextmanager
 def deleted_root(directory, name="gone-root"):
     """A holder chrooted into a directory that was then removed (cwd and root hold it)."""
-    path = Path(directory) / name
-    path.mkdir()
-    st = os.stat(path)
     # import what the holder needs after chroot before it chroots
-    with holder("import json\nos.chdir(%r); os.chroot('.')" % str(path)) as (proc, _out):
-        path.rmdir()
-        yield types.SimpleNamespace(pid=proc.pid, path=str(path), dev=st.st_dev, ino=st.st_ino, proc=proc)
+    yield from _held_deleted_dir(directory, name, "import json\nos.chdir(%r); os.chroot('.')")
 
 
 @contextlib.contextmanager
