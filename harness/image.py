@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import debian
+from . import debian, rootfs as guest_fs
 from .util import (HarnessError, cache_root, file_lock, namespace_chroot, progress, remove_tree, require_tools,
                    suite_dir, tail, write_atomic)
 
@@ -123,14 +123,18 @@ def _load(suite: str, key: str):
         ssh_key=ssh_key_path(suite),
         key=key,
     )
-    needed = (env.rootfs / "etc" / "os-release", env.vmlinuz, env.initrd, env.disk, env.ssh_key,
-              Path(f"{env.ssh_key}.pub"))
-    if not all(path.exists() for path in needed):
+    needed = (env.vmlinuz, env.initrd, env.disk, env.ssh_key, Path(f"{env.ssh_key}.pub"))
+    if not all(path.exists() for path in needed) or not guest_fs.exists(env.rootfs, "/etc/os-release"):
         return None
     # an image that does not accept the current key is as good as missing
     if meta.get("ssh_pubkey") != Path(f"{env.ssh_key}.pub").read_text().strip():
         return None
     return env
+
+
+def headers_makefile(release: str) -> str:
+    """The file DKMS and kbuild need for RELEASE, as a path inside the guest."""
+    return f"/lib/modules/{release}/build/Makefile"
 
 
 def ssh_key_path(suite: str) -> Path:
@@ -227,17 +231,9 @@ def _build(suite: str, key: str) -> None:
     pubkey = Path(f"{ssh_key}.pub").read_text().strip()
     _customize(suite, rootfs, pubkey, log)
 
-    boot = sorted((rootfs / "boot").glob("vmlinuz-*"))
-    if len(boot) != 1:
-        raise HarnessError(f"{suite}: expected one kernel in {rootfs / 'boot'}, found {boot}")
-    release = boot[0].name[len("vmlinuz-"):]
-    initrd = rootfs / "boot" / f"initrd.img-{release}"
-    if not initrd.exists():
-        raise HarnessError(f"{suite}: {initrd} is missing (initramfs-tools failed?); log: {log}")
-    if not (rootfs / "lib" / "modules" / release / "build").exists():
-        raise HarnessError(f"{suite}: headers for {release} are missing in the image; log: {log}")
-    shutil.copy2(boot[0], new / "vmlinuz")
-    shutil.copy2(initrd, new / "initrd.img")
+    release = installed_kernel(rootfs, suite, log)
+    shutil.copy2(rootfs / "boot" / f"vmlinuz-{release}", new / "vmlinuz")
+    shutil.copy2(rootfs / "boot" / f"initrd.img-{release}", new / "initrd.img")
 
     progress(suite, f"writing the {DISK_SIZE} ext4 disk image from the rootfs (~30 s)")
     raw = new / "disk.raw"
@@ -256,6 +252,21 @@ def _build(suite: str, key: str) -> None:
     os.rename(new, image)
     write_atomic(ready, key + "\n")
     progress(suite, f"image ready: kernel {release}, built in {time.monotonic() - started:.0f} s")
+
+
+def installed_kernel(rootfs: Path, suite: str, log: Path) -> str:
+    """The release of the one kernel in ROOTFS, checked to have its initrd and headers there."""
+    boot = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if len(boot) != 1:
+        raise HarnessError(f"{suite}: expected one kernel in {rootfs / 'boot'}, found {boot}")
+    release = boot[0].name[len("vmlinuz-"):]
+    if not guest_fs.is_file(rootfs, f"/boot/initrd.img-{release}"):
+        raise HarnessError(f"{suite}: /boot/initrd.img-{release} is missing in the image "
+                           f"(initramfs-tools failed?); log: {log}")
+    if not guest_fs.is_file(rootfs, headers_makefile(release)):
+        raise HarnessError(f"{suite}: headers for {release} are missing in the image "
+                           f"({headers_makefile(release)} does not resolve inside it); log: {log}")
+    return release
 
 
 def _customize(suite: str, rootfs: Path, pubkey: str, log: Path) -> None:

@@ -105,7 +105,7 @@ def test_chroot_run_reports_output_and_failure():
 @pytest.mark.parametrize("suite", harness.SUITES)
 def test_guest_kernel_loads_module_built_in_chroot(suite, hello_src, tmp_path):
     env = harness.prepare(suite)
-    assert (env.rootfs / "lib/modules" / env.kernel_release / "build").is_dir()
+    assert harness.rootfs.is_file(env.rootfs, harness.image.headers_makefile(env.kernel_release))
 
     ko = harness.build_module(suite, hello_src)
     assert ko.name == "hello.ko" and ko.is_file()
