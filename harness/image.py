@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import debian, rootfs as guest_fs
+from . import archive, debian, rootfs as guest_fs
 from .util import (HarnessError, cache_root, file_lock, namespace_chroot, progress, remove_tree, require_tools,
                    suite_dir, tail, write_atomic)
 
@@ -167,6 +167,7 @@ def prepare(suite: str, rebuild: bool = False) -> Env:
     if not rebuild:
         env = _load(suite, key)
         if env:
+            archive.check_image(env)
             return env
     with file_lock(suite_dir(suite) / "image.lock", suite,
                    "waiting for another process that is building this image"):
