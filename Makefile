@@ -1,11 +1,12 @@
 # Two entry points (see README.md): `make demo` and `make test`.
 # Both install what they need first (scripts/bootstrap.sh: apt + a venv).
 SHELL := /bin/bash
-VENV = $(shell bash scripts/bootstrap.sh | tail -n 1)
+VENV = $(shell bash scripts/bootstrap.sh $(BOOTSTRAP) | tail -n 1)
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench install
 
+demo: BOOTSTRAP = demo
 demo:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
 		python scripts/demo.py

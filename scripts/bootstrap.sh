@@ -3,17 +3,23 @@
 # Debian packages through apt, and the controller tools in a venv keyed by
 # requirements-test.txt. Idempotent and quiet when nothing is missing.
 # Prints the venv's path on stdout as its last line.
+#   bootstrap.sh demo   what `make demo` needs: QEMU, image tools, the venv
+#   bootstrap.sh [test] that, plus the test-only tools (sanity venv, linters, chromium)
 set -euo pipefail
+purpose=${1:-test}
+case "$purpose" in demo|test) ;; *) echo "usage: $0 [demo|test]" >&2; exit 2;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${FRELINK_CACHE:-$HOME/.cache/frelink}
 mkdir -p "$cache"
 
 debs=(
   qemu-system-x86 qemu-utils mmdebstrap debootstrap
-  e2fsprogs xfsprogs btrfs-progs dosfstools jfsutils util-linux
-  sparse busybox-static cpio zstd xz-utils socat openssh-client
-  lsof gcc make rsync chromium shellcheck
+  e2fsprogs util-linux zstd xz-utils openssh-client rsync
 )
+if [ "$purpose" = test ]; then
+  debs+=(xfsprogs btrfs-progs dosfstools jfsutils sparse busybox-static cpio socat
+         lsof gcc make chromium shellcheck)
+fi
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -46,25 +52,27 @@ if [ ! -x "$venv/bin/ansible" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements-test.txt" >&2
 fi
 
-# ansible-test sanity normally builds its own venvs with a pip bootstrap
-# fetched from outside the package registries; give it one venv holding the
-# pinned requirements of every sanity test instead, and run it with --local.
-sanity_venv=$cache/sanity-venv-$key
-if [ ! -x "$sanity_venv/bin/ansible-test" ]; then
-  echo "bootstrap: creating $sanity_venv (ansible-test sanity requirements)" >&2
-  rm -rf "$sanity_venv"
-  "$py" -m venv "$sanity_venv"
-  reqs=$("$venv/bin/python" -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
-  grep -hv '^#' "$reqs"/sanity.*.txt | sort -u > "$sanity_venv/requirements.txt"
-  "$sanity_venv/bin/pip" install -q --disable-pip-version-check \
-    "$(grep '^ansible-core==' "$here/requirements-test.txt")" -r "$sanity_venv/requirements.txt" >&2
-fi
+if [ "$purpose" = test ]; then
+  # ansible-test sanity normally builds its own venvs with a pip bootstrap
+  # fetched from outside the package registries; give it one venv holding the
+  # pinned requirements of every sanity test instead, and run it with --local.
+  sanity_venv=$cache/sanity-venv-$key
+  if [ ! -x "$sanity_venv/bin/ansible-test" ]; then
+    echo "bootstrap: creating $sanity_venv (ansible-test sanity requirements)" >&2
+    rm -rf "$sanity_venv"
+    "$py" -m venv "$sanity_venv"
+    reqs=$("$venv/bin/python" -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
+    grep -hv '^#' "$reqs"/sanity.*.txt | sort -u > "$sanity_venv/requirements.txt"
+    "$sanity_venv/bin/pip" install -q --disable-pip-version-check \
+      "$(grep '^ansible-core==' "$here/requirements-test.txt")" -r "$sanity_venv/requirements.txt" >&2
+  fi
 
-pip_version=$("$sanity_venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
-get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
-if ! cmp -s "$here/scripts/ansible-test-get-pip.py" "$get_pip"; then
-  mkdir -p "$(dirname "$get_pip")"
-  cp "$here/scripts/ansible-test-get-pip.py" "$get_pip"
+  pip_version=$("$sanity_venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
+  get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
+  if ! cmp -s "$here/scripts/ansible-test-get-pip.py" "$get_pip"; then
+    mkdir -p "$(dirname "$get_pip")"
+    cp "$here/scripts/ansible-test-get-pip.py" "$get_pip"
+  fi
 fi
 
 # The collection as Ansible finds it: a link from a per-checkout collections dir.
