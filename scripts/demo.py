@@ -153,7 +153,11 @@ def main():
         stage("Stopping the writer and unloading the module (role state=absent)")
         guest.run("kill $(cat %s/writer.pid)" % DEMO_DIR)
         role(inventory, workdir, "absent")
-        show(guest.run("lsmod | grep -c ^frelink; ls /dev/frelink 2>&1", check=False).stdout)
+        left = guest.run("grep -c '^frelink ' /proc/modules; ls /dev/frelink 2>/dev/null",
+                         check=False).stdout.split()
+        if left != ["0"]:
+            raise SystemExit("demo: the module is still loaded after state=absent (%s)" % " ".join(left))
+        show("module unloaded: frelink is not in /proc/modules and /dev/frelink is gone")
 
         stage("Stopping the VM")
     print("\ndemo: done in %.0f s: the deleted file is back, with the writes made after it was deleted."
