@@ -96,7 +96,7 @@ def facts(inventory):
 
 def main():
     stage("Preparing the Debian %s image (first run: downloads Debian packages and builds it, "
-          "a few minutes; later runs reuse ~/.cache/frelink)" % SUITE)
+          "a few minutes; later runs reuse %s)" % (SUITE, harness.util.cache_root()))
     env = harness.prepare(SUITE)
     show("kernel %s" % env.kernel_release)
 
