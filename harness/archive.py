@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from . import debian
-from .util import progress, suite_dir, write_atomic
+from .util import file_lock, progress, suite_dir, write_atomic
 
 KERNEL_PACKAGE = "linux-image-amd64"
 CHECK_INTERVAL = 6 * 3600
-APT_TIMEOUT = 180
+APT_TIMEOUT = 60
 
 _told = set()
 
@@ -79,22 +79,32 @@ def compare(suite: str, status: Path, state: Path) -> dict:
             "candidate_release": release.group(1) if release else None}
 
 
+def _recorded(stamp: Path, env):
+    try:
+        result = json.loads(stamp.read_text())
+        if result.get("image") == env.key and time.time() - result["checked"] < CHECK_INTERVAL:
+            return result
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def check_image(env) -> None:
     """Print one line when the archive's kernel for ENV's suite is newer than the image's."""
     if os.environ.get("FRELINK_ARCHIVE_CHECK", "1") == "0" or env.suite in _told:
         return
     _told.add(env.suite)
     stamp = suite_dir(env.suite) / "archive-check.json"
-    try:
-        result = json.loads(stamp.read_text())
-        fresh = result.get("image") == env.key and time.time() - result["checked"] < CHECK_INTERVAL
-    except (OSError, ValueError, KeyError, TypeError):
-        fresh = False
-    if not fresh:
-        result = compare(env.suite, env.rootfs / "var/lib/dpkg/status", suite_dir(env.suite) / "archive-apt")
-        result.update(image=env.key, checked=time.time())
-        if "error" not in result:
-            write_atomic(stamp, json.dumps(result) + "\n")
+    result = _recorded(stamp, env)
+    if result is None:
+        with file_lock(suite_dir(env.suite) / "archive-check.lock"):
+            result = _recorded(stamp, env)  # checked by whoever held the lock
+            if result is None:
+                result = compare(env.suite, env.rootfs / "var/lib/dpkg/status",
+                                 suite_dir(env.suite) / "archive-apt")
+                result.update(image=env.key, checked=time.time())
+                # a failed check is kept too: an offline host must not wait for apt in every process
+                write_atomic(stamp, json.dumps(result) + "\n")
     if "error" in result:
         progress(env.suite, f"could not check whether the archive has a newer kernel ({result['error']})")
     elif result["newer"]:
