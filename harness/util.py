@@ -107,8 +107,11 @@ def namespace_chroot(rootfs, argv, cwd="/", variables=None, build_dir=None):
     """
     values = {"PATH": CHROOT_PATH, "HOME": "/root", "LC_ALL": "C.UTF-8", "TERM": "dumb"}
     values.update(variables or {})
+    # the guest's resolv.conf names QEMU's resolver; on the host the chroot uses the host's
     steps = ['mount --rbind /dev "$R/dev"', 'mount -t proc proc "$R/proc"',
-             'mount -t sysfs sysfs "$R/sys"', 'mount -t tmpfs tmpfs "$R/tmp"']
+             'mount -t sysfs sysfs "$R/sys"', 'mount -t tmpfs tmpfs "$R/tmp"',
+             '{ [ ! -f /etc/resolv.conf ] || [ ! -f "$R/etc/resolv.conf" ] || '
+             'mount --bind /etc/resolv.conf "$R/etc/resolv.conf"; }']
     if build_dir is not None:
         steps.append('mkdir -p "$R/build" && mount --bind "$B" "$R/build"')
     inner = ["/usr/bin/env", "-i"] + [f"{key}={value}" for key, value in values.items()]

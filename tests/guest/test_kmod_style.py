@@ -1,7 +1,7 @@
 """Kernel style of kmod/: checkpatch.pl --strict, sparse (make C=1), no warnings (W=1).
 
-checkpatch.pl comes from Debian's linux-source package (fetched with the host's
-apt, cached under ~/.cache/frelink/checkpatch, never committed).  The builds
+checkpatch.pl comes from Debian's linux-source package (fetched with the first suite's
+image apt, cached under <cache root>/checkpatch, never committed).  The builds
 run in each suite's chroot with that kernel's headers and gcc.
 """
 
@@ -17,30 +17,36 @@ pytestmark = pytest.mark.guest
 
 REPO = Path(__file__).resolve().parents[2]
 KMOD = REPO / "kmod"
-CACHE = Path.home() / ".cache" / "frelink" / "checkpatch"
+CACHE = harness.util.cache_root() / "checkpatch"
 KERNEL_SOURCES = ("frelink.c", "compat.h", "uapi/frelink.h")
 DIAGNOSTIC = re.compile(r"\b(warning|error):", re.I)
 
 
 def checkpatch_script():
-    """scripts/checkpatch.pl of the host suite's linux-source, cached."""
+    """scripts/checkpatch.pl of the first suite's linux-source, cached under the cache root.
+
+    Fetched with the apt of that suite's image (its own lists), not the host's.
+    """
     for script in sorted(CACHE.glob("linux-source-*/scripts/checkpatch.pl")):
         return script
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", "linux-source"], cwd=CACHE, check=True, capture_output=True)
-    meta = sorted(CACHE.glob("linux-source_*.deb"))[-1]
+    suite = harness.SUITES[0]
+    download = harness.chroot.build_root(suite) / "checkpatch"
+    download.mkdir(parents=True, exist_ok=True)
+    fetch = ["apt-get", "-q", "download"]
+    harness.chroot_run(suite, fetch + ["linux-source"], cwd="/build/checkpatch")
+    meta = sorted(download.glob("linux-source_*.deb"))[-1]
     depends = subprocess.run(["dpkg-deb", "-f", str(meta), "Depends"], check=True, capture_output=True,
                              text=True).stdout
     package = re.search(r"(linux-source-[0-9.]+)", depends).group(1)
-    subprocess.run(["apt-get", "download", package], cwd=CACHE, check=True, capture_output=True)
-    deb = sorted(CACHE.glob(package + "_*.deb"))[-1]
+    harness.chroot_run(suite, fetch + [package], cwd="/build/checkpatch")
+    deb = sorted(download.glob(package + "_*.deb"))[-1]
     wanted = [package + "/scripts/" + name
               for name in ("checkpatch.pl", "spelling.txt", "const_structs.checkpatch")]
+    CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         "dpkg-deb --fsys-tarfile %s | tar -xO ./usr/src/%s.tar.xz | tar -xJ %s" % (deb, package, " ".join(wanted)),
         shell=True, cwd=CACHE, check=True)
-    for leftover in CACHE.glob("*.deb"):
-        leftover.unlink()
+    harness.util.remove_tree(download)
     return CACHE / package / "scripts" / "checkpatch.pl"
 
 
