@@ -91,9 +91,10 @@ def _recorded(stamp: Path, env):
 
 def check_image(env) -> None:
     """Print one line when the archive's kernel for ENV's suite is newer than the image's."""
-    if os.environ.get("FRELINK_ARCHIVE_CHECK", "1") == "0" or env.suite in _told:
+    image = (str(env.rootfs), env.key)
+    if os.environ.get("FRELINK_ARCHIVE_CHECK", "1") == "0" or image in _told:
         return
-    _told.add(env.suite)
+    _told.add(image)
     stamp = suite_dir(env.suite) / "archive-check.json"
     result = _recorded(stamp, env)
     if result is None:
