@@ -120,7 +120,7 @@ def test_lookup_returns_base64_of_the_archive(tree, tmp_path):
     assert base64.b64decode(encoded) == kmod_source_archive.build_archive(str(tree), EXCLUDES)
     print("archive sha256", hashlib.sha256(encoded.encode()).hexdigest())
 
-    proc, _ = _lookup(tree / "missing", tmp_path)
+    proc = _lookup(tree / "missing", tmp_path)[0]
     assert proc.returncode != 0
     assert "is not a directory on the controller" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
