@@ -114,6 +114,7 @@ class Guest:
         self.pid = None
         self._control_dir = None
         self.restored = False
+        self.vmlinuz, self.initrd = self.env.vmlinuz, self.env.initrd  # what QEMU boots (-kernel/-initrd)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -163,17 +164,19 @@ class Guest:
                              f"{time.monotonic() - started:.1f} s")
         return self
 
-    def _launch(self, backing: Path, incoming=None):
+    def _launch(self, backing: Path, incoming=None, keep_overlay=False, port=None):
         self.dir.mkdir(parents=True, exist_ok=True)
         overlay = self.dir / "overlay.qcow2"
-        if overlay.exists():
-            overlay.unlink()
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                        "-b", str(backing), str(overlay)], check=True)
+        if not keep_overlay:
+            if overlay.exists():
+                overlay.unlink()
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                            "-b", str(backing), str(overlay)], check=True)
         for attempt in range(5):
-            self.ssh_port = _free_port()
+            self.ssh_port = port if port and attempt == 0 else _free_port()
             argv = _qemu_argv(self.env, self.mem_mb, self.cmdline, overlay, self.ssh_port,
-                              self.console_path, self._qmp_path, self.dir / "qemu.pid", incoming)
+                              self.console_path, self._qmp_path, self.dir / "qemu.pid", incoming,
+                              kernel=(self.vmlinuz, self.initrd))
             for stale in (self.console_path, self._qmp_path):
                 if stale.exists():
                     stale.unlink()
@@ -354,6 +357,41 @@ class Guest:
         if not self.detached:
             self._start_master()
 
+    def boot_installed_kernel(self, release, timeout=BOOT_TIMEOUT):
+        """Power off and boot the kernel RELEASE installed in the guest, on the same disk.
+
+        QEMU boots with -kernel/-initrd, not through a boot loader, so a kernel installed
+        in the guest (a backports upgrade, say) is never started by reboot(). This copies
+        /boot/vmlinuz-RELEASE and /boot/initrd.img-RELEASE out of the guest into the
+        instance dir, shuts the guest down cleanly (systemctl poweroff), and starts QEMU
+        again on the same overlay with them and the same kernel command line; the SSH
+        port is kept when it is still free. Waits for SSH like a cold boot; returns the
+        new `uname -r`. Later reboot() calls keep booting RELEASE. Not for detached guests.
+        """
+        if self.detached:
+            raise HarnessError("boot_installed_kernel() needs a guest owned by this process")
+        boot = self.dir / "boot"
+        boot.mkdir(exist_ok=True)
+        vmlinuz, initrd = boot / f"vmlinuz-{release}", boot / f"initrd.img-{release}"
+        self.get(f"/boot/vmlinuz-{release}", vmlinuz)
+        self.get(f"/boot/initrd.img-{release}", initrd)
+        self.run("sync")
+        port = self.ssh_port
+        self._stop_master()
+        self._probe("systemctl poweroff", timeout=30)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            progress(self.suite, f"guest did not power off within {timeout} s; killing QEMU")
+            self._kill()
+        _running.discard(self)
+        self.process = None
+        self.vmlinuz, self.initrd = vmlinuz, initrd
+        self._launch(self.dir / "overlay.qcow2", keep_overlay=True, port=port)
+        self._wait_ssh(timeout)
+        self._start_master()
+        return self.run("uname -r").stdout.strip()
+
     def inventory_path(self) -> Path:
         """An Ansible INI inventory with the single host `guest`."""
         args = ("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
@@ -380,7 +418,8 @@ class Guest:
                 "inventory": str(self.inventory_path()), "restored": self.restored}
 
 
-def _qemu_argv(env, mem_mb, cmdline, overlay, port, console, qmp, pidfile, incoming=None):
+def _qemu_argv(env, mem_mb, cmdline, overlay, port, console, qmp, pidfile, incoming=None, kernel=None):
+    vmlinuz, initrd = kernel or (env.vmlinuz, env.initrd)
     argv = [
         "qemu-system-x86_64", "-name", f"frelink-{env.suite}",
         "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
@@ -389,7 +428,7 @@ def _qemu_argv(env, mem_mb, cmdline, overlay, port, console, qmp, pidfile, incom
         "-serial", f"file:{console}",
         "-qmp", f"unix:{qmp},server=on,wait=off",
         "-pidfile", str(pidfile),
-        "-kernel", str(env.vmlinuz), "-initrd", str(env.initrd), "-append", cmdline,
+        "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", cmdline,
         "-blockdev", f"driver=qcow2,node-name=root,file.driver=file,file.filename={overlay}",
         "-device", "virtio-blk-pci,drive=root",
         "-netdev", f"user,id=net0,hostfwd=tcp:{SSH_HOST}:{port}-:22",
