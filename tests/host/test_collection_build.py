@@ -30,6 +30,13 @@ REQUIRED = ("plugins/modules/frelink_facts.py", "plugins/modules/frelink_restore
             "playbooks/audit.yml", "meta/runtime.yml")
 
 
+def user_env(**extra):
+    """A user's environment: none of the ANSIBLE_* settings make test uses for the checkout."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    env.update(extra)
+    return env
+
+
 def _checkout_copy(root: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, check=True, capture_output=True).stdout.split(b"\0")
@@ -56,7 +63,8 @@ def artifact(tmp_path_factory):
     work = tmp_path_factory.mktemp("collection")
     src = _checkout_copy(work / "checkout")
     proc = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path",
-                           str(work / "dist"), str(src)], capture_output=True, text=True, check=False)
+                           str(work / "dist"), str(src)], capture_output=True, text=True, env=user_env(),
+                          check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (tarball,) = (work / "dist").glob("frelink-frelink-*.tar.gz")
     return tarball
@@ -79,16 +87,15 @@ def test_installed_artifact_runs_frelink_facts(artifact, tmp_path):
     require_root()
     collections = tmp_path / "collections"
     proc = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(collections),
-                           str(artifact)], capture_output=True, text=True, check=False)
+                           str(artifact)], capture_output=True, text=True, env=user_env(), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     installed = collections / "ansible_collections" / "frelink" / "frelink"
     assert (installed / "MANIFEST.json").is_file()
     # the role finds the module sources where frelink_kmod_source_dir says
     assert (installed / "roles/frelink_kmod/../../kmod/dkms.conf").resolve().is_file()
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
-    env.update(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
+    env = user_env(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_LOCALHOST_WARNING="false",
+                   ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
     workdir = tmp_path / "elsewhere"  # no ansible.cfg, not the checkout
     workdir.mkdir()
     with deleted_open_file(tmp_path, size=3333) as held:
