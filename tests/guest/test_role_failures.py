@@ -9,47 +9,12 @@
   enrolment steps; with the pre-check off, modprobe's refusal is translated
   into the same steps.
 """
-import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
+from role_run import one_line, run_role
 
 import harness
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SUITE = "bookworm"
-
-PLAYBOOK = """\
-- name: Role frelink_kmod
-  hosts: all
-  gather_facts: false
-  roles:
-    - role: frelink.frelink.frelink_kmod
-"""
-
-
-def run_role(guest, tmp_path, **extra_vars):
-    playbook = tmp_path / "role.yml"
-    playbook.write_text(PLAYBOOK)
-    argv = [str(BIN / "ansible-playbook"), "-i", str(guest.inventory_path()), str(playbook)]
-    if extra_vars:
-        argv += ["-e", json.dumps(extra_vars)]
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
-               ANSIBLE_PIPELINING="1", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False")
-    started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False)
-    print("role %s: rc=%d in %.0f s" % (extra_vars or "", proc.returncode, time.monotonic() - started))
-    return proc, proc.stdout + proc.stderr
-
-
-def one_line(text):
-    """Ansible wraps long messages; compare on collapsed whitespace."""
-    return " ".join(text.replace("\\n", " ").split())
 
 
 @pytest.mark.guest
