@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV = $(shell bash scripts/bootstrap.sh $(BOOTSTRAP) | tail -n 1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install
+.PHONY: demo test test-upgrade bench install
 
 demo: BOOTSTRAP = demo
 demo:
@@ -14,6 +14,11 @@ demo:
 test:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
 		python -m pytest $(PYTEST_ARGS)
+
+# The role across kernel and module upgrades in real VMs; too long for every run.
+test-upgrade:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
+		python -m pytest -m upgrade tests/guest/test_role_upgrade.py $(PYTEST_ARGS)
 
 bench:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \

@@ -175,6 +175,7 @@ def boot_new_kernel(guest, release):
         assert guest.boot_installed_kernel(release) == release
 
 
+@pytest.mark.upgrade
 def test_persistent_true_kernel_upgrade(tmp_path):
     with timed("guest start (persistent: true)"):
         guest = harness.Guest(SUITE).start()
@@ -223,6 +224,7 @@ def test_persistent_true_kernel_upgrade(tmp_path):
         guest.stop()
 
 
+@pytest.mark.upgrade
 def test_persistent_false_kernel_upgrade_and_module_upgrade(tmp_path):
     with timed("guest start (persistent: false)"):
         guest = harness.Guest(SUITE).start()
