@@ -8,7 +8,6 @@ runs frelink_facts ad hoc from there against a real deleted-but-held file.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from checkout import copy_checkout
 from orphans import deleted_open_file, require_root
 
 BIN = Path(sys.executable).parent  # the venv with ansible-core
@@ -38,14 +38,7 @@ def user_env(**extra):
 
 
 def _checkout_copy(root: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, check=True, capture_output=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        src = REPO / os.fsdecode(rel)
-        if src.is_file():
-            dst = root / os.fsdecode(rel)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst, follow_symlinks=False)
+    copy_checkout(root)
     # what a used checkout has besides its sources
     link = root / ".build/collections/ansible_collections/frelink/frelink"
     link.parent.mkdir(parents=True)

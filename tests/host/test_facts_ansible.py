@@ -4,7 +4,6 @@ normal and check mode, and the ansible-test integration target.  Real orphans, r
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from checkout import copy_checkout
 from orphans import collection_path, deleted_open_file, mapped_only_file, require_root
 
 BIN = Path(sys.executable).parent  # the venv with ansible-core
@@ -148,14 +148,7 @@ def test_playbook(tmp_path, check):
 def test_ansible_test_integration_target(tmp_path):
     """tests/integration/targets/frelink_facts through ansible-test integration --local."""
     root = tmp_path / "ansible_collections" / "frelink" / "frelink"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           check=True, stdout=subprocess.PIPE).stdout.split(b"\0")
-    for rel in filter(None, files):
-        src = REPO / os.fsdecode(rel)
-        if src.is_file():
-            dst = root / os.fsdecode(rel)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst, follow_symlinks=False)
+    copy_checkout(root)
     ansible_test = SANITY_BIN / "ansible-test"
     if not ansible_test.exists():
         ansible_test = BIN / "ansible-test"
