@@ -1,10 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) frelink contributors
-# GNU General Public License v2.0 (see LICENSE or https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Python mirror of kmod/uapi/frelink.h: the /dev/frelink relink ioctl.
 
 Standard library only.  tests/unit/test_kmod_abi.py compiles the C header
-and checks every constant and the structure layout below against it.
+and checks every constant and the structure layout below against it.  The
+header carries the Linux-syscall-note, so this mirror of its interface is
+licensed like the rest of the collection (GPL-3.0-or-later).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -44,6 +46,28 @@ def _iow(magic, nr, size):
 
 
 IOC_RELINK = _iow(IOC_MAGIC, 0x01, RELINK_STRUCT_SIZE)
+
+# The filesystems the module relinks on, by superblock magic: exactly those the
+# suite proves (kmod/frelink.c has the same table; test_kmod_abi compares).
+# Everything else is refused with EOPNOTSUPP.  ext2 and ext3 are served by ext4.
+RELINK_MAGICS = {
+    "ext4": 0xEF53,
+    "xfs": 0x58465342,
+    "btrfs": 0x9123683E,
+    "tmpfs": 0x01021994,
+}
+# mountinfo fstype names whose superblock has one of the magics above
+RELINK_FSTYPES = frozenset(("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"))
+# overlayfs: the module relinks the upper layer's inode on the upper layer's
+# filesystem, which must itself be in RELINK_FSTYPES.
+RELINK_VIA_UPPER_FSTYPES = frozenset(("overlay",))
+
+
+def relink_supported(fstype, upper_fstype=None):
+    """True when the module can relink a file of fstype (overlay: of upper_fstype)."""
+    if fstype in RELINK_VIA_UPPER_FSTYPES:
+        return upper_fstype in RELINK_FSTYPES
+    return fstype in RELINK_FSTYPES
 
 # One errno per refusal (see the comment of struct frelink_relink).  The
 # hint says what happened and what to do next.
