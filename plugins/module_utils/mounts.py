@@ -14,8 +14,6 @@ __metaclass__ = type
 import os
 import re
 
-DELETED_SUFFIX = " (deleted)"
-
 # Filesystems whose stat() may block for a long time when the server is gone.
 # We never stat their mount points just to map a device number.
 NETWORK_FSTYPES = frozenset((

@@ -30,7 +30,7 @@ from orphans import (
 
 collection_path()
 from ansible_collections.frelink.frelink.plugins.module_utils import scan as scanmod  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils import duplicate, enrich, kmod_abi  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -125,8 +125,8 @@ def test_fd_orphan_exact_facts(workdir, writer):
             "open_path": held.proc_path,
             "holders": [{"kind": "fd", "pid": held.pid, "name": comm(held.pid), "user": "root", "fd": held.fd,
                          "mode": "rw" if writer else "r", "pos": held.pos}],
-            "restore": {"relink": kmod_abi.module_loaded() and fstype in scanmod.RELINK_FSTYPES,
-                        "reflink": fstype in scanmod.REFLINK_FSTYPES},
+            "restore": {"relink": kmod_abi.module_loaded() and kmod_abi.relink_supported(fstype),
+                        "reflink": fstype in duplicate.REFLINK_FSTYPES},
         }
         assert abs(entry["mtime"] - os.stat(held.proc_path).st_mtime) < 1e-6
         # Independent oracle: lsof agrees on this holder's deleted fds.
@@ -389,7 +389,7 @@ def test_many_holders_are_listed_up_to_the_cap_with_a_total(workdir):
     path = workdir / "shared.log"
     path.write_bytes(b"shared\n")
     st = os.stat(path)
-    children = scanmod.HOLDERS_CAP + 2
+    children = enrich.HOLDERS_CAP + 2
     # The holder and its forked children share one open fd on the file (killed together as a group).
     code = ("fd = os.open(%r, os.O_RDONLY)\nout['pids'] = []\nfor _n in range(%d):\n"
             "    child = os.fork()\n    if child == 0:\n        sys.stdin.read()\n        os._exit(0)\n"
@@ -399,5 +399,5 @@ def test_many_holders_are_listed_up_to_the_cap_with_a_total(workdir):
         entry = entry_of(full_scan(), st.st_dev, st.st_ino)
         assert entry is not None
         assert entry["holder_count"] == children + 1
-        assert len(entry["holders"]) == scanmod.HOLDERS_CAP
+        assert len(entry["holders"]) == enrich.HOLDERS_CAP
         assert {h["pid"] for h in entry["holders"]} <= {proc.pid} | set(out["pids"])

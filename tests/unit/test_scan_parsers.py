@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO / "tests" / "host"))
 from orphans import collection_path  # noqa: E402
 
 collection_path()
-from ansible_collections.frelink.frelink.plugins.module_utils import loop, mounts, procfs, scan  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils import enrich, loop, mounts, procfs  # noqa: E402
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684092k
@@ -131,13 +131,13 @@ def test_parse_loop_info64():
 
 
 def test_file_type_and_open_path_ranking():
-    assert scan.file_type(0o100644) == "file" and scan.file_type(0o040755) == "directory"
-    assert scan.file_type(0o020600) == "chardev"
+    assert enrich.file_type(0o100644) == "file" and enrich.file_type(0o040755) == "directory"
+    assert enrich.file_type(0o020600) == "chardev"
     holders = [("mmap", "12", "7f00-7f01"), ("exe", "12", None), ("loop", None, {}), ("fd", "13", 4)]
-    assert scan._open_path("/proc", holders) == "/proc/13/fd/4"
-    assert scan._open_path("/proc", holders[:2]) == "/proc/12/exe"
-    assert scan._open_path("/proc", holders[:1]) == "/proc/12/map_files/7f00-7f01"
-    assert scan._open_path("/proc", holders[2:3]) is None
+    assert enrich.open_path_of("/proc", holders) == "/proc/13/fd/4"
+    assert enrich.open_path_of("/proc", holders[:2]) == "/proc/12/exe"
+    assert enrich.open_path_of("/proc", holders[:1]) == "/proc/12/map_files/7f00-7f01"
+    assert enrich.open_path_of("/proc", holders[2:3]) is None
 
 
 def test_unescape():

@@ -1,0 +1,436 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) frelink contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Discovery: find deleted-but-held inodes ("orphans") by reading /proc and /sys.
+
+Standard library only, no subprocess.  Scanner.collect() makes one pass over
+/proc/PID (fd, maps, cwd, root, exe), the bound loop devices and the swaps;
+select() filters and orders what it found.  Nothing here formats results:
+that is enrich.py's job.
+
+How it stays fast and safe: every /proc/PID/fd entry is read with readlinkat
+on a directory fd; only links ending in ' (deleted)' are stat()ed, and only a
+stat() with st_nlink == 0 makes an orphan (a live file may be named 'x (deleted)').
+/proc/PID/maps is read whole and parsed only if it contains ' (deleted)'.
+Nothing else is statted, so a dead NFS mount cannot block the scan unless an
+orphan candidate lives on it (see docs/facts.md).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import fnmatch
+import os
+import stat
+
+from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+    ANON_DEV_FSTYPES,
+    MountTable,
+    longest_prefix_mount,
+    parse_mountinfo,
+    parse_swaps,
+    read_all,
+    read_text,
+)
+from ansible_collections.frelink.frelink.plugins.module_utils.loop import bound_loops, loop_status
+from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX, parse_deleted_mappings
+
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
+PROCESS_KINDS = ("fd", "mmap", "cwd", "root", "exe")
+
+_SUFFIX_LEN = len(DELETED_SUFFIX)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Names the kernel gives files it creates on its internal mounts (never linked anywhere).
+_INTERNAL_NAME_PREFIXES = ("memfd:", "SYSV", "[aio]", "drm mm object", "dev/zero")
+
+
+def internal_shm_dev():
+    """st_dev of the kernel's internal shmem mount (memfd, SysV shm, shared anonymous maps), or None."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None:
+        return None
+    try:
+        fd = memfd_create("frelink-probe", getattr(os, "MFD_CLOEXEC", 1))
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+
+
+class Orphan:
+    """One deleted inode and what holds it (raw, before enrichment)."""
+
+    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint")
+
+    def __init__(self, key, dev, ino, st, path):
+        self.key = key
+        self.dev = dev
+        self.ino = ino
+        self.st = st  # os.stat_result from a /proc handle, None for loop/swap-only orphans
+        self.path = path
+        self.holders = []  # tuples (kind, pid or None, detail); kept minimal, enriched when listed
+        self.mmap_pids = None  # pid -> [first range, number of mappings]
+        self.size_hint = 0
+
+    @property
+    def kinds(self):
+        return {holder[0] for holder in self.holders}
+
+    @property
+    def size(self):
+        return self.st.st_size if self.st is not None else None
+
+    @property
+    def allocated(self):
+        return self.st.st_blocks * 512 if self.st is not None else None
+
+
+class Scanner:
+    """One pass over /proc, loop devices and swaps: collect(), then select()."""
+
+    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block"):
+        self.kinds = frozenset(kinds or KINDS)
+        unknown = self.kinds - frozenset(KINDS)
+        if unknown:
+            raise ValueError("unknown kinds %s; choose from %s" % (", ".join(sorted(unknown)), ", ".join(KINDS)))
+        self.proc = proc
+        self.sys_block = sys_block
+        self._proc_fd = None
+        self.orphans = {}
+        self.warnings = []
+        self.complete = True
+        self.processes = 0
+        self.fds = 0
+        self.denied_pids = []
+        self.unconfirmed_mappings = 0
+        self._maps_seen = {}  # (maps_dev, ino) -> orphan key, or None when not an orphan
+        self.shm_dev = internal_shm_dev()
+        self.mounts = MountTable(parse_mountinfo(read_text(proc + "/self/mountinfo")))
+        self.mounted_devs = set(self.mounts.devices())
+        self.self_mntns = readlink_or_none(proc + "/self/ns/mnt")
+        self.euid = os.geteuid()
+
+    # -- discovery -------------------------------------------------------
+
+    def collect(self):
+        proc_fd = self._proc_fd = os.open(self.proc, _DIR_FLAGS)
+        try:
+            pids = [name for name in os.listdir(proc_fd) if name.isdigit()]
+            if self.kinds.intersection(PROCESS_KINDS):
+                for pid in pids:
+                    self._apply(self._read_process(proc_fd, pid))
+        finally:
+            self._proc_fd = None
+            os.close(proc_fd)
+        if "loop" in self.kinds:
+            self._scan_loops()
+        if "swap" in self.kinds:
+            self._scan_swaps()
+        if self.denied_pids:
+            shown = ", ".join(self.denied_pids[:10]) + (", ..." if len(self.denied_pids) > 10 else "")
+            if self.euid == 0:
+                hint = "they are protected even from root (LSM policy, or another user namespace)"
+            else:
+                hint = "run as root (become: true) for a complete scan"
+            self._partial("%d of %d processes could not be inspected (permission denied; pids %s): %s"
+                          % (len(self.denied_pids), self.processes, shown, hint))
+        if self.unconfirmed_mappings:
+            self._partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
+                          "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
+        return self
+
+    def _partial(self, message):
+        self.complete = False
+        self.warnings.append(message)
+
+    def _nameless(self, path, st):
+        """True for files that never had a name: memfd, SysV shm, shared anonymous maps, O_TMPFILE."""
+        if st.st_dev == self.shm_dev:
+            return True
+        head, _sep, base = path.rpartition("/")
+        if base == "#%d" % st.st_ino:
+            return True  # O_TMPFILE: the kernel names it '#<ino>'
+        if st.st_dev not in self.mounted_devs and path.startswith("/") and \
+                path[1:].startswith(_INTERNAL_NAME_PREFIXES) and (head in ("", "/dev")):
+            return True  # kernel-internal mount (hugetlbfs memfd, aio ring, drm): not in mountinfo
+        return False
+
+    def _add(self, st, path, holder):
+        key = (st.st_dev, st.st_ino)
+        orphan = self.orphans.get(key)
+        if orphan is None:
+            orphan = self.orphans[key] = Orphan(key, st.st_dev, st.st_ino, st, path)
+        elif orphan.st is None:
+            orphan.st = st
+        orphan.holders.append(holder)
+        return orphan
+
+    def _read_process(self, proc_fd, pid):
+        """The system calls for one process (nothing shared is changed; _apply merges).
+
+        Returns (pid, links, fd_count, fd_hits, maps, denied): links and fd_hits are the
+        (kind or fd, stat_result, target) of deleted-looking handles whose stat has
+        st_nlink == 0; maps is the /proc/PID/maps text when it has a deleted mapping.
+        """
+        kinds = self.kinds
+        readlink = os.readlink
+        has_mm = True
+        denied = False
+        links = []
+        fd_count = 0
+        fd_hits = []
+        maps = None
+        for kind in ("exe", "cwd", "root"):
+            if kind != "exe" and kind not in kinds:
+                continue
+            link = pid + "/" + kind
+            try:
+                target = readlink(link, dir_fd=proc_fd)
+            except FileNotFoundError:
+                if kind == "exe":
+                    has_mm = False  # kernel thread or zombie: no mm, no maps
+                continue
+            except ProcessLookupError:
+                return pid, links, fd_count, fd_hits, maps, denied
+            except PermissionError:
+                denied = True
+                continue
+            except OSError:
+                continue
+            if kind in kinds and target.endswith(DELETED_SUFFIX) and target.startswith("/"):
+                try:
+                    st = os.stat(link, dir_fd=proc_fd)
+                except OSError:
+                    continue
+                if st.st_nlink == 0:
+                    links.append((kind, st, target))
+
+        if "fd" in kinds:
+            try:
+                dfd = os.open(pid + "/fd", _DIR_FLAGS, dir_fd=proc_fd)
+            except (FileNotFoundError, ProcessLookupError):
+                return pid, links, fd_count, fd_hits, maps, denied
+            except PermissionError:
+                dfd = None
+                denied = True
+            if dfd is not None:
+                try:
+                    fd_count = self._read_fds(dfd, fd_hits)
+                finally:
+                    os.close(dfd)
+
+        if "mmap" in kinds and has_mm:
+            try:
+                mfd = os.open(pid + "/maps", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+            except (FileNotFoundError, ProcessLookupError):
+                return pid, links, fd_count, fd_hits, maps, denied
+            except PermissionError:
+                mfd = None
+                denied = True
+            if mfd is not None:
+                try:
+                    data = read_all(mfd)
+                except OSError:
+                    data = b""
+                finally:
+                    os.close(mfd)
+                if b" (deleted)\n" in data:
+                    maps = data
+        return pid, links, fd_count, fd_hits, maps, denied
+
+    def _read_fds(self, dfd, hits):
+        """Read every fd link of one process; stat those ending in ' (deleted)'.  Returns the fd count."""
+        readlink = os.readlink
+        try:
+            names = os.listdir(dfd)
+        except OSError:
+            return 0
+        try:
+            candidates = [(name, target) for name in names
+                          if (target := readlink(name, dir_fd=dfd)).endswith(DELETED_SUFFIX)]
+        except OSError:  # an fd closed meanwhile: redo this process one link at a time
+            candidates = []
+            for name in names:
+                try:
+                    target = readlink(name, dir_fd=dfd)
+                except OSError:
+                    continue
+                if target.endswith(DELETED_SUFFIX):
+                    candidates.append((name, target))
+        shm_dev = self.shm_dev
+        stat_at = os.stat
+        for name, target in candidates:
+            if target[0] != "/":
+                continue
+            try:
+                st = stat_at(name, dir_fd=dfd)
+            except OSError:
+                continue
+            if st.st_nlink or st.st_dev == shm_dev:
+                continue
+            hits.append((name, st, target))
+        return len(names)
+
+    def _apply(self, record):
+        """Merge what _read_process found for one process."""
+        pid, links, fd_count, fd_hits, maps, denied = record
+        self.processes += 1
+        self.fds += fd_count
+        for kind, st, target in links:
+            path = target[:-_SUFFIX_LEN]
+            if not self._nameless(path, st):
+                self._add(st, path, (kind, pid, None))
+        orphans = self.orphans
+        for name, st, target in fd_hits:
+            key = (st.st_dev, st.st_ino)
+            orphan = orphans.get(key)
+            if orphan is None:
+                path = target[:-_SUFFIX_LEN]
+                if self._nameless(path, st):
+                    continue
+                orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
+            orphan.holders.append(("fd", pid, name))
+        if maps is not None:
+            self._scan_mappings(self._proc_fd, pid, maps)
+        if denied:
+            self.denied_pids.append(pid)
+
+    def _scan_mappings(self, proc_fd, pid, data):
+        seen_here = {}
+        for rng, _perms, _offset, maps_dev, ino, path in parse_deleted_mappings(data):
+            if maps_dev == self.shm_dev:
+                continue  # SysV shm, memfd, MAP_SHARED|MAP_ANONYMOUS
+            mkey = (maps_dev, ino)
+            if mkey in seen_here:
+                orphan = seen_here[mkey]
+                if orphan is not None:
+                    orphan.mmap_pids[pid][1] += 1
+                continue
+            if mkey in self._maps_seen:
+                okey = self._maps_seen[mkey]
+                orphan = self.orphans.get(okey) if okey is not None else None
+            else:
+                try:
+                    st = os.stat(pid + "/map_files/" + rng, dir_fd=proc_fd)
+                except PermissionError:
+                    self.unconfirmed_mappings += 1
+                    seen_here[mkey] = None
+                    continue
+                except OSError:
+                    seen_here[mkey] = None
+                    continue
+                if st.st_nlink != 0 or self._nameless(path, st):
+                    self._maps_seen[mkey] = None
+                    orphan = None
+                else:
+                    orphan = self.orphans.get((st.st_dev, st.st_ino))
+                    if orphan is None:
+                        orphan = self.orphans[(st.st_dev, st.st_ino)] = Orphan(
+                            (st.st_dev, st.st_ino), st.st_dev, st.st_ino, st, path)
+                    self._maps_seen[mkey] = orphan.key
+            seen_here[mkey] = orphan
+            if orphan is not None:
+                if orphan.mmap_pids is None:
+                    orphan.mmap_pids = {}
+                orphan.mmap_pids[pid] = [rng, 1]
+                orphan.holders.append(("mmap", pid, rng))
+
+    def _scan_loops(self):
+        for loop in bound_loops(self.sys_block):
+            text = loop["backing_file"]
+            if not text.endswith(DELETED_SUFFIX):
+                continue
+            try:
+                status = loop_status(loop["device"])
+            except PermissionError:
+                self._partial("%s: cannot read its backing inode (LOOP_GET_STATUS64 needs read access to the "
+                              "device); run as root (become: true)" % loop["device"])
+                continue
+            except OSError as exc:
+                self.warnings.append("%s: LOOP_GET_STATUS64 failed: %s" % (loop["device"], exc.strerror))
+                continue
+            dev, ino = status["backing_dev"], status["backing_ino"]
+            try:
+                st = os.stat(text)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    continue  # a live file whose name really ends in ' (deleted)'
+            except OSError:
+                pass
+            mounts = sorted(m["mount_point"] for m in self.mounts.mounts if m["dev"] in loop["devs"])
+            detail = {
+                "device": loop["device"],
+                "offset": status["offset"],
+                "sizelimit": status["sizelimit"],
+                "read_only": status["read_only"],
+                "autoclear": status["autoclear"],
+                "mounts": mounts,
+            }
+            key = (dev, ino)
+            orphan = self.orphans.get(key)
+            if orphan is None:
+                orphan = self.orphans[key] = Orphan(key, dev, ino, None, text[:-_SUFFIX_LEN])
+            orphan.holders.append(("loop", None, detail))
+            try:
+                device_bytes = int(read_text("%s/%s/size" % (self.sys_block, loop["name"]))) * 512
+                orphan.size_hint = max(orphan.size_hint, device_bytes + status["offset"])
+            except (OSError, ValueError):
+                pass
+
+    def _scan_swaps(self):
+        try:
+            swaps = parse_swaps(read_text(self.proc + "/swaps"))
+        except OSError:
+            return
+        for swap in swaps:
+            text = swap["path"]
+            if swap["type"] != "file" or not text.endswith(DELETED_SUFFIX) or os.path.lexists(text):
+                continue
+            path = text[:-_SUFFIX_LEN]
+            mount = longest_prefix_mount(self.mounts.mounts, path)
+            dev = mount["dev"] if mount else None
+            # /proc/swaps gives no inode: if a process holds a deleted file of that
+            # path on that filesystem, it is the swap file (same name, same device).
+            orphan = next((o for o in self.orphans.values() if o.path == path and o.st is not None
+                           and stat.S_ISREG(o.st.st_mode)
+                           and (dev is None or o.dev == dev or mount["fstype"] in ANON_DEV_FSTYPES)), None)
+            if orphan is None:
+                key = ("swap", path)
+                orphan = self.orphans.get(key)
+                if orphan is None:
+                    orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
+            detail = {"size": swap["size"], "used": swap["used"], "priority": swap["priority"]}
+            orphan.holders.append(("swap", None, detail))
+            orphan.size_hint = max(orphan.size_hint, swap["size"])
+
+    # -- selection ---------------------------------------------------------
+
+    def select(self, include=None, exclude=None, min_size=0):
+        selected = []
+        for orphan in self.orphans.values():
+            path = orphan.path
+            if include and not any(fnmatch.fnmatchcase(path, pattern) for pattern in include):
+                continue
+            if exclude and any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude):
+                continue
+            if min_size:
+                size = orphan.size if orphan.size is not None else orphan.size_hint
+                if size < min_size:
+                    continue
+            selected.append(orphan)
+        selected.sort(key=_largest_first)
+        return selected
+
+
+def _largest_first(orphan):
+    st = orphan.st
+    return (-(st.st_blocks * 512 if st is not None else orphan.size_hint), orphan.path)
+
+
+def readlink_or_none(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None

@@ -1,0 +1,148 @@
+# -*- coding: utf-8 -*-
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Selection: which inode a frelink_restore task means (by original path, by
+what holds it, by identity), from the same scan frelink_facts runs."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+import stat
+
+from ansible_collections.frelink.frelink.plugins.module_utils import loop as loop_mod
+from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod
+from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string, parse_device_string
+from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
+
+_PROC_OPEN_PATH = re.compile(r"^/proc/(\d+)/(fd/\d+|map_files/[0-9a-f]+-[0-9a-f]+|exe)$")
+_LOOP_DEVICE = re.compile(r"^/dev/loop\d+$")
+_DEVICE_PAIR = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_device(value):
+    """st_dev from an int, a decimal string or "major:minor"."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if _DEVICE_PAIR.match(text):
+        return parse_device_string(text)
+    if text.isdigit():
+        return int(text)
+    raise RestoreError("device %r is neither an st_dev number nor 'major:minor' (e.g. '8:1')" % (value,))
+
+
+def describe(orphan):
+    holders = []
+    for holder in orphan.get("holders") or []:
+        if holder.get("pid") is not None:
+            holders.append("%s pid %s (%s)" % (holder.get("kind"), holder.get("pid"), holder.get("name", "?")))
+        elif holder.get("device") or holder.get("loop"):
+            holders.append("%s %s" % (holder.get("kind"), holder.get("device") or holder.get("loop")))
+        else:
+            holders.append(str(holder.get("kind")))
+    return "%s (device %s inode %s, %s bytes, held by %s)" % (
+        orphan.get("path"), orphan.get("device") or device_string(orphan["dev"]), orphan["ino"],
+        orphan.get("size"), ", ".join(holders) or "?")
+
+
+def candidate_list(orphans):
+    return [{"path": o.get("path"), "dev": o["dev"], "device": o.get("device") or device_string(o["dev"]),
+             "ino": o["ino"], "size": o.get("size"), "open_path": o.get("open_path"),
+             "holders": o.get("holders")} for o in orphans]
+
+
+def orphans_by_path(path):
+    """Every orphan whose original path (or path seen from our namespace,
+    /proc/PID/root/...) is `path`."""
+    return scan_mod.resolve_selector(path), {}
+
+
+def orphans_by_globs(globs):
+    facts = scan_mod.scan(include=list(globs), limit=0)
+    return facts.get("orphans") or [], facts.get("scan") or {}
+
+
+class Target(object):
+    """The inode to restore: an orphan from the scan or, when it already has a
+    name again, just its identity (for idempotence)."""
+
+    def __init__(self, dev, ino, orphan=None, nlink=0, path=None, size=None):
+        self.dev = dev
+        self.ino = ino
+        self.orphan = orphan
+        self.nlink = nlink
+        self.path = path if path is not None else (orphan or {}).get("path")
+        self.size = size if size is not None else (orphan or {}).get("size")
+
+    @property
+    def is_orphan(self):
+        return self.orphan is not None and self.nlink == 0
+
+    @property
+    def open_path(self):
+        return (self.orphan or {}).get("open_path")
+
+    def default_dest(self):
+        """The original path, seen from the holder's mount namespace when the
+        scan says it differs from ours."""
+        holders = (self.orphan or {}).get("holders") or []
+        foreign = [h["host_path"] for h in holders if h.get("host_path")]
+        ours = [h for h in holders if h.get("pid") is not None and not h.get("host_path")]
+        if foreign and not ours:
+            return foreign[0]
+        return self.path
+
+
+def _target_from_stat(st, path, orphan=None):
+    if st.st_nlink == 0 and orphan is None:
+        orphan = scan_mod.find_orphan(st.st_dev, st.st_ino)
+    if orphan is not None and st.st_nlink == 0:
+        return Target(st.st_dev, st.st_ino, orphan=orphan, nlink=0)
+    return Target(st.st_dev, st.st_ino, orphan=None, nlink=st.st_nlink, path=path, size=st.st_size)
+
+
+def resolve_src(src):
+    """/proc/PID/fd/N, /proc/PID/map_files/A-B, /proc/PID/exe or /dev/loopN."""
+    if _LOOP_DEVICE.match(src):
+        return _resolve_loop(src)
+    if not _PROC_OPEN_PATH.match(src):
+        raise RestoreError("src %s is neither /proc/PID/fd/N, /proc/PID/map_files/START-END, /proc/PID/exe "
+                           "nor /dev/loopN; to select by the file's original name use path=" % src)
+    try:
+        st = os.stat(src)
+        link = os.readlink(src)
+    except OSError as exc:
+        raise RestoreError("cannot open %s: %s (has the process exited or closed it? list the current holders "
+                           "with frelink_facts)" % (src, exc.strerror))
+    if link.endswith(DELETED_SUFFIX):
+        link = link[:-len(DELETED_SUFFIX)]
+    if not stat.S_ISREG(st.st_mode):
+        raise RestoreError("%s is not a regular file (%s); only regular files can be restored" % (src, link))
+    target = _target_from_stat(st, link)
+    if target.orphan is None and st.st_nlink == 0:
+        raise RestoreError("%s (%s) is deleted but the scan did not find it again; rerun" % (src, link))
+    return target
+
+
+def _resolve_loop(loop):
+    try:
+        status = loop_mod.loop_status(loop)
+    except OSError as exc:
+        raise RestoreError("cannot query %s: %s (is it a bound loop device? see losetup -a)" % (loop, exc.strerror))
+    dev, ino = status["backing_dev"], status["backing_ino"]
+    orphan = scan_mod.find_orphan(dev, ino)
+    if orphan is not None:
+        return Target(dev, ino, orphan=orphan)
+    name = status.get("file_name") or None
+    return Target(dev, ino, orphan=None, nlink=-1, path=name)
+
+
+def resolve_inode(dev, ino):
+    orphan = scan_mod.find_orphan(dev, ino)
+    if orphan is not None:
+        return Target(dev, ino, orphan=orphan)
+    return Target(dev, ino, orphan=None, nlink=-1)
