@@ -22,6 +22,7 @@ __metaclass__ = type
 
 import fnmatch
 import os
+import re
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
@@ -40,6 +41,10 @@ KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
 PROCESS_KINDS = ("fd", "mmap", "cwd", "root", "exe")
 
 _SUFFIX_LEN = len(DELETED_SUFFIX)
+# fs/nfs/unlink.c: an NFS client renames a file removed while open to
+# ".nfs" + 16 hex digits of the fileid + 8 of a counter, and removes it at the last close.
+SILLY_RENAME = re.compile(r"/\.nfs[0-9a-f]{24}$")
+NFS_FSTYPES = frozenset(("nfs", "nfs4"))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # Names the kernel gives files it creates on its internal mounts (never linked anywhere).
 _INTERNAL_NAME_PREFIXES = ("memfd:", "SYSV", "[aio]", "drm mm object", "dev/zero")
@@ -63,7 +68,7 @@ def internal_shm_dev():
 class Orphan:
     """One deleted inode and what holds it (raw, before enrichment)."""
 
-    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint")
+    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint", "silly_renamed")
 
     def __init__(self, key, dev, ino, st, path):
         self.key = key
@@ -74,6 +79,7 @@ class Orphan:
         self.holders = []  # tuples (kind, pid or None, detail); kept minimal, enriched when listed
         self.mmap_pids = None  # pid -> [first range, number of mappings]
         self.size_hint = 0
+        self.silly_renamed = False  # NFS: still named .nfsXXXX (st_nlink 1), gone at its last close
 
     @property
     def kinds(self):
@@ -110,6 +116,7 @@ class Scanner:
         self.shm_dev = internal_shm_dev()
         self.mounts = MountTable(parse_mountinfo(read_text(proc + "/self/mountinfo")))
         self.mounted_devs = set(self.mounts.devices())
+        self.nfs_devs = frozenset(m["dev"] for m in self.mounts.mounts if m["fstype"] in NFS_FSTYPES)
         self.self_mntns = readlink_or_none(proc + "/self/ns/mnt")
         self.euid = os.geteuid()
 
@@ -242,15 +249,18 @@ class Scanner:
         return pid, links, fd_count, fd_hits, maps, denied
 
     def _read_fds(self, dfd, hits):
-        """Read every fd link of one process; stat those ending in ' (deleted)'.  Returns the fd count."""
+        """Read every fd link of one process; stat those ending in ' (deleted)' (and, with an NFS
+        mount, those named like an NFS silly rename).  Returns the fd count."""
         readlink = os.readlink
+        nfs = bool(self.nfs_devs)
         try:
             names = os.listdir(dfd)
         except OSError:
             return 0
         try:
             candidates = [(name, target) for name in names
-                          if (target := readlink(name, dir_fd=dfd)).endswith(DELETED_SUFFIX)]
+                          if (target := readlink(name, dir_fd=dfd)).endswith(DELETED_SUFFIX)
+                          or (nfs and "/.nfs" in target)]
         except OSError:  # an fd closed meanwhile: redo this process one link at a time
             candidates = []
             for name in names:
@@ -258,7 +268,7 @@ class Scanner:
                     target = readlink(name, dir_fd=dfd)
                 except OSError:
                     continue
-                if target.endswith(DELETED_SUFFIX):
+                if target.endswith(DELETED_SUFFIX) or (nfs and "/.nfs" in target):
                     candidates.append((name, target))
         shm_dev = self.shm_dev
         stat_at = os.stat
@@ -268,6 +278,10 @@ class Scanner:
             try:
                 st = stat_at(name, dir_fd=dfd)
             except OSError:
+                continue
+            if not target.endswith(DELETED_SUFFIX):
+                if st.st_nlink and st.st_dev in self.nfs_devs and SILLY_RENAME.search(target):
+                    hits.append((name, st, target))
                 continue
             if st.st_nlink or st.st_dev == shm_dev:
                 continue
@@ -288,10 +302,12 @@ class Scanner:
             key = (st.st_dev, st.st_ino)
             orphan = orphans.get(key)
             if orphan is None:
-                path = target[:-_SUFFIX_LEN]
-                if self._nameless(path, st):
+                silly = not target.endswith(DELETED_SUFFIX)
+                path = target if silly else target[:-_SUFFIX_LEN]
+                if not silly and self._nameless(path, st):
                     continue
                 orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
+                orphan.silly_renamed = silly
             orphan.holders.append(("fd", pid, name))
         if maps is not None:
             self._scan_mappings(self._proc_fd, pid, maps)

@@ -23,7 +23,6 @@ FICLONE = 0x40049409
 # a prediction for the facts and check mode, the real run asks the kernel.
 REFLINK_FSTYPES = frozenset(("btrfs", "xfs", "ocfs2", "bcachefs"))
 CHUNK = 1 << 20
-_ZERO_CHUNK = bytes(CHUNK)
 
 
 def open_source(target):
@@ -60,25 +59,113 @@ def _hash_fd(fd, length=None):
     return digest.hexdigest(), offset
 
 
-def _copy_data(src_fd, dst_fd, length):
-    """Copies the first `length` bytes (the size seen before the copy: a file
-    that keeps growing cannot make it run forever), keeping holes (all-zero
-    chunks are skipped); returns sha256 and length of the bytes copied."""
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < length:
-        chunk = os.pread(src_fd, min(CHUNK, length - offset), offset)
+def _copy_range(src_fd, dst_fd, offset, count):
+    """Copy count bytes at offset with copy_file_range (in-kernel, and server-side on
+    NFS 4.2 and CIFS); read and write where the kernel refuses it for this pair."""
+    end = offset + count
+    while offset < end:
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, end - offset, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                raise
+            done = -1
+        if done <= 0:
+            break
+        offset += done
+    while offset < end:
+        chunk = os.pread(src_fd, min(CHUNK, end - offset), offset)
         if not chunk:
             break
-        digest.update(chunk)
-        if chunk != _ZERO_CHUNK[:len(chunk)]:
-            view = memoryview(chunk)
-            done = 0
-            while done < len(chunk):
-                done += os.pwrite(dst_fd, view[done:], offset + done)
+        view = memoryview(chunk)
+        written = 0
+        while written < len(chunk):
+            written += os.pwrite(dst_fd, view[written:], offset + written)
         offset += len(chunk)
-    os.ftruncate(dst_fd, offset)
-    return digest.hexdigest(), offset
+    return offset
+
+
+def _data_segments(fd, length):
+    """(offset, count) of the data in the first length bytes; holes are skipped, so a sparse
+    file stays sparse.  One segment when the filesystem cannot tell (SEEK_DATA refused)."""
+    segments = []
+    offset = 0
+    try:
+        while offset < length:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            if start >= length:
+                break
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), length)
+            segments.append((start, stop - start))
+            offset = stop
+    except OSError:
+        return [(0, length)]
+    return segments
+
+
+def _copy_data(src_fd, dst_fd, length):
+    """Copy the first length bytes (the size seen before the copy: a file that keeps growing
+    cannot make it run forever); returns the number of bytes the copy has."""
+    for offset, count in _data_segments(src_fd, length):
+        _copy_range(src_fd, dst_fd, offset, count)
+    os.ftruncate(dst_fd, length)
+    return length
+
+
+def _xattr_names(fd):
+    try:
+        return sorted(os.listxattr(fd))
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+
+
+def _copy_metadata(src_fd, dst_fd, st):
+    """Ownership, mode, extended attributes (user.*, trusted.*, security.* such as the SELinux
+    label and file capabilities, POSIX ACLs as system.posix_acl_*) and times of the source.
+    Returns (kept, not_kept): xattr names set, and 'name: why' for those the destination refused."""
+    try:
+        os.fchown(dst_fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # not root: the copy belongs to the caller
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    kept, not_kept = [], []
+    # chown clears security.capability, so it is set after the chown, and last
+    names = sorted(_xattr_names(src_fd), key=lambda n: n == "security.capability")
+    for name in names:
+        try:
+            value = os.getxattr(src_fd, name)
+            os.setxattr(dst_fd, name, value)
+            kept.append(name)
+        except OSError as exc:
+            not_kept.append("%s: %s" % (name, exc.strerror))
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return kept, not_kept
+
+
+def _temp_name(name):
+    """A new hidden name beside name: at most 255 bytes even for multibyte names."""
+    raw = os.fsencode(name)[:150]
+    stem = raw.decode("utf-8", "ignore") if not raw.isascii() else raw.decode()
+    return ".%s.frelink-%s.tmp" % (stem, os.urandom(6).hex())
+
+
+def _create_temp(dir_fd, name):
+    for _attempt in range(8):
+        tmp_name = _temp_name(name)
+        try:
+            return tmp_name, os.open(tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise RestoreError("could not create a temporary file beside %s (8 names taken); remove the leftover "
+                       ".*.frelink-*.tmp files there and retry" % name)
 
 
 def _stat_key(st):
@@ -89,17 +176,15 @@ def duplicate(method, src_fd, dest_dir, target, retries):
     """Reflink (FICLONE) or copy src_fd into a new file dest_dir.name.
 
     The result is only committed when the source stayed the same during the
-    whole operation: its size/mtime/ctime did not move, and reading it again
-    after the copy gives the same sha256 as the bytes in the copy (which makes
-    the copy equal to the source as it was at the end of the copy). Otherwise
-    the temporary file is removed and the attempt repeated."""
+    whole operation: its size/mtime/ctime did not move, and one read of the
+    copy gives the same sha256 as the source read back after it.  Otherwise
+    the temporary file is removed and the attempt repeated, retries times."""
     dir_fd, name = dest_dir.fd, dest_dir.name
     reasons = []
-    for attempt in range(1, retries + 1):
+    attempts = retries + 1
+    for attempt in range(1, attempts + 1):
         before = os.fstat(src_fd)
-        tmp_name = ".%s.frelink-%d-%d.tmp" % (name[:200], os.getpid(), attempt)
-        tmp_fd = os.open(tmp_name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd)
+        tmp_name, tmp_fd = _create_temp(dir_fd, name)
         committed = False
         try:
             if method == "reflink":
@@ -107,10 +192,10 @@ def duplicate(method, src_fd, dest_dir, target, retries):
                     fcntl.ioctl(tmp_fd, FICLONE, src_fd)
                 except OSError as exc:
                     raise RestoreError(_reflink_refusal(exc, target, dest_dir), errno=exc.errno)
-                copy_sum, copy_len = _hash_fd(tmp_fd)
             else:
-                copy_sum, copy_len = _copy_data(src_fd, tmp_fd, before.st_size)
+                _copy_data(src_fd, tmp_fd, before.st_size)
             os.fsync(tmp_fd)
+            copy_sum, copy_len = _hash_fd(tmp_fd)
             src_sum, src_len = _hash_fd(src_fd, before.st_size)
             after = os.fstat(src_fd)
             if _stat_key(before) != _stat_key(after):
@@ -120,7 +205,7 @@ def duplicate(method, src_fd, dest_dir, target, retries):
             if (src_sum, src_len) != (copy_sum, copy_len):
                 reasons.append("attempt %d: the source read again differs from the copy" % attempt)
                 continue
-            _copy_metadata(tmp_fd, after)
+            kept, not_kept = _copy_metadata(src_fd, tmp_fd, after)
             os.fsync(tmp_fd)
             try:
                 commit_noreplace(dir_fd, tmp_name, name)
@@ -129,10 +214,13 @@ def duplicate(method, src_fd, dest_dir, target, retries):
                                    "copy was removed; choose another dest" % dest_dir.dest)
             committed = True
             os.fsync(dir_fd)
-            return {
+            result = {
                 "sha256": copy_sum, "source_sha256": src_sum, "size": copy_len, "attempts": attempt,
-                "source_unchanged": True,
+                "source_unchanged": True, "xattrs": kept,
             }
+            if not_kept:
+                result["xattrs_not_kept"] = not_kept
+            return result
         finally:
             os.close(tmp_fd)
             if not committed:
@@ -144,16 +232,7 @@ def duplicate(method, src_fd, dest_dir, target, retries):
         "%s of %s was not committed: the file kept changing while it was read, in each of %d attempts (%s). "
         "A torn copy is never kept. Pause or stop the writer and retry, raise copy_retries, or restore it "
         "in place with method: link (kernel module, role %s)"
-        % (method, target.path, retries, "; ".join(reasons), KMOD_ROLE), attempts=retries)
-
-
-def _copy_metadata(fd, st):
-    try:
-        os.fchown(fd, st.st_uid, st.st_gid)
-    except PermissionError:
-        pass  # not root: the copy belongs to the caller
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        % (method, target.path, attempts, "; ".join(reasons), KMOD_ROLE), attempts=attempts)
 
 
 def _reflink_refusal(exc, target, dest_dir):
@@ -168,10 +247,13 @@ def _reflink_refusal(exc, target, dest_dir):
         target.path, dest_dir.dest, why)
 
 
-def content_equal(src_fd, dest_dir, dest_st):
-    """Whether the existing regular file dest has exactly the source's bytes
-    (idempotence of copy/reflink: the copy is another inode)."""
-    if not stat.S_ISREG(dest_st.st_mode) or os.fstat(src_fd).st_size != dest_st.st_size:
+def compare_copy(src_fd, dest_dir, dest_st):
+    """How the existing regular file dest compares with the source (idempotence of
+    copy/reflink: the copy is another inode): ("equal", sha256, size) when it has
+    exactly the source's bytes, ("older", sha256, size) when it has exactly the first
+    bytes of a source that has grown since, None otherwise."""
+    src_size = os.fstat(src_fd).st_size
+    if not stat.S_ISREG(dest_st.st_mode) or dest_st.st_size > src_size:
         return None
     fd = os.open(dest_dir.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dest_dir.fd)
     try:
@@ -181,4 +263,6 @@ def content_equal(src_fd, dest_dir, dest_st):
         dest_sum = _hash_fd(fd)
     finally:
         os.close(fd)
-    return dest_sum if _hash_fd(src_fd) == dest_sum else None
+    if _hash_fd(src_fd, dest_sum[1]) != dest_sum:
+        return None
+    return ("equal" if dest_sum[1] == src_size else "older",) + dest_sum

@@ -250,6 +250,14 @@ class Report:
         # defaults confirmed=true and holder_count=len(holders) are left out.
         if st is None:
             entry["confirmed"] = False
+        if orphan.silly_renamed:
+            entry["nfs_silly_rename"] = True
+            entry["original_path"] = None
+            entry["note"] = ("removed on an NFS client while open: the client renamed it to %s and removes that "
+                             "name at the last close; the original name is recorded nowhere, so give dest when "
+                             "restoring" % orphan.path.rsplit("/", 1)[-1])
+            entry["path_free"] = False
+            entry["restore"]["relink"] = True  # a plain link(2): it still has a name
         if len(holders) > HOLDERS_CAP:
             entry["holder_count"] = len(holders)
         return entry

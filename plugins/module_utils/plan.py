@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
+
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import KMOD_ROLE, RestoreError
@@ -16,15 +18,25 @@ METHODS = ("auto", "link", "reflink", "copy")
 FALLBACKS = ("reflink", "copy")
 
 
+# Kernel answers to a relink that mean "refused, nothing changed": method auto
+# goes on to the fallback.  EOPNOTSUPP: filesystem not on the module's
+# allowlist; EXDEV: another filesystem or mount; EPERM/EACCES: an LSM (AppArmor,
+# TOMOYO) or the file's immutable/append-only flag; ENOENT by fd: the
+# filesystem's ->link turned the inode down (overlayfs before the module knew it).
+LINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOENT))
+# FICLONE answers meaning "this filesystem or pair cannot share extents"
+REFLINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS))
+
+
 class Options(object):
-    def __init__(self, method="auto", fallback=(), create_parents=False, copy_retries=3):
+    def __init__(self, method="auto", fallback=(), create_parents=False, copy_retries=2):
         if method not in METHODS:
             raise RestoreError("method must be one of %s" % ", ".join(METHODS))
         bad = [f for f in fallback or () if f not in FALLBACKS]
         if bad:
             raise RestoreError("fallback may only list %s, not %s" % (", ".join(FALLBACKS), ", ".join(bad)))
-        if copy_retries < 1:
-            raise RestoreError("copy_retries must be at least 1")
+        if copy_retries < 0:
+            raise RestoreError("copy_retries must be 0 (one attempt, no retry) or more, got %d" % copy_retries)
         self.method = method
         self.fallback = list(fallback or ())
         self.create_parents = create_parents
@@ -32,12 +44,21 @@ class Options(object):
 
 
 def _link_obstacle(target, dest_dir):
-    """Why a relink cannot be done, or None."""
+    """Why a relink cannot be done, or None.  The same table answers check
+    mode and the real run (the kernel may still refuse, see LINK_REFUSALS)."""
+    orphan = target.orphan or {}
     if dest_dir.st.st_dev != target.dev:
         return ("dest %s is on another filesystem (device %s) than the file (device %s, %s); a name can only be "
                 "given on the file's own filesystem: choose a dest there, or use method: copy"
                 % (dest_dir.dest, device_string(dest_dir.st.st_dev), device_string(target.dev),
-                   (target.orphan or {}).get("mount_point") or "?"))
+                   orphan.get("mount_point") or "?"))
+    if target.silly_renamed:
+        return None  # it still has a name: link(2) gives it another, no module needed
+    fstype = orphan.get("fstype")
+    if fstype is not None and not kmod_abi.relink_supported(fstype, orphan.get("upper_fstype")):
+        return ("the frelink module relinks only on %s (and overlayfs through its upper layer); this file is on %s "
+                "(%s): copy it instead (method: copy, or method: auto with fallback: [copy])"
+                % (", ".join(sorted(kmod_abi.RELINK_FSTYPES)), fstype, orphan.get("mount_point") or "?"))
     if not kmod_abi.module_loaded():
         return ("the frelink kernel module is not loaded (%s is missing): load it with the role %s, or accept "
                 "a copy with a new identity (method: copy, or method: auto with fallback: [reflink, copy])"
@@ -80,38 +101,43 @@ def _copy_obstacle(target, dest_dir):
     return None
 
 
+def _predicted_reflink(target):
+    orphan = target.orphan or {}
+    predicted = (orphan.get("restore") or {}).get("reflink")
+    if predicted is None:
+        predicted = orphan.get("fstype") in REFLINK_FSTYPES
+    return predicted
+
+
 def plan_methods(target, dest_dir, opts, check_mode):
-    """The methods to try, in order (more than one only for method auto,
-    where a reflink the filesystem turns down falls through to the next
-    fallback), or a RestoreError explaining every obstacle."""
+    """(methods, reasons): the methods to try in order, and why each one
+    left out is impossible.  Explicit methods give one; method auto gives
+    link when possible, then every possible fallback, so that a refusal that
+    changed nothing (LINK_REFUSALS, REFLINK_REFUSALS) goes on to the next.
+    Raises RestoreError explaining every obstacle when none is possible."""
     checks = {"link": _link_obstacle, "reflink": _reflink_obstacle, "copy": _copy_obstacle}
     if opts.method != "auto":
         obstacle = checks[opts.method](target, dest_dir)
         if obstacle:
             raise RestoreError(obstacle)
-        return [opts.method]
-    obstacle = _link_obstacle(target, dest_dir)
-    if not obstacle:
-        return ["link"]
-    obstacles = ["link: " + obstacle]
-    plan = []
-    for fallback in opts.fallback:
-        obstacle = checks[fallback](target, dest_dir)
-        if not obstacle and fallback == "reflink" and check_mode:
-            fstype = (target.orphan or {}).get("fstype")
-            predicted = ((target.orphan or {}).get("restore") or {}).get("reflink")
-            if predicted is None:
-                predicted = fstype in REFLINK_FSTYPES
-            if not predicted:
-                obstacle = "the %s filesystem is not expected to support reflinks" % fstype
+        return [opts.method], []
+    plan, reasons = [], []
+    for method in ["link"] + opts.fallback:
+        obstacle = checks[method](target, dest_dir)
+        if not obstacle and method == "reflink" and check_mode and not _predicted_reflink(target):
+            obstacle = "the %s filesystem is not expected to support reflinks" % (target.orphan or {}).get("fstype")
         if obstacle:
-            obstacles.append("%s: %s" % (fallback, obstacle))
+            reasons.append("%s: %s" % (method, obstacle))
         else:
-            plan.append(fallback)
+            plan.append(method)
     if plan:
-        target.fallback_reasons = obstacles
-        return plan
+        return plan, reasons if plan[0] != "link" else []
     if not opts.fallback:
-        obstacles.append("no fallback allowed: a reflink or copy is a new file (new inode; the holder keeps "
-                         "writing to the deleted one), so it is opt-in with fallback: [reflink, copy]")
-    raise RestoreError("cannot restore %s to %s. %s" % (target.path, dest_dir.dest, " | ".join(obstacles)))
+        reasons.append("no fallback allowed: a reflink or copy is a new file (new inode; the holder keeps "
+                       "writing to the deleted one), so it is opt-in with fallback: [reflink, copy]")
+    raise RestoreError("cannot restore %s to %s. %s" % (target.path, dest_dir.dest, " | ".join(reasons)))
+
+
+def refusal_changed_nothing(method, err):
+    """Whether errno err from method is a refusal after which the next method may be tried."""
+    return err in (LINK_REFUSALS if method == "link" else REFLINK_REFUSALS if method == "reflink" else ())

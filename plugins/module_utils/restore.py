@@ -25,16 +25,21 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
 import os
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
 from ansible_collections.frelink.frelink.plugins.module_utils.destination import DestDir
-from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import content_equal, duplicate, open_source
+from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import compare_copy, duplicate, open_source
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string
-from ansible_collections.frelink.frelink.plugins.module_utils.plan import FALLBACKS, METHODS, Options, plan_methods
+from ansible_collections.frelink.frelink.plugins.module_utils.plan import (
+    FALLBACKS,
+    METHODS,
+    Options,
+    plan_methods,
+    refusal_changed_nothing,
+)
 from ansible_collections.frelink.frelink.plugins.module_utils.targets import (
     Target,
     candidate_list,
@@ -108,12 +113,21 @@ def restore_target(target, dest, opts, check_mode=False):
             if target.is_orphan and (opts.method in FALLBACKS or (opts.method == "auto" and opts.fallback)):
                 src_fd = open_source(target)
                 if src_fd is not None:
-                    same = content_equal(src_fd, dest_dir, existing)
+                    same = compare_copy(src_fd, dest_dir, existing)
             if same is not None:
-                res.update(status="already_copied", method="copy", identity_preserved=False,
-                           verification={"sha256": same[0], "source_sha256": same[0], "size": same[1]})
-                res["msg"] = ("%s already holds an identical copy (sha256 %s) of the deleted file, which is still "
-                              "held under its old identity" % (dest, same[0]))
+                how, digest, size = same
+                res.update(method="copy", identity_preserved=False,
+                           verification={"sha256": digest, "source_sha256": digest, "size": size})
+                if how == "equal":
+                    res["status"] = "already_copied"
+                    res["msg"] = ("%s already holds an identical copy (sha256 %s) of the deleted file, which is "
+                                  "still held under its old identity" % (dest, digest))
+                else:
+                    res["status"] = "copy_outdated"
+                    res["msg"] = ("%s holds a copy of the first %d bytes of the deleted file, which is still held "
+                                  "and has grown to %d bytes since; nothing was changed. To refresh the copy, move "
+                                  "%s away and rerun; to keep every later write, relink it instead (method: link, "
+                                  "kernel module)" % (dest, size, os.fstat(src_fd).st_size, dest))
                 return res
             raise RestoreError(
                 "dest %s exists (device %s inode %d, %d bytes) and is not the deleted file %s; nothing was "
@@ -132,12 +146,14 @@ def restore_target(target, dest, opts, check_mode=False):
         if (target.orphan or {}).get("type", "file") != "file":
             raise RestoreError("%s is a %s; only regular files can be given a name back"
                                % (target.path, target.orphan.get("type")))
-        plan = plan_methods(target, dest_dir, opts, check_mode)
+        plan, reasons = plan_methods(target, dest_dir, opts, check_mode)
         method = plan[0]
         res["method"] = method
         res["identity_preserved"] = method == "link"
-        if getattr(target, "fallback_reasons", None):
-            res["fallback_reasons"] = list(target.fallback_reasons)
+        if method == "link":
+            res["link_mechanism"] = "linkat" if target.silly_renamed else "frelink_kmod"
+        if reasons:
+            res["fallback_reasons"] = reasons
         res["changed"] = True
         res["diff"] = _diff(dest, _state_text(), "state: file\ndevice: %s\ninode: %s\nsize: %s\nmethod: %s\n" % (
             res["device"], target.ino if method == "link" else "(new)", target.size, method))
@@ -148,20 +164,23 @@ def restore_target(target, dest, opts, check_mode=False):
             res["msg"] = "would %s %s to %s" % (method, target.path, dest)
             return res
         res["created_dirs"] = dest_dir.created
-        if method == "link":
-            res["verification"] = _relink(target, dest_dir)
-        else:
-            if src_fd is None:
-                src_fd = open_source(target)
-            for i, method in enumerate(plan):
-                try:
+        for i, method in enumerate(plan):
+            try:
+                if method == "link":
+                    res["verification"] = _relink(target, dest_dir)
+                else:
+                    if src_fd is None:
+                        src_fd = open_source(target)
                     res["verification"] = duplicate(method, src_fd, dest_dir, target, opts.copy_retries)
-                    break
-                except RestoreError as exc:
-                    if method != "reflink" or i + 1 == len(plan) or exc.details.get("errno") is None:
-                        raise
-                    res.setdefault("fallback_reasons", []).append(exc.msg)
-            res["method"] = method
+                break
+            except RestoreError as exc:
+                if i + 1 == len(plan) or not refusal_changed_nothing(method, exc.details.get("errno")):
+                    raise
+                res.setdefault("fallback_reasons", []).append("%s: %s" % (method, exc.msg))
+        res["method"] = method
+        res["identity_preserved"] = method == "link"
+        if method != "link":
+            res.pop("link_mechanism", None)
         final = dest_dir.lstat_name()
         res["diff"]["after"] = _state_text(final, {"method": method})
         res["status"] = "restored"
@@ -179,6 +198,8 @@ def restore_target(target, dest, opts, check_mode=False):
 
 def _relink(target, dest_dir):
     src_fd = open_source(target)
+    if target.silly_renamed:
+        return _link_silly_renamed(target, src_fd, dest_dir)
     try:
         if src_fd is not None:
             if os.fstat(src_fd).st_nlink != 0:
@@ -188,11 +209,32 @@ def _relink(target, dest_dir):
             kmod_abi.relink_by_inode(target.dev, target.ino, dest_dir.fd, dest_dir.name)
     except kmod_abi.RelinkError as exc:
         raise RestoreError("the kernel module refused to relink %s to %s: %s (%s)" % (
-            target.path, dest_dir.dest, getattr(exc, "hint", None) or exc.strerror,
-            errno.errorcode.get(exc.errno, exc.errno)), errno=exc.errno)
+            target.path, dest_dir.dest, exc.hint, kmod_abi.errno_name(exc.errno)), errno=exc.errno)
     finally:
         if src_fd is not None:
             os.close(src_fd)
+    return _verify_link(target, dest_dir)
+
+
+def _link_silly_renamed(target, src_fd, dest_dir):
+    """An NFS client renamed the file to .nfsXXXX instead of deleting it: it still has a
+    name, so link(2) of the very inode open as src_fd (via /proc/self/fd) gives it another."""
+    try:
+        if src_fd is None:
+            raise RestoreError("%s is no longer open by any process; nothing to link" % target.path)
+        try:
+            os.link("/proc/self/fd/%d" % src_fd, dest_dir.name, dst_dir_fd=dest_dir.fd, follow_symlinks=True)
+        except OSError as exc:
+            raise RestoreError("link of %s (NFS silly-renamed, still named %s) to %s failed: %s; choose a dest on "
+                               "the same NFS mount, or use method: copy" % (
+                                   target.path, target.current_name, dest_dir.dest, exc.strerror), errno=exc.errno)
+    finally:
+        if src_fd is not None:
+            os.close(src_fd)
+    return _verify_link(target, dest_dir)
+
+
+def _verify_link(target, dest_dir):
     os.fsync(dest_dir.fd)
     st = dest_dir.lstat_name()
     if st is None or (st.st_dev, st.st_ino) != (target.dev, target.ino):
@@ -212,7 +254,7 @@ def run(params, check_mode=False):
     """Everything the module does; returns the module result (without
     failed) and a list of failure messages."""
     opts = Options(params.get("method") or "auto", params.get("fallback") or (),
-                   bool(params.get("create_parents")), int(params.get("copy_retries") or 3))
+                   bool(params.get("create_parents")), _int_or(params.get("copy_retries"), 2))
     dest = params.get("dest")
     dest_dir = params.get("dest_dir")
     layout = params.get("layout") or "tree"
@@ -279,6 +321,10 @@ def run(params, check_mode=False):
             len(done), len(results), "would be restored" if check_mode else "restored",
             ", %d failed" % len(failures) if failures else "")
     return out, failures
+
+
+def _int_or(value, default):
+    return default if value is None else int(value)
 
 
 def _guard(func, *args):

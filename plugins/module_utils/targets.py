@@ -14,6 +14,7 @@ import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import loop as loop_mod
 from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod
+from ansible_collections.frelink.frelink.plugins.module_utils.discovery import SILLY_RENAME
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string, parse_device_string
 from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
@@ -86,9 +87,20 @@ class Target(object):
     def open_path(self):
         return (self.orphan or {}).get("open_path")
 
+    @property
+    def silly_renamed(self):
+        """An NFS client's .nfsXXXX name for a file removed while open: it still has that name."""
+        return bool((self.orphan or {}).get("nfs_silly_rename"))
+
+    @property
+    def current_name(self):
+        return (self.orphan or {}).get("path") if self.silly_renamed else None
+
     def default_dest(self):
         """The original path, seen from the holder's mount namespace when the
-        scan says it differs from ours."""
+        scan says it differs from ours; None when it is not known."""
+        if self.silly_renamed:
+            return (self.orphan or {}).get("original_path")
         holders = (self.orphan or {}).get("holders") or []
         foreign = [h["host_path"] for h in holders if h.get("host_path")]
         ours = [h for h in holders if h.get("pid") is not None and not h.get("host_path")]
@@ -98,9 +110,10 @@ class Target(object):
 
 
 def _target_from_stat(st, path, orphan=None):
-    if st.st_nlink == 0 and orphan is None:
+    held_deleted = st.st_nlink == 0 or SILLY_RENAME.search(path) is not None
+    if held_deleted and orphan is None:
         orphan = scan_mod.find_orphan(st.st_dev, st.st_ino)
-    if orphan is not None and st.st_nlink == 0:
+    if orphan is not None and (st.st_nlink == 0 or orphan.get("nfs_silly_rename")):
         return Target(st.st_dev, st.st_ino, orphan=orphan, nlink=0)
     return Target(st.st_dev, st.st_ino, orphan=None, nlink=st.st_nlink, path=path, size=st.st_size)
 

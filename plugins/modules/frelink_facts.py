@@ -74,6 +74,9 @@ attributes:
   facts:
     support: full
     description: Returns C(ansible_facts.frelink).
+requirements:
+  - Python 3.8 or newer on the managed node (standard library only).
+  - Linux with C(/proc).
 notes:
   - Run it with privilege escalation (C(become)) for a complete scan; mappings
     (C(/proc/PID/map_files)) and loop device identities need root.
@@ -170,6 +173,13 @@ ansible_facts:
               V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible;
               a copy needs V(size) bytes, the free space is per filesystem, in V(by_filesystem)
               of RV(ansible_facts.frelink.summary)).
+            - A file removed on an NFS client while a process holds it is renamed by the client to
+              C(.nfsXXXX) instead (silly rename) and keeps a link count of 1; it is listed with
+              V(nfs_silly_rename=true), V(path) its current C(.nfs) name, V(original_path) V(null) (the
+              client records the original name nowhere) and a V(note) saying so; V(restore.relink) is
+              V(true) because a plain C(link(2)) gives it its name back, no module needed.
+            - V(restore.relink) is V(true) only on the filesystems the frelink module relinks on
+              (ext2/3/4, xfs, btrfs, tmpfs) when it is loaded; V(false) on any other (FUSE, vfat, NFS, ...).
             - To keep the result lean, two values appear only when they differ from their default,
               V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
               by stat) and V(holder_count) (the total, when more than 16 holders are listed).

@@ -25,6 +25,17 @@ description:
     explicitly or as O(fallback) of O(method=auto). A copy or clone is committed only when the source did not
     change while it was read (size, mtime and ctime unchanged, and the source read again after the copy has the
     sha256 of the copy); otherwise it is retried O(copy_retries) times and then fails. A torn copy is never kept.
+    A copy keeps the owner, mode, times and every extended attribute the destination accepts (C(user.*),
+    C(security.*) such as the SELinux label and file capabilities, POSIX ACLs); the data moves with
+    C(copy_file_range), holes stay holes.
+  - With O(method=auto) a relink that is impossible (the module is not loaded, the filesystem is not one it
+    relinks on) or that the kernel refuses without changing anything (C(EOPNOTSUPP), C(EXDEV), an LSM's
+    C(EPERM)/C(EACCES)) goes on to the first possible method of O(fallback); RV(fallback_reasons) says why.
+    Check mode predicts the same path from the same table.
+  - A file removed on an NFS client while open is renamed by the client to C(.nfsXXXX) and still has that name
+    (M(frelink.frelink.frelink_facts) reports it with C(nfs_silly_rename)). It gets its new name O(dest) with a
+    plain C(link(2)) of the same inode, no kernel module needed; its original name is not recorded anywhere, so
+    O(dest) is required.
   - Never overwrites anything. If O(dest) already names the same inode the task is C(changed=false); for a copy,
     if O(dest) already holds identical bytes it is C(changed=false) too. Any other existing O(dest) is a failure
     that names both files.
@@ -115,9 +126,10 @@ options:
     default: false
   copy_retries:
     description:
-      - How many times a copy or reflink is attempted when the source changes while it is read, before failing.
+      - How many more times a copy or reflink is attempted after the first one when the source changes while it
+        is read, before failing. V(0) means one attempt and no retry.
     type: int
-    default: 3
+    default: 2
 notes:
   - Needs root on the managed node (C(become=true)) to open other users' files through C(/proc) and to use
     C(/dev/frelink).
@@ -139,7 +151,8 @@ attributes:
     platforms: posix
     description: Linux only (C(/proc), FICLONE, the frelink kernel module).
 requirements:
-  - Linux; the frelink kernel module for O(method=link).
+  - Python 3.8 or newer on the managed node (standard library only).
+  - Linux; the frelink kernel module for O(method=link) (not for NFS silly-renamed files).
 """
 
 EXAMPLES = r"""
@@ -190,7 +203,9 @@ msg:
 status:
   description:
     - V(restored), V(would_restore) (check mode), V(already_restored) (dest names the same inode),
-      V(already_copied) (dest holds identical bytes) or V(nothing_to_restore) (no such deleted file, dest exists).
+      V(already_copied) (dest holds identical bytes), V(copy_outdated) (dest holds exactly the first bytes of a
+      still-held file that has grown since; nothing is changed, the message says how to refresh it) or
+      V(nothing_to_restore) (no such deleted file, dest exists).
   returned: single selector (path, src, device+inode) and success
   type: str
   sample: restored
@@ -199,6 +214,12 @@ method:
   returned: single selector and success
   type: str
   sample: link
+link_mechanism:
+  description: For O(method=link), V(frelink_kmod) (the kernel module's relink ioctl) or V(linkat) (a plain
+    C(link(2)) of an NFS silly-renamed file, which still has a name).
+  returned: method is link
+  type: str
+  sample: frelink_kmod
 identity_preserved:
   description: True for a relink (dest is the very inode the holders write to); false for reflink and copy.
   returned: single selector and success
@@ -240,7 +261,8 @@ size:
   type: int
   sample: 1048576
 fallback_reasons:
-  description: With O(method=auto), why each method before the one used was impossible (or turned down).
+  description: With O(method=auto), why each method before the one used was impossible, or refused by the kernel
+    without changing anything.
   returned: a fallback was used
   type: list
   elements: str
@@ -255,7 +277,8 @@ verification:
   description:
     - For a relink, C(lstat) of dest after the relink (C(same_inode), C(dest_dev), C(dest_ino), C(nlink), C(size)).
     - For a copy or reflink, C(sha256) of the copy, C(source_sha256) of the source read again after it,
-      C(size), C(attempts) and C(source_unchanged).
+      C(size), C(attempts), C(source_unchanged), C(xattrs) (the extended attributes copied) and
+      C(xattrs_not_kept) (those the destination refused, with the reason; only when there are some).
   returned: restored or already restored
   type: dict
   sample: {same_inode: true, dest_dev: 2049, dest_ino: 131075, nlink: 1, size: 1048576}
@@ -302,7 +325,7 @@ def main():
             method=dict(type="str", choices=list(METHODS), default="auto"),
             fallback=dict(type="list", elements="str", choices=list(FALLBACKS), default=[]),
             create_parents=dict(type="bool", default=False),
-            copy_retries=dict(type="int", default=3),
+            copy_retries=dict(type="int", default=2),
         ),
         mutually_exclusive=[
             ("path", "src", "device", "paths"),
