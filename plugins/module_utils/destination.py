@@ -85,7 +85,16 @@ class DestDir(object):
                             self.created.append(here)
                         except FileExistsError:
                             pass
-                        nfd = os.open(comp, flags | os.O_NOFOLLOW, dir_fd=fd)
+                        except OSError as mkdir_exc:
+                            raise RestoreError("cannot create the directory %s: %s; create it yourself, run as "
+                                               "root (become: true), or choose another dest"
+                                               % (here, mkdir_exc.strerror))
+                        try:
+                            nfd = os.open(comp, flags | os.O_NOFOLLOW, dir_fd=fd)
+                        except OSError as reopen_exc:  # replaced by a link or removed meanwhile
+                            raise RestoreError("the directory %s changed while it was being created (%s); "
+                                               "nothing was restored, check it and retry"
+                                               % (here, reopen_exc.strerror))
                     elif exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise RestoreError(self._not_a_dir(fd, comp, here))
                     else:
@@ -124,6 +133,9 @@ class DestDir(object):
             return os.stat(self.name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise RestoreError("cannot look at %s: %s; run as root (become: true) or choose another dest"
+                               % (self.dest, exc.strerror))
 
     def close(self):
         if self.fd is not None:

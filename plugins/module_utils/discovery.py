@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import fnmatch
 import os
 import re
@@ -366,6 +367,8 @@ class Scanner:
                               "device); run as root (become: true)" % loop["device"])
                 continue
             except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENOENT):
+                    continue  # detached (or removed) since /sys/block was read
                 self.warnings.append("%s: LOOP_GET_STATUS64 failed: %s" % (loop["device"], exc.strerror))
                 continue
             dev, ino = status["backing_dev"], status["backing_ino"]

@@ -164,6 +164,9 @@ def _create_temp(dir_fd, name):
                                      0o600, dir_fd=dir_fd)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RestoreError("cannot create a file beside %s: %s; choose a writable dest (or run as root with "
+                               "become: true)" % (name, exc.strerror), errno=exc.errno)
     raise RestoreError("could not create a temporary file beside %s (8 names taken); remove the leftover "
                        ".*.frelink-*.tmp files there and retry" % name)
 
@@ -193,7 +196,13 @@ def duplicate(method, src_fd, dest_dir, target, retries):
                 except OSError as exc:
                     raise RestoreError(_reflink_refusal(exc, target, dest_dir), errno=exc.errno)
             else:
-                _copy_data(src_fd, tmp_fd, before.st_size)
+                try:
+                    _copy_data(src_fd, tmp_fd, before.st_size)
+                    os.fsync(tmp_fd)
+                except OSError as exc:
+                    raise RestoreError("copy of %s to %s failed: %s; the partial copy was removed, nothing else "
+                                       "changed (free space on the destination, or choose another dest)"
+                                       % (target.path, dest_dir.dest, exc.strerror), errno=exc.errno)
             os.fsync(tmp_fd)
             copy_sum, copy_len = _hash_fd(tmp_fd)
             src_sum, src_len = _hash_fd(src_fd, before.st_size)

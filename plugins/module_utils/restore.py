@@ -260,6 +260,12 @@ def run(params, check_mode=False):
     layout = params.get("layout") or "tree"
     items = []  # (selector text, Target or RestoreError)
     scan_info = {}
+    if params.get("paths") is not None and not params["paths"]:
+        raise RestoreError("paths is empty; give at least one pattern (e.g. ['/var/log/*']), or use path, src or "
+                           "device+inode")
+    if params.get("inode") is not None and int(params["inode"]) <= 0:
+        raise RestoreError("inode %s is not an inode number (1 or more); take it from "
+                           "ansible_facts.frelink.orphans[].ino" % params["inode"])
     if params.get("paths"):
         orphans, scan_info = orphans_by_globs(params["paths"])
         by_path = {}
@@ -270,17 +276,17 @@ def run(params, check_mode=False):
             if len(group) > 1:
                 items.append((path, _ambiguity(path, group)))
                 continue
-            items.append((path, Target(group[0]["dev"], group[0]["ino"], orphan=group[0])))
+            items.append((path, _target_of(group[0])))
     elif params.get("path"):
         path = params["path"]
         group, scan_info = orphans_by_path(path)
         if len(group) > 1:
             items.append((path, _ambiguity(path, group)))
         elif group:
-            items.append((path, Target(group[0]["dev"], group[0]["ino"], orphan=group[0])))
+            items.append((path, _target_of(group[0])))
         else:
             probe = dest or (dest_in_dir(dest_dir, path, layout) if dest_dir else path)
-            items.append((path, _absent_by_path(path, probe)))
+            items.append((path, _absent_by_path(path, probe, scan_info)))
     elif params.get("src"):
         items.append((params["src"], _guard(resolve_src, params["src"])))
     else:
@@ -300,7 +306,7 @@ def run(params, check_mode=False):
             this_dest = dest
             if dest_dir:
                 this_dest = dest_in_dir(dest_dir, target.path or "", layout)
-            item.update(restore_target(target, this_dest, opts, check_mode))
+            item.update(_restore_one(target, this_dest, opts, check_mode))
         except RestoreError as exc:
             item.update(failed=True, msg=exc.msg, changed=False)
             item.update(exc.details)
@@ -317,10 +323,21 @@ def run(params, check_mode=False):
                 out[key] = value
     elif params.get("paths"):
         done = [r for r in results if r.get("status") in ("restored", "would_restore")]
-        out["msg"] = "%d of %d matching deleted files %s%s" % (
+        out["msg"] = "%d of %d matching deleted files %s%s.%s" % (
             len(done), len(results), "would be restored" if check_mode else "restored",
-            ", %d failed" % len(failures) if failures else "")
+            ", %d failed" % len(failures) if failures else "", partial_scan_hint(scan_info))
     return out, failures
+
+
+def _restore_one(target, dest, opts, check_mode):
+    """restore_target(), with any system call failure it did not foresee turned into a message."""
+    try:
+        return restore_target(target, dest, opts, check_mode)
+    except OSError as exc:
+        raise RestoreError("restoring %s to %s failed: %s%s; nothing was overwritten (a temporary file, if any, was "
+                           "removed): fix that and rerun" % (
+                               target.path, dest or "its original path", exc.strerror,
+                               " (%s)" % exc.filename if exc.filename else ""), errno=exc.errno)
 
 
 def _int_or(value, default):
@@ -341,7 +358,26 @@ def _ambiguity(path, group):
         candidates=candidate_list(group))
 
 
-def _absent_by_path(path, probe):
+def _target_of(orphan):
+    """The Target of a scanned orphan, or a RestoreError when it has no inode to reach."""
+    if orphan.get("ino") is None:
+        return RestoreError("%s is held only as a swap area (/proc/swaps gives no inode number): frelink cannot "
+                            "reach it, and its content is swap, nothing to restore; 'swapoff %s' releases the space"
+                            % (orphan.get("path"), orphan.get("path")))
+    return Target(orphan["dev"], orphan["ino"], orphan=orphan)
+
+
+def partial_scan_hint(scan_info):
+    """' The scan was partial ...' when the scan could not see everything, else ''."""
+    if not scan_info or scan_info.get("complete", True):
+        return ""
+    hint = " The scan was partial (%s)" % "; ".join(scan_info.get("warnings") or ["not everything could be read"])
+    if scan_info.get("euid", 0) != 0:
+        hint += "; run the task as root with become: true"
+    return hint + "."
+
+
+def _absent_by_path(path, probe, scan_info=None):
     """No orphan with this original path: fine when dest exists (restored
     before), an error otherwise."""
     try:
@@ -354,5 +390,9 @@ def _absent_by_path(path, probe):
         return {"changed": False, "status": "nothing_to_restore", "dest": probe, "path": path,
                 "msg": "no deleted file that is still held has the original path %s, and %s exists "
                        "(restored before?)" % (path, probe)}
+    partial = partial_scan_hint(scan_info)
+    if partial:
+        return RestoreError("no deleted file that is still held with the original path %s was found, but the scan "
+                            "could not see every process, so it may exist.%s" % (path, partial))
     return RestoreError("no deleted file that is still held has the original path %s (its last holder may have "
                         "exited; list what is recoverable with frelink_facts)" % path)

@@ -26,7 +26,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_s
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import parse_device_string
 
 DEFAULT_LIMIT = 1000
-__all__ = ["DEFAULT_LIMIT", "KINDS", "find_orphan", "resolve_selector", "scan"]
+__all__ = ["DEFAULT_LIMIT", "KINDS", "SelectorError", "find_orphan", "resolve_selector", "resolve_selector_and_scan", "scan"]
 
 
 def _relink_available():
@@ -72,15 +72,30 @@ def find_orphan(dev, ino, kinds=None):
     return Report(scanner).entry(orphan, _relink_available())
 
 
+class SelectorError(ValueError):
+    """A handle-like selector that designates nothing (the process or loop device is gone)."""
+
+
 def resolve_selector(selector, kinds=None):
     """Orphan entries a selector designates (empty list: nothing deleted is held there).
 
     selector: '/proc/PID/fd/N', '/proc/PID/map_files/A-B', '/proc/PID/exe|cwd|root'
     (the inode behind that handle), '/dev/loopN' (its backing file), 'MAJ:MIN:INO',
     or an original path (every orphan whose path or host_path is that path).
+    Raises SelectorError for a handle that cannot be opened.
     """
+    return resolve_selector_and_scan(selector, kinds)[0]
+
+
+def resolve_selector_and_scan(selector, kinds=None):
+    """(entries, scan): resolve_selector() and the facts' scan part (completeness, warnings)."""
     key = _selector_key(selector)
     scanner = Scanner(kinds).collect()
+    scan_info = {"complete": scanner.complete, "warnings": scanner.warnings, "euid": scanner.euid}
+    return _resolve(scanner, key, selector), scan_info
+
+
+def _resolve(scanner, key, selector):
     report = Report(scanner)
     relink = _relink_available()
     if key is not None:
@@ -104,12 +119,15 @@ def resolve_selector(selector, kinds=None):
 def _selector_key(selector):
     """(dev, ino) for handle-like selectors, None for an original path."""
     parts = selector.split("/")
-    if selector.startswith("/proc/") and len(parts) >= 4 and parts[2].isdigit():
-        st = os.stat(selector)
-        return (st.st_dev, st.st_ino)
-    if selector.startswith("/dev/loop"):
-        status = loop_status(selector)
-        return (status["backing_dev"], status["backing_ino"])
+    try:
+        if selector.startswith("/proc/") and len(parts) >= 4 and parts[2].isdigit():
+            st = os.stat(selector)
+            return (st.st_dev, st.st_ino)
+        if selector.startswith("/dev/loop"):
+            status = loop_status(selector)
+            return (status["backing_dev"], status["backing_ino"])
+    except OSError as exc:
+        raise SelectorError("%s: %s" % (selector, exc.strerror))
     fields = selector.split(":")
     if len(fields) == 3 and all(f.isdigit() for f in fields):
         return (parse_device_string("%s:%s" % (fields[0], fields[1])), int(fields[2]))

@@ -26,7 +26,11 @@ _DEVICE_PAIR = re.compile(r"^(\d+):(\d+)$")
 
 def parse_device(value):
     """st_dev from an int, a decimal string or "major:minor"."""
+    if isinstance(value, bool) or value is None:
+        raise RestoreError("device %r is neither an st_dev number nor 'major:minor' (e.g. '8:1')" % (value,))
     if isinstance(value, int):
+        if value < 0:
+            raise RestoreError("device %d is negative; give st_dev (0 or more) or 'major:minor' (e.g. '8:1')" % value)
         return value
     text = str(value).strip()
     if _DEVICE_PAIR.match(text):
@@ -57,9 +61,13 @@ def candidate_list(orphans):
 
 
 def orphans_by_path(path):
-    """Every orphan whose original path (or path seen from our namespace,
-    /proc/PID/root/...) is `path`."""
-    return scan_mod.resolve_selector(path), {}
+    """(orphans, scan): every orphan whose original path (or path seen from our
+    namespace, /proc/PID/root/...) is `path`, and the scan's completeness."""
+    try:
+        return scan_mod.resolve_selector_and_scan(path)
+    except scan_mod.SelectorError as exc:
+        raise RestoreError("cannot open %s (has the process exited, or the loop device been detached? list what is "
+                           "recoverable now with frelink_facts)" % exc)
 
 
 def orphans_by_globs(globs):

@@ -232,6 +232,8 @@ ansible_facts:
             euid: 0
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.frelink.frelink.plugins.module_utils.scan import DEFAULT_LIMIT, KINDS, scan
@@ -263,6 +265,10 @@ def main():
         )
     except OSError as exc:
         module.fail_json(msg="scanning /proc failed: %s; is /proc mounted (Linux only)?" % exc)
+    except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback
+        module.fail_json(msg="frelink_facts stopped on an unforeseen %s: %s. This is a bug: please report it with the "
+                             "task's arguments (the traceback is shown with -vvv)" % (type(exc).__name__, exc),
+                         exception=traceback.format_exc())
     module.exit_json(changed=False, ansible_facts={"frelink": facts})
 
 

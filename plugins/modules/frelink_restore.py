@@ -301,6 +301,8 @@ scan:
   sample: {complete: true, warnings: []}
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.frelink.frelink.plugins.module_utils.restore import (
@@ -341,6 +343,10 @@ def main():
         result, failures = run(module.params, check_mode=module.check_mode)
     except RestoreError as exc:
         module.fail_json(msg=exc.msg, **exc.details)
+    except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback
+        module.fail_json(msg="frelink_restore stopped on an unforeseen %s: %s. Nothing was overwritten. This is a bug: "
+                             "please report it with the task's arguments (the traceback is shown with -vvv)"
+                             % (type(exc).__name__, exc), exception=traceback.format_exc())
     if not module._diff:
         result.pop("diff", None)
     if failures:
