@@ -260,6 +260,12 @@ def run(params, check_mode=False):
     layout = params.get("layout") or "tree"
     items = []  # (selector text, Target or RestoreError)
     scan_info = {}
+    for key in ("path", "src", "dest", "dest_dir"):
+        if params.get(key) is not None and not params[key].strip():
+            raise RestoreError("%s is empty; give an absolute path or leave it out" % key)
+    if params.get("path") is not None and not params["path"].startswith("/"):
+        raise RestoreError("path %r must be absolute: the original path as ansible_facts.frelink.orphans[].path "
+                           "shows it" % params["path"])
     if params.get("paths") is not None and not params["paths"]:
         raise RestoreError("paths is empty; give at least one pattern (e.g. ['/var/log/*']), or use path, src or "
                            "device+inode")
@@ -277,7 +283,7 @@ def run(params, check_mode=False):
                 items.append((path, _ambiguity(path, group)))
                 continue
             items.append((path, _target_of(group[0])))
-    elif params.get("path"):
+    elif params.get("path") is not None:
         path = params["path"]
         group, scan_info = orphans_by_path(path)
         if len(group) > 1:
@@ -287,7 +293,7 @@ def run(params, check_mode=False):
         else:
             probe = dest or (dest_in_dir(dest_dir, path, layout) if dest_dir else path)
             items.append((path, _absent_by_path(path, probe, scan_info)))
-    elif params.get("src"):
+    elif params.get("src") is not None:
         items.append((params["src"], _guard(resolve_src, params["src"])))
     else:
         dev = parse_device(params.get("device"))
