@@ -124,8 +124,8 @@ def restore_target(target, dest, opts, check_mode=False):
                                   "still held under its old identity" % (dest, digest))
                 else:
                     res["status"] = "copy_outdated"
-                    res["msg"] = ("%s holds a copy of the first %d bytes of the deleted file, which is still held "
-                                  "and has grown to %d bytes since; nothing was changed. To refresh the copy, move "
+                    res["msg"] = ("%s holds a copy of the first %s bytes of the deleted file, which is still held "
+                                  "and has grown to %s bytes since; nothing was changed. To refresh the copy, move "
                                   "%s away and rerun; to keep every later write, relink it instead (method: link, "
                                   "kernel module)" % (dest, size, os.fstat(src_fd).st_size, dest))
                 return res

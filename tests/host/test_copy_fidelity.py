@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from test_restore import _restore, ansible_module, holders, work  # noqa: F401  (fixtures)
+from test_restore import _restore, ansible_module
+from test_restore import holders, work  # noqa: F401  # pylint: disable=unused-import  # fixtures
 
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 OPENER = "import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nprint(fd, flush=True)\nsys.stdin.read()\n"

@@ -53,6 +53,39 @@ def test_ansible_test_sanity_is_clean(collection_copy):
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
 
 
+# Managed nodes: Python 3.8 (tests/config.yml's floor) up to the newest that
+# ansible-core 2.19 runs modules with; the full sanity run above uses the host's.
+MODULE_PYTHONS = ("3.8", "3.13")
+
+
+def _interpreter(version):
+    """A real python<version> (pyenv's versions, then PATH without pyenv's shims), or None."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for candidate in sorted(pyenv.glob(version + ".*"), reverse=True):
+        exe = candidate / "bin" / ("python" + version)
+        if exe.exists():
+            return str(exe)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if "/shims" not in p)
+    return shutil.which("python" + version, path=path)
+
+
+@pytest.mark.parametrize("version", MODULE_PYTHONS)
+def test_modules_compile_and_import_on_the_managed_node_pythons(collection_copy, version):
+    exe = _interpreter(version)
+    if exe is None:
+        pytest.skip("no python%s here (neither on PATH nor in pyenv): the module floor is only checked with the "
+                    "host's Python" % version)
+    proc = subprocess.run(
+        [str(SANITY_BIN / "ansible-test"), "sanity", "--local", "--python", version, "--test", "compile",
+         "--test", "import", "--color", "no"],
+        cwd=collection_copy, capture_output=True, text=True, check=False,
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_copy.parents[2]),
+                 PATH="%s:%s:%s" % (Path(exe).parent, SANITY_BIN, os.environ["PATH"])),
+    )
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
+    assert 'Running sanity test "compile" on Python %s' % version in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("module", ["frelink_facts", "frelink_restore"])
 def test_ansible_doc_renders(module):
     proc = subprocess.run(
