@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .chroot import CommandError
+from .debs import fetch_debs
 from .image import prepare
 from .util import (HarnessError, file_lock, progress, remove_tree, require_tools, suite_dir, tail,
                    write_atomic)
@@ -343,6 +344,15 @@ class Guest:
     def put(self, local, remote):
         """Copy a local file or directory to REMOTE in the guest (as root)."""
         self._scp([local], f"root@{SSH_HOST}:{remote}")
+
+    def install_debs(self, packages, timeout=900):
+        """Install Debian PACKAGES (fetched once with the image's apt, see harness/debs.py) offline."""
+        debs = fetch_debs(self.env.suite, packages)
+        remote = "/root/frelink-debs"
+        self.run("rm -rf %s" % remote)
+        self.put(debs, remote)
+        self.run("DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold %s/*.deb >/dev/null "
+                 "&& rm -rf %s" % (remote, remote), timeout=timeout)
 
     def get(self, remote, local):
         """Copy REMOTE from the guest to a local path."""
