@@ -1,23 +1,45 @@
 # -*- coding: utf-8 -*-
-"""Benchmark of frelink_facts against `lsof +L1` and a C floor, on one large real workload.
+"""Benchmark of frelink_facts against lsof, lsfd and two C floors, on one real workload.
 
-Measured in the same run, on the same processes (median of --repeat runs, wall and CPU):
-- scan():   the module's scanner in-process, default options (limit 1000) and limit=0
-- lsof:     `lsof -nP +L1`
-- floor:    bench/facts/floor.c (compiled now with the host's gcc): readdir + readlink of
-            every /proc/PID/fd entry, nothing else
-Recall and precision of each against the workload's ground truth (only the workload's
-processes and loop devices count).  Then end to end on a smaller workload:
-`ansible localhost -m frelink.frelink.frelink_facts` minus `ansible localhost -m ping`,
-against `lsof -nP +L1`.  Needs root, gcc, lsof, losetup.  Prints a table; --json FILE too.
+One workload (bench/facts/workload.py: forked processes holding their own deleted
+files, mapped-only deleted files, decoys, deleted images on loop devices when root
+can attach them), then N interleaved rounds (the order rotates each round) of:
+
+- frelink scan() in-process, default options (limit 1000), and limit=0 (all listed)
+- lsof -nP +L1
+- lsfd -n -Q DELETED                   (util-linux)
+- C fd-only floor (floor.c):           readdir + readlinkat of every /proc/PID/fd entry
+- C complete floor (floor_complete.c): the fd floor + fstatat of the ' (deleted)'
+  candidates, readlinkat/fstatat of exe, cwd, root, every /proc/PID/maps read whole
+  with one stat through map_files per deleted mapping, LOOP_GET_STATUS64 of loop
+  devices whose backing file was deleted
+- end to end: ansible localhost -m frelink.frelink.frelink_facts (defaults),
+  ansible localhost -m command -a 'lsof -nP +L1', ansible localhost -m ping
+
+Both C programs are compiled with the host's gcc into a temporary directory.
+Recall and precision of every tool are computed from the output of each of its
+timed runs against the workload's ground truth (only the workload's processes and
+loop devices count) and the worst round is shown.  Times are the minimum of the N
+rounds (wall; CPU of that tool's process and children).  Ratios are against the
+complete floor and against lsof.
+
+    bench/facts/run.py                 500 processes x 40 fds, 2 loop devices, 5 rounds
+    bench/facts/run.py --big           2000 processes x 50 fds, 4 loop devices (issue #12)
+    bench/facts/run.py --big --profile profile.txt   + cProfile of scan() (default options)
+
+Needs root (loop devices, /proc/PID/map_files), gcc, lsof, lsfd, losetup, ansible.
+--json FILE writes every figure.
 """
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
+import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,16 +59,23 @@ if not _LINK.exists():
 sys.path.insert(0, str(COLLECTIONS))
 from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
 
+SMALL = {"procs": 500, "fds": 40, "loops": 2}
+BIG = {"procs": 2000, "fds": 50, "loops": 4}
 
-def run_cmd(argv, env=None):
-    """(wall seconds, CPU seconds of the child, stdout)."""
+
+# -- running and timing ------------------------------------------------------
+
+def run_cmd(argv, env=None, ok=(0, 1)):
+    """(wall seconds, CPU seconds of the child and its children, stdout).  ok: accepted exit codes
+    (lsof exits 1 when it lists nothing; ansible must exit 0)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, check=False)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, check=False,
+                          errors="surrogateescape")
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode not in (0, 1):  # lsof exits 1 when it lists nothing
-        raise RuntimeError("%s failed (%d): %s" % (argv[0], proc.returncode, proc.stderr[-2000:]))
+    if proc.returncode not in ok:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), proc.returncode, proc.stderr[-2000:]))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, proc.stdout
 
@@ -66,10 +95,7 @@ def count_values(value):
     return 1
 
 
-def median_runs(fn, repeat):
-    runs = [fn() for _round in range(repeat)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2]
-
+# -- scoring -----------------------------------------------------------------
 
 def score(found, truth):
     hits = len(found & truth)
@@ -79,13 +105,14 @@ def score(found, truth):
 
 
 def scan_found(facts, workload):
+    """(dev, ino) of the listed orphans a workload process or loop device holds."""
     pids, loops = set(workload.pids), set(workload.loop_devices)
     return {(o["dev"], o["ino"]) for o in facts["orphans"]
             if any(h.get("pid") in pids or h.get("device") in loops for h in o["holders"])}
 
 
 def lsof_found(output, workload):
-    """(dev, ino) of the workload's files in `lsof -F pDi` output."""
+    """(dev, ino) of the workload's files in `lsof -F pfDi` output."""
     pids = set(workload.pids)
     found, pid, dev = set(), None, None
     for line in output.splitlines():
@@ -101,156 +128,274 @@ def lsof_found(output, workload):
     return found
 
 
+# COMMAND PID USER FD TYPE DEVICE SIZE/OFF NLINK NODE NAME (COMMAND may hold spaces)
+_LSOF_LINE = re.compile(r"^.*?\s(\d+)\s+\S+\s+\S+\s+\S+\s+(\d+),(\d+)\s+\S+\s+\d+\s+(\d+)\s")
+
+
+def lsof_text_found(output, workload):
+    """(dev, ino) of the workload's files in the default output of `lsof -nP +L1`."""
+    pids = set(workload.pids)
+    found = set()
+    for line in output.splitlines()[1:]:
+        match = _LSOF_LINE.match(line)
+        if match and int(match.group(1)) in pids:
+            found.add((os.makedev(int(match.group(2)), int(match.group(3))), int(match.group(4))))
+    return found
+
+
+def mount_devices(mountinfo="/proc/self/mountinfo"):
+    """mount id -> st_dev, from mountinfo (lsfd prints the mount id, not the device)."""
+    devices = {}
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            major, minor = fields[2].split(":")
+            devices[int(fields[0])] = os.makedev(int(major), int(minor))
+    return devices
+
+
+# COMMAND PID USER ASSOC MODE TYPE SOURCE MNTID INODE NAME (COMMAND may hold spaces)
+_LSFD_LINE = re.compile(r"^\s*.*?\s(\d+)\s+\S+\s+(\S+)\s+\S+\s+\S+\s+\S+\s+(\d+)\s+(\d+)\s")
+
+
+def lsfd_found(output, workload, devices):
+    """(dev, ino) of the workload's files in the default output of `lsfd -n -Q DELETED`.
+
+    Files of a mount that is not in our mountinfo (mount id 0: memfd and other
+    kernel-internal mounts) get dev None: they are reported, so they count."""
+    pids = set(workload.pids)
+    found = set()
+    for line in output.splitlines():
+        match = _LSFD_LINE.match(line)
+        if match and int(match.group(1)) in pids:
+            found.add((devices.get(int(match.group(3))), int(match.group(4))))
+    return found
+
+
 def floor_found(output, workload):
-    """Paths (' (deleted)' stripped) the floor printed for the workload's processes."""
+    """Paths (' (deleted)' stripped) the fd-only floor printed for the workload's processes."""
     pids = {str(pid) for pid in workload.pids}
     return {line.split("\t", 2)[2] for line in output.splitlines() if line.split("\t", 1)[0] in pids}
 
 
-def compile_floor(tmp):
-    binary = os.path.join(tmp, "floor")
-    subprocess.run(["gcc", "-O2", "-o", binary, str(HERE / "floor.c")], check=True)
+def complete_floor_found(output, workload):
+    """(dev, ino) the complete floor printed for the workload's processes and loop devices."""
+    holders = {str(pid) for pid in workload.pids} | set(workload.loop_devices)
+    found = set()
+    for line in output.splitlines():
+        _kind, who, dev, ino = line.split("\t")
+        if who in holders:
+            found.add((int(dev), int(ino)))
+    return found
+
+
+# -- the C floors --------------------------------------------------------------
+
+def compile_floor(tmp, source="floor.c"):
+    binary = os.path.join(tmp, Path(source).stem)
+    subprocess.run(["gcc", "-O2", "-o", binary, str(HERE / source)], check=True)
     return binary
 
 
-def measure_inprocess(args, floor):
-    print("building workload: %d processes x %d fds, %d loop devices ..." % (args.procs, args.fds, args.loops),
-          file=sys.stderr, flush=True)
-    with Workload(args.procs, args.fds, loops=args.loops) as workload:
-        truth = set(workload.truth)
-        truth_paths = {path for _kind, path in workload.truth.values()}
-        fd_truth = {k for k, (kind, _path) in workload.truth.items() if kind == "fd"}
-        run_cmd([floor])  # warm-up: /proc dentries for every fd exist from now on
-        results = {}
-        results["floor"] = median_runs(lambda: run_cmd([floor, "-p"]), args.repeat)
-        results["scan"] = median_runs(run_scan, args.repeat)
-        results["scan_all"] = median_runs(lambda: run_scan(limit=0), args.repeat)
-        results["scan_fd"] = median_runs(lambda: run_scan(limit=0, kinds=["fd"]), args.repeat)
-        results["lsof"] = median_runs(lambda: run_cmd(["lsof", "-nP", "+L1"]), args.repeat)
-        lsof_parse = run_cmd(["lsof", "-nP", "+L1", "-F", "pfDi"])[2]
-        scores = {
-            "scan_all": score(scan_found(results["scan_all"][2], workload), truth),
-            "scan_fd": score(scan_found(results["scan_fd"][2], workload), fd_truth),
-            "lsof": score(lsof_found(lsof_parse, workload), truth),
-            "floor": score(floor_found(results["floor"][2], workload), truth_paths),
-        }
-        facts = results["scan_all"][2]
+def compile_floors(tmp):
+    return {"fd": compile_floor(tmp, "floor.c"), "complete": compile_floor(tmp, "floor_complete.c")}
+
+
+# -- the benchmark -------------------------------------------------------------
+
+def loops_possible():
+    """Loop devices can be attached (root, loop driver, losetup)."""
+    return os.geteuid() == 0 and os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
+
+
+def ansible_env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_LOCALHOST_WARNING="false",
+                ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
+
+
+def ansible_binary():
+    here = Path(sys.executable).parent / "ansible"
+    return str(here) if here.exists() else shutil.which("ansible")
+
+
+def tools(floors, e2e=True):
+    """name -> (label, function returning (wall, cpu, output))."""
+    table = {
+        "scan": ("frelink scan() default (limit 1000)", run_scan),
+        "scan_all": ("frelink scan() limit=0 (all listed)", lambda: run_scan(limit=0)),
+        "lsof": ("lsof -nP +L1", lambda: run_cmd(["lsof", "-nP", "+L1"])),
+        "lsfd": ("lsfd -n -Q DELETED", lambda: run_cmd(["lsfd", "-n", "-Q", "DELETED"])),
+        "floor_fd": ("C fd-only floor (readlink every fd)", lambda: run_cmd([floors["fd"], "-p"])),
+        "floor": ("C complete floor", lambda: run_cmd([floors["complete"], "-p"])),
+    }
+    if e2e:
+        ansible, env = ansible_binary(), ansible_env()
+
+        def adhoc(*args):
+            return lambda: run_cmd([ansible, "localhost"] + list(args), env, ok=(0,))
+        table.update({
+            "e2e_facts": ("ansible -m frelink.frelink.frelink_facts", adhoc("-m", "frelink.frelink.frelink_facts")),
+            "e2e_lsof": ("ansible -m command -a 'lsof -nP +L1'", adhoc("-m", "command", "-a", "lsof -nP +L1")),
+            "e2e_ping": ("ansible -m ping", adhoc("-m", "ping")),
+        })
+    return table
+
+
+def scorers(workload):
+    """name -> (truth, function output -> found set): what each tool is scored on."""
+    truth = set(workload.truth)
+    paths = {path for _kind, path in workload.truth.values()}
+    devices = mount_devices()
+    return {
+        "scan_all": (truth, lambda facts: scan_found(facts, workload)),
+        "lsof": (truth, lambda out: lsof_text_found(out, workload)),
+        "lsfd": (truth, lambda out: lsfd_found(out, workload, devices)),
+        "floor_fd": (paths, lambda out: floor_found(out, workload)),
+        "floor": (truth, lambda out: complete_floor_found(out, workload)),
+    }
+
+
+def profile_scan(top=25):
+    """cProfile of one scan() with default options: (text of the top entries, wall seconds)."""
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    scan()
+    profiler.disable()
+    wall = time.perf_counter() - start
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return text.getvalue(), wall
+
+
+def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=sys.stderr):
+    """Build the workload, run every tool `rounds` times interleaved; return the figures (a dict)."""
+    if loops and not loops_possible():
+        print("loop devices cannot be attached here: the workload has none", file=log)
+        loops = 0
+    print("building workload: %d processes x %d fds, %d loop devices ..." % (procs, fds, loops), file=log, flush=True)
+    table = tools(floors, e2e)
+    with Workload(procs, fds, loops=loops) as workload:
+        score_on = scorers(workload)
+        run_cmd([floors["fd"]])  # warm-up: /proc dentries for every fd exist from now on
+        baseline = run_scan(limit=0)[2]  # what the host holds besides the workload
+        names = list(table)
+        runs = {name: [] for name in names}
+        worst = {}
+        for rnd in range(rounds):
+            print("round %d of %d ..." % (rnd + 1, rounds), file=log, flush=True)
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for name in order:
+                wall, cpu, out = table[name][1]()
+                runs[name].append((wall, cpu))
+                if name in score_on:
+                    truth, found = score_on[name]
+                    result = score(found(out), truth)
+                    old = worst.get(name, (1.0, 1.0))
+                    worst[name] = (min(old[0], result[0]), min(old[1], result[1]))
+                if name == "scan":
+                    facts = out
+                if name == "e2e_facts":
+                    e2e_stdout = out
+        # The default listing is cut at 1000 by design: it is scored on what it lists
+        # (precision) and on its summary count (every orphan counted, listed or not).
+        listed = scan_found(facts, workload)
+        outside = len(baseline["orphans"]) - len(scan_found(baseline, workload))
+        counted = facts["summary"]["count"] - outside
+        worst["scan"] = (min(counted, len(workload.truth)) / len(workload.truth) if workload.truth else 1.0,
+                         score(listed, set(workload.truth))[1])
         info = {
-            "processes": args.procs, "fds_per_process": args.fds, "fds_scanned": facts["scan"]["fds"],
+            "processes": procs, "fds_per_process": fds, "loops": loops, "rounds": rounds,
+            "fds_scanned": facts["scan"]["fds"], "orphans": len(workload.truth),
             "truth": {kind: sum(1 for k, _p in workload.truth.values() if k == kind) for kind in ("fd", "mmap", "loop")},
+            "host_orphans_outside_workload": outside,
+            "default_listed": facts["summary"]["listed"], "default_count": facts["summary"]["count"],
+            "facts_json_bytes": len(json.dumps(facts, separators=(",", ":"))),
+            "facts_values": count_values(facts),
+            "e2e_facts_stdout_bytes": len(e2e_stdout.encode("utf-8", "surrogateescape")) if e2e else None,
         }
-    return results, scores, info
+        profiled = profile_scan() if profile else None
+    figures = {name: {"label": table[name][0], "min_wall": min(w for w, _c in rs), "min_cpu": min(c for _w, c in rs),
+                      "walls": [w for w, _c in rs], "cpus": [c for _w, c in rs]}
+               for name, rs in runs.items()}
+    for name, (recall, precision) in worst.items():
+        figures[name]["recall"], figures[name]["precision"] = recall, precision
+    return {"info": info, "figures": figures, "profile": profiled}
 
 
-def measure_e2e(args, inherited=False):
-    ansible_bin = Path(sys.executable).parent
-    ansible = str(ansible_bin / "ansible") if (ansible_bin / "ansible").exists() else shutil.which("ansible")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
-    print("building workload: %d processes x %d fds%s ..." % (args.e2e_procs, args.e2e_fds,
-          ", deleted files inherited" if inherited else ""), file=sys.stderr, flush=True)
-    with Workload(args.e2e_procs, args.e2e_fds, inherited=inherited) as workload:
-        run_cmd(["lsof", "-nP", "+L1"])  # warm-up
-        module = [ansible, "localhost", "-m", "frelink.frelink.frelink_facts"]
-        runs = {"facts": [], "facts_limit_100": [], "ping": [], "lsof": [], "scan_in_process": []}
-        # interleaved, so that load from elsewhere hits every command alike
-        for _round in range(args.e2e_repeat):
-            runs["ping"].append(run_cmd([ansible, "localhost", "-m", "ping"], env))
-            runs["facts"].append(run_cmd(module, env))
-            runs["facts_limit_100"].append(run_cmd(module + ["-a", "limit=100"], env))
-            runs["lsof"].append(run_cmd(["lsof", "-nP", "+L1"]))
-            runs["scan_in_process"].append(run_scan())
-        payload = len(json.dumps(runs["scan_in_process"][-1][2], separators=(",", ":")))
-        values = count_values(runs["scan_in_process"][-1][2])
-        orphans = len(workload.truth)
-    result = {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
-              for name, rs in runs.items()}
-    result.update(payload_bytes=payload, payload_values=values, orphans=orphans, inherited=inherited)
-    return result
+def report(result, out=sys.stdout):
+    info, fig = result["info"], result["figures"]
+    floor, lsof = fig["floor"], fig["lsof"]
+    print(file=out)
+    print("workload: %(processes)d processes x %(fds_per_process)d fds = %(fds_scanned)d fds scanned, "
+          "%(loops)d loop devices; " % info
+          + "orphans: %(fd)d fd-held, %(mmap)d mapped-only, %(loop)d loop-only" % info["truth"]
+          + "; min of %d interleaved rounds" % info["rounds"], file=out)
+    print("%-42s %8s %8s %9s %8s %8s %9s" % ("tool", "wall s", "CPU s", "/complete", "/lsof", "recall", "precision"),
+          file=out)
+    for name, row in fig.items():
+        if name == "e2e_facts":
+            print("end to end (controller and managed node are this host):", file=out)
+        recall = "%7.1f%%" % (row["recall"] * 100) if "recall" in row else "%8s" % "-"
+        precision = "%8.1f%%" % (row["precision"] * 100) if "precision" in row else "%9s" % "-"
+        print("%-42s %8.3f %8.3f %8.2fx %7.2fx %s %s" % (
+            row["label"], row["min_wall"], row["min_cpu"], row["min_wall"] / floor["min_wall"],
+            row["min_wall"] / lsof["min_wall"], recall, precision), file=out)
+    print("(recall and precision: the worst of the rounds. The default scan lists %d of the %d orphans it counts"
+          " (limit 1000): its recall is its summary count (%d, of which %d held outside the workload),"
+          " its precision that of what it lists. The fd-only floor is scored on paths, every other tool on"
+          " (dev, ino).)" % (info["default_listed"], info["default_count"], info["default_count"],
+                             info["host_orphans_outside_workload"]), file=out)
+    print("default facts: %.1f KB of JSON (%d values)%s" % (
+        info["facts_json_bytes"] / 1000.0, info["facts_values"],
+        "; ansible's stdout for it %.1f KB" % (info["e2e_facts_stdout_bytes"] / 1000.0)
+        if info["e2e_facts_stdout_bytes"] is not None else ""), file=out)
+    if "e2e_facts" in fig:
+        ping = fig["e2e_ping"]["min_wall"]
+        facts_net = fig["e2e_facts"]["min_wall"] - ping
+        lsof_net = fig["e2e_lsof"]["min_wall"] - ping
+        print("end to end minus ping: frelink_facts %.3f s, command lsof %.3f s (lsof / facts = %.2fx)" % (
+            facts_net, lsof_net, lsof_net / facts_net if facts_net > 0 else float("inf")), file=out)
+    print("ratios: lsof / scan() = %.2fx; scan() / complete floor = %.2fx; complete floor / fd-only floor = %.2fx"
+          % (lsof["min_wall"] / fig["scan"]["min_wall"], fig["scan"]["min_wall"] / floor["min_wall"],
+             floor["min_wall"] / fig["floor_fd"]["min_wall"]), file=out)
+    if result["profile"]:
+        text, wall = result["profile"]
+        print("\ncProfile of scan() with default options (%.3f s under the profiler):" % wall, file=out)
+        print(text, file=out)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--procs", type=int, default=2000)
-    parser.add_argument("--fds", type=int, default=50)
-    parser.add_argument("--loops", type=int, default=4)
-    parser.add_argument("--e2e-procs", type=int, default=500)
-    parser.add_argument("--e2e-fds", type=int, default=40)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--e2e-repeat", type=int, default=5)
-    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--big", action="store_true", help="2000 processes x 50 fds, 4 loop devices")
+    parser.add_argument("--procs", type=int)
+    parser.add_argument("--fds", type=int)
+    parser.add_argument("--loops", type=int)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-e2e", action="store_true", help="no ansible runs")
+    parser.add_argument("--profile", metavar="FILE", help="also cProfile scan() and write the top costs there")
     parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench/facts needs root (loop devices, /proc/PID/map_files)")
+    size = dict(BIG if args.big else SMALL)
+    for key in ("procs", "fds", "loops"):
+        if getattr(args, key) is not None:
+            size[key] = getattr(args, key)
     with tempfile.TemporaryDirectory(prefix="frelink-floor-") as tmp:
-        floor = compile_floor(tmp)
-        results, scores, info = measure_inprocess(args, floor)
-    e2es = [] if args.skip_e2e else [measure_e2e(args), measure_e2e(args, inherited=True)]
-
-    scan_wall = results["scan"][0]
-    rows = [
-        ("frelink scan() default (limit 1000)", results["scan"], scores["scan_all"]),
-        ("frelink scan() limit=0 (all listed)", results["scan_all"], scores["scan_all"]),
-        ("frelink scan() kinds=[fd] limit=0", results["scan_fd"], scores["scan_fd"]),
-        ("lsof -nP +L1", results["lsof"], scores["lsof"]),
-        ("C floor (readlink every fd)", results["floor"], scores["floor"]),
-    ]
-    print()
-    print("workload: %(processes)d processes x %(fds_per_process)d fds = %(fds_scanned)d fds scanned; " % info
-          + "orphans: %(fd)d fd-held, %(mmap)d mapped-only, %(loop)d loop-only" % info["truth"])
-    print("%-38s %9s %9s %10s %8s %9s" % ("tool", "wall s", "CPU s", "wall/scan", "recall", "precision"))
-    for name, (wall, cpu, _out), (recall, precision) in rows:
-        print("%-38s %9.3f %9.3f %10.2f %7.1f%% %8.1f%%" % (name, wall, cpu, wall / scan_wall, recall * 100,
-                                                            precision * 100))
-    print("(the default rows list 1000 orphans and count all: their recall is that of the same scan with"
-          " limit=0;\n scan() kinds=[fd] is scored against fd-held orphans only)")
-    scan_cpu = results["scan"][1]
-    ratios = {
-        "lsof_over_scan_wall": results["lsof"][0] / scan_wall,
-        "lsof_over_scan_cpu": results["lsof"][1] / scan_cpu,
-        "scan_over_floor_wall": scan_wall / results["floor"][0],
-        "scan_over_floor_cpu": scan_cpu / results["floor"][1],
-        "scan_fd_over_floor_wall": results["scan_fd"][0] / results["floor"][0],
-        "scan_fd_over_floor_cpu": results["scan_fd"][1] / results["floor"][1],
-    }
-    print("ratios (wall / CPU):")
-    print("  lsof / scan()           = %5.2fx / %5.2fx  (target >= 4)"
-          % (ratios["lsof_over_scan_wall"], ratios["lsof_over_scan_cpu"]))
-    print("  scan() / C floor        = %5.2fx / %5.2fx  (target <= 1.3; the floor reads fd links only)"
-          % (ratios["scan_over_floor_wall"], ratios["scan_over_floor_cpu"]))
-    print("  scan(kinds=fd) / floor  = %5.2fx / %5.2fx  (the floor's work + stat of every candidate)"
-          % (ratios["scan_fd_over_floor_wall"], ratios["scan_fd_over_floor_cpu"]))
-    for e2e in e2es:
-        suffix = "_inherited" if e2e["inherited"] else ""
-        net = e2e["facts"][0] - e2e["ping"][0]
-        net_cpu = e2e["facts"][1] - e2e["ping"][1]
-        net_100 = e2e["facts_limit_100"][0] - e2e["ping"][0]
-        net_100_cpu = e2e["facts_limit_100"][1] - e2e["ping"][1]
-        ratios["lsof_over_e2e_wall" + suffix] = e2e["lsof"][0] / net if net > 0 else float("inf")
-        ratios["lsof_over_e2e_cpu" + suffix] = e2e["lsof"][1] / net_cpu if net_cpu > 0 else float("inf")
-        print()
-        print("end to end, %d processes x %d fds, %d orphans (%s); medians of %d interleaved rounds"
-              % (args.e2e_procs, args.e2e_fds, e2e["orphans"],
-                 "deleted files inherited by every process" if e2e["inherited"] else "every process its own files",
-                 args.e2e_repeat))
-        print("%-52s %9s %9s" % ("", "wall s", "CPU s"))
-        for label, key in (("ansible -m frelink.frelink.frelink_facts", "facts"),
-                           ("ansible -m frelink.frelink.frelink_facts -a limit=100", "facts_limit_100"),
-                           ("ansible -m ping", "ping"), ("lsof -nP +L1", "lsof"),
-                           ("scan() in-process (default options)", "scan_in_process")):
-            print("%-52s %9.3f %9.3f" % (label, e2e[key][0], e2e[key][1]))
-        print("facts JSON with default options (limit 1000): %d bytes, %d values"
-              % (e2e["payload_bytes"], e2e["payload_values"]))
-        print("  lsof / (facts - ping)           = %5.2fx / %5.2fx  (wall / CPU; target >= 2)"
-              % (ratios["lsof_over_e2e_wall" + suffix], ratios["lsof_over_e2e_cpu" + suffix]))
-        print("  lsof / (facts limit=100 - ping) = %5.2fx / %5.2fx"
-              % (e2e["lsof"][0] / net_100 if net_100 > 0 else float("inf"),
-                 e2e["lsof"][1] / net_100_cpu if net_100_cpu > 0 else float("inf")))
+        floors = compile_floors(tmp)
+        result = measure(size["procs"], size["fds"], size["loops"], args.rounds, floors, e2e=not args.skip_e2e,
+                         profile=args.profile)
+    report(result)
+    if args.profile:
+        with open(args.profile, "w") as f:
+            f.write(result["profile"][0])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "ratios": ratios, "e2e": e2es,
-                       "results": {k: v[:2] for k, v in results.items()}, "scores": scores}, f, indent=1)
+            json.dump({k: v for k, v in result.items() if k != "profile"}, f, indent=1)
+    return result
 
 
 if __name__ == "__main__":
