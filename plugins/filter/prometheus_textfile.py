@@ -1,0 +1,269 @@
+# -*- coding: utf-8 -*-
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+name: prometheus_textfile
+short_description: Turn frelink_facts results into Prometheus text exposition format
+version_added: "0.1.0"
+description:
+  - Renders the facts of M(frelink.frelink.frelink_facts) (C(ansible_facts.frelink)), or the
+    registered result of that module, as metrics in the Prometheus text exposition format
+    (version 0.0.4), ready to be written to a C(.prom) file for the textfile collector of
+    the Prometheus node exporter (C(--collector.textfile.directory), usually
+    C(/var/lib/prometheus/node-exporter) on Debian).
+  - Every metric is a gauge with C(# HELP) and C(# TYPE) lines. Label values are escaped
+    (backslash, double quote, line feed); mount points may contain any character.
+  - "Counts and bytes: C(frelink_orphans), C(frelink_orphans_listed), C(frelink_orphans_mapped_only),
+    C(frelink_pinned_bytes) (allocated bytes held by deleted files), C(frelink_apparent_bytes);
+    by holder kind (label C(kind)): C(frelink_orphans_by_kind), C(frelink_pinned_bytes_by_kind);
+    by filesystem (labels C(device), C(fstype), C(mountpoint)): C(frelink_filesystem_orphans),
+    C(frelink_filesystem_pinned_bytes), C(frelink_filesystem_free_bytes)."
+  - "The scan itself: C(frelink_scan_success) (V(0) when the module failed and returned no facts; then
+    it is the only metric besides the timestamp), C(frelink_scan_complete) (V(0) when the scan was partial,
+    for example without root), C(frelink_scan_timestamp_seconds), C(frelink_scan_processes),
+    C(frelink_scan_fds), C(frelink_scan_warnings)."
+  - An orphan held by several kinds (for example an fd and a mapping) counts under each of them,
+    so the series of C(frelink_orphans_by_kind) may add up to more than C(frelink_orphans).
+  - C(frelink_pinned_bytes_by_kind) is summed over the listed orphans (the module lists at most
+    its O(frelink.frelink.frelink_facts#module:limit), largest first), because the module's summary
+    has no bytes per kind; it is exact when C(frelink_orphans_listed) equals C(frelink_orphans) and a
+    lower bound otherwise. Every other count and byte total covers all orphans.
+  - The label C(container) is reserved: a later version will split the per-kind and per-filesystem
+    series of orphans held inside containers (another mount namespace) by container, the host's
+    series keeping no C(container) label; queries that aggregate with a C(without) clause naming
+    C(container) keep their meaning then.
+  - Needs only Python's standard library on the controller.
+options:
+  _input:
+    description:
+      - The value of C(ansible_facts.frelink), or the whole result registered from
+        M(frelink.frelink.frelink_facts) (a failed result gives C(frelink_scan_success 0)).
+    type: dict
+    required: true
+  timestamp:
+    description:
+      - Time of the scan for C(frelink_scan_timestamp_seconds), in seconds since the epoch.
+      - By default the time the filter runs on the controller (right after the scan when the
+        filter is used in the task after it).
+    type: float
+  prefix:
+    description:
+      - Prefix of every metric name.
+    type: str
+    default: frelink_
+notes:
+  - No sample carries a timestamp, as the textfile collector requires; the time of the scan is
+    the value of C(frelink_scan_timestamp_seconds).
+  - The text ends with a line feed, which the textfile collector needs.
+seealso:
+  - module: frelink.frelink.frelink_facts
+  - name: Prometheus text exposition format
+    description: The format this filter writes.
+    link: https://prometheus.io/docs/instrumenting/exposition_formats/
+  - name: node exporter textfile collector
+    description: How the node exporter reads C(.prom) files.
+    link: https://github.com/prometheus/node_exporter#textfile-collector
+"""
+
+EXAMPLES = r"""
+- name: Scan for deleted files that are still held
+  frelink.frelink.frelink_facts:
+  become: true
+
+- name: Publish them to the node exporter (copy renames the file into place atomically)
+  ansible.builtin.copy:
+    content: "{{ ansible_facts.frelink | frelink.frelink.prometheus_textfile }}"
+    dest: /var/lib/prometheus/node-exporter/frelink.prom
+    mode: "0644"
+  become: true
+
+- name: From a registered result, with the time taken before the scan
+  ansible.builtin.copy:
+    content: "{{ scan_result | frelink.frelink.prometheus_textfile(timestamp=scan_started | float) }}"
+    dest: /var/lib/prometheus/node-exporter/frelink.prom
+    mode: "0644"
+  become: true
+
+# With one deleted log of 3 MiB held by an fd, the text has, among others:
+#   # HELP frelink_pinned_bytes Allocated bytes of deleted files that are still held (space not freed).
+#   # TYPE frelink_pinned_bytes gauge
+#   frelink_pinned_bytes 3149824
+#   frelink_orphans_by_kind{kind="fd"} 1
+#   frelink_filesystem_pinned_bytes{device="254:0",fstype="ext4",mountpoint="/"} 3149824
+#   frelink_scan_complete 1
+"""
+
+RETURN = r"""
+_value:
+  description:
+    - The metrics in the Prometheus text exposition format, one C(# HELP) and one C(# TYPE) line
+      before the samples of each metric, ending with a line feed.
+  type: string
+"""
+
+import math
+import re
+import time
+
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
+def escape_label_value(value):
+    """A label value as the text format wants it: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text):
+    """HELP text: backslash and line feed escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+class _Exposition:
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.lines = []
+
+    def gauge(self, name, help_text, samples):
+        """samples: list of (labels as a list of (name, value) pairs, number); None numbers are left out."""
+        name = self.prefix + name
+        self.lines.append("# HELP %s %s" % (name, escape_help(help_text)))
+        self.lines.append("# TYPE %s gauge" % name)
+        for labels, value in samples:
+            if value is None:
+                continue
+            text = ",".join('%s="%s"' % (key, escape_label_value(_text(val))) for key, val in labels)
+            self.lines.append("%s%s %s" % (name, "{%s}" % text if text else "", format_value(value)))
+
+    def text(self):
+        return "\n".join(self.lines) + "\n"
+
+
+def _text(value):
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _number(value, what):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AnsibleFilterError("prometheus_textfile: %s must be a number, got %r" % (what, value))
+    return value
+
+
+def _facts_of(data):
+    """(facts or None) from ansible_facts.frelink or a registered frelink_facts result."""
+    if not isinstance(data, Mapping):
+        raise AnsibleFilterError("prometheus_textfile: the input must be ansible_facts.frelink or the result "
+                                 "registered from frelink.frelink.frelink_facts, got %s" % type(data).__name__)
+    if "summary" in data and "scan" in data:
+        return data
+    if "ansible_facts" in data or data.get("failed") or data.get("unreachable") or "msg" in data:
+        facts = (data.get("ansible_facts") or {}).get("frelink")
+        if facts is not None and not data.get("failed"):
+            return _facts_of(facts)
+        return None
+    raise AnsibleFilterError("prometheus_textfile: the input has neither summary and scan (ansible_facts.frelink) "
+                             "nor ansible_facts (a registered frelink_facts result)")
+
+
+def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
+    """The Prometheus text exposition of frelink_facts output (see DOCUMENTATION)."""
+    if not isinstance(prefix, str) or (prefix and not _NAME.match(prefix)):
+        raise AnsibleFilterError("prometheus_textfile: prefix must be a valid metric name start, got %r" % (prefix,))
+    if timestamp is None:
+        timestamp = time.time()
+    try:
+        timestamp = float(timestamp)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("prometheus_textfile: timestamp must be seconds since the epoch, got %r"
+                                 % (timestamp,)) from None
+    facts = _facts_of(data)
+    out = _Exposition(prefix)
+    out.gauge("scan_success", "1 if frelink_facts returned facts for this host, 0 if the scan failed.",
+              [([], facts is not None)])
+    out.gauge("scan_timestamp_seconds", "When the scan ran, in seconds since the epoch.", [([], timestamp)])
+    if facts is None:
+        return out.text()
+
+    summary = facts.get("summary") or {}
+    scan = facts.get("scan") or {}
+    orphans = facts.get("orphans") or []
+    out.gauge("scan_complete", "1 if the scan could inspect every process and loop device, 0 if it was partial "
+              "(not root, or processes protected by an LSM; see the warnings of frelink_facts).",
+              [([], bool(scan.get("complete", False)))])
+    out.gauge("scan_processes", "Processes inspected by the scan.", [([], _number(scan.get("processes"), "processes"))])
+    out.gauge("scan_fds", "File descriptors inspected by the scan.", [([], _number(scan.get("fds"), "fds"))])
+    out.gauge("scan_warnings", "Warnings of the scan (what it could not see).", [([], len(scan.get("warnings") or []))])
+
+    out.gauge("orphans", "Deleted files that are still held (no name left, link count 0), all that matched "
+              "the scan's options.", [([], _number(summary.get("count", len(orphans)), "summary.count"))])
+    out.gauge("orphans_listed", "Of them, listed one by one in the facts (the module's limit, largest first).",
+              [([], _number(summary.get("listed", len(orphans)), "summary.listed"))])
+    out.gauge("orphans_mapped_only", "Deleted files held only by memory mappings (which lsof +L1 does not show).",
+              [([], _number(summary.get("mapped_only"), "summary.mapped_only"))])
+    out.gauge("pinned_bytes", "Allocated bytes of deleted files that are still held (space not freed).",
+              [([], _number(summary.get("bytes_pinned", 0), "summary.bytes_pinned"))])
+    out.gauge("apparent_bytes", "Apparent size (sum of st_size) of deleted files that are still held.",
+              [([], _number(summary.get("bytes_apparent"), "summary.bytes_apparent"))])
+
+    by_kind = summary.get("by_kind") or {}
+    kinds = list(KINDS) + sorted(k for k in by_kind if k not in KINDS)
+    out.gauge("orphans_by_kind", "Deleted files held by at least one holder of this kind (fd, mmap, cwd, root, "
+              "exe, loop, swap); one held by several kinds counts under each.",
+              [([("kind", kind)], _number(by_kind.get(kind, 0), "summary.by_kind.%s" % kind)) for kind in kinds])
+    kind_bytes = dict((kind, 0) for kind in kinds)
+    for orphan in orphans:
+        allocated = _number(orphan.get("allocated"), "orphans[].allocated") or 0
+        for kind in sorted(set(h.get("kind") for h in orphan.get("holders") or [] if h.get("kind"))):
+            kind_bytes[kind] = kind_bytes.get(kind, 0) + allocated
+    out.gauge("pinned_bytes_by_kind", "Allocated bytes of the listed deleted files held by this kind; exact when "
+              "orphans_listed equals orphans, a lower bound otherwise.",
+              [([("kind", kind)], kind_bytes[kind]) for kind in kinds + sorted(set(kind_bytes) - set(kinds))])
+
+    filesystems = summary.get("by_filesystem") or []
+
+    def fs_labels(fs):
+        return [("device", fs.get("device")), ("fstype", fs.get("fstype")), ("mountpoint", fs.get("mount_point"))]
+
+    out.gauge("filesystem_orphans", "Deleted files still held on this filesystem.",
+              [(fs_labels(fs), _number(fs.get("count"), "by_filesystem[].count")) for fs in filesystems])
+    out.gauge("filesystem_pinned_bytes", "Allocated bytes of deleted files still held on this filesystem.",
+              [(fs_labels(fs), _number(fs.get("bytes_pinned"), "by_filesystem[].bytes_pinned")) for fs in filesystems])
+    out.gauge("filesystem_free_bytes", "Bytes available to unprivileged users on this filesystem (room for a copy).",
+              [(fs_labels(fs), _number(fs.get("free_bytes"), "by_filesystem[].free_bytes")) for fs in filesystems])
+    return out.text()
+
+
+class FilterModule(object):
+    """frelink filters."""
+
+    def filters(self):
+        return {"prometheus_textfile": prometheus_textfile}
