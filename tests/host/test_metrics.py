@@ -1,0 +1,246 @@
+# -*- coding: utf-8 -*-
+"""Prometheus textfile metrics: the frelink.frelink.prometheus_textfile filter and
+playbooks/audit.yml with frelink_textfile_dir, against real deleted-but-held files.
+
+The held file lives on a tmpfs mounted at a path with a space, a double quote and a
+backslash (label escaping is exercised through the real mount table). The textfile
+directory is another tmpfs, so Ansible's upload directory (~/.ansible/tmp) is on a
+different filesystem: inotify then shows whether frelink.prom only ever appears by
+one rename. The written file is parsed with prometheus_client's parser and checked
+with `promtool check metrics` (Debian's prometheus package, from scripts/bootstrap.sh).
+"""
+import contextlib
+import ctypes
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from orphans import collection_path, deleted_open_file, require_root
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+PROMTOOL = "/usr/bin/promtool"
+WEIRD = 'held "mnt" \\ x'  # a space, a double quote, a backslash
+
+collection_path()
+from ansible_collections.frelink.frelink.plugins.filter.prometheus_textfile import (  # noqa: E402
+    FilterModule, escape_label_value, prometheus_textfile)
+from ansible.errors import AnsibleFilterError  # noqa: E402
+
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
+
+
+def families(text):
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(fams, name, **labels):
+    samples = [s for s in fams[name].samples if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(samples) == 1, (name, labels, fams[name].samples)
+    return samples[0].value
+
+
+# -- the filter on its own (no root needed) ----------------------------------
+
+FACTS = {
+    "summary": {"count": 3, "listed": 2, "truncated": True, "bytes_pinned": 12288, "bytes_apparent": 10000,
+                "by_kind": {"fd": 2, "mmap": 1, "cwd": 0, "root": 0, "exe": 0, "loop": 1, "swap": 0},
+                "mapped_only": 1,
+                "by_filesystem": [
+                    {"device": "254:0", "mount_point": '/srv/a "b"\\c\nd', "fstype": "ext4", "count": 2,
+                     "bytes_pinned": 8192, "free_bytes": 1000},
+                    {"device": None, "mount_point": None, "fstype": None, "count": 1, "bytes_pinned": 4096,
+                     "free_bytes": None}]},
+    "orphans": [
+        {"allocated": 8192, "holders": [{"kind": "fd"}, {"kind": "mmap"}, {"kind": "fd"}]},
+        {"allocated": None, "holders": [{"kind": "loop"}]},
+    ],
+    "scan": {"complete": False, "warnings": ["w1", "w2"], "processes": 10, "fds": 99, "kinds": ["fd"], "euid": 0},
+}
+
+
+def test_filter_values_labels_and_escaping():
+    text = prometheus_textfile(FACTS, timestamp=1700000000.5)
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    fams = families(text)
+    assert all(f.type == "gauge" and f.documentation for f in fams.values())
+    assert value(fams, "frelink_scan_success") == 1 and value(fams, "frelink_scan_complete") == 0
+    assert value(fams, "frelink_scan_timestamp_seconds") == 1700000000.5
+    assert value(fams, "frelink_scan_warnings") == 2 and value(fams, "frelink_scan_fds") == 99
+    assert value(fams, "frelink_orphans") == 3 and value(fams, "frelink_orphans_listed") == 2
+    assert value(fams, "frelink_pinned_bytes") == 12288 and value(fams, "frelink_apparent_bytes") == 10000
+    assert value(fams, "frelink_orphans_by_kind", kind="mmap") == 1
+    assert {s.labels["kind"] for s in fams["frelink_orphans_by_kind"].samples} == {
+        "fd", "mmap", "cwd", "root", "exe", "loop", "swap"}
+    # an orphan counts once per kind, however many holders of that kind
+    assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") == 8192
+    assert value(fams, "frelink_pinned_bytes_by_kind", kind="mmap") == 8192
+    assert value(fams, "frelink_pinned_bytes_by_kind", kind="loop") == 0
+    # the parser gives back the exact mount point: escaping round-trips
+    assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint='/srv/a "b"\\c\nd', fstype="ext4",
+                 device="254:0") == 8192
+    assert value(fams, "frelink_filesystem_orphans", mountpoint="", fstype="") == 1
+    assert len(fams["frelink_filesystem_free_bytes"].samples) == 1  # unknown free space: no sample
+    assert 'mountpoint="/srv/a \\"b\\"\\\\c\\nd"' in text
+    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    assert "frelink_" + "orphans" in FilterModule().filters()["prometheus_textfile"](FACTS)
+
+
+def test_filter_registered_results():
+    ok = families(prometheus_textfile({"changed": False, "ansible_facts": {"frelink": FACTS}}, timestamp=1))
+    assert value(ok, "frelink_orphans") == 3
+    failed = families(prometheus_textfile({"failed": True, "msg": "scanning /proc failed"}, timestamp=2))
+    assert set(failed) == {"frelink_scan_success", "frelink_scan_timestamp_seconds"}
+    assert value(failed, "frelink_scan_success") == 0
+    before = time.time()
+    stamped = families(prometheus_textfile(FACTS, prefix="node_frelink_"))
+    assert before <= value(stamped, "node_frelink_scan_timestamp_seconds") <= time.time()
+    for bad in ("not a dict", {"something": "else"}):
+        with pytest.raises(AnsibleFilterError):
+            prometheus_textfile(bad)
+    with pytest.raises(AnsibleFilterError):
+        prometheus_textfile(FACTS, timestamp="yesterday")
+    with pytest.raises(AnsibleFilterError):
+        prometheus_textfile(FACTS, prefix="9bad")
+
+
+# -- the audit playbook on this host ------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(path, size="32m"):
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class Inotify:
+    """Events on one directory (ctypes: the standard library has no inotify)."""
+
+    def __init__(self, path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        wd = self.libc.inotify_add_watch(self.fd, str(path).encode(), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+
+    def events(self):
+        found = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return found
+            pos = 0
+            while pos < len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16:pos + 16 + length].split(b"\0", 1)[0].decode()
+                found.append((name, mask))
+                pos += 16 + length
+
+    def close(self):
+        os.close(self.fd)
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_audit(tmp_path, textfile_dir, check=False):
+    report = tmp_path / ("report-check" if check else "report")
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        "web1 ansible_connection=local ansible_python_interpreter=%s frelink_textfile_dir='%s'\n"
+        "gone ansible_host=127.0.0.1 ansible_port=%d ansible_user=root "
+        "ansible_ssh_common_args='-o ConnectTimeout=10 -o BatchMode=yes'\n" % (SYSTEM_PYTHON, textfile_dir, closed_port()))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1")
+    started = time.monotonic()
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "audit.yml"),
+                           "-e", "frelink_audit_dir=%s" % report] + (["--check"] if check else []),
+                          env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    print("audit.yml%s took %.1f s" % (" --check" if check else "", time.monotonic() - started))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_audit_writes_textfile_metrics(tmp_path):
+    require_root()
+    if not os.access(PROMTOOL, os.X_OK):
+        pytest.fail("%s is missing (Debian package prometheus, installed by scripts/bootstrap.sh)" % PROMTOOL)
+    with tmpfs(tmp_path / WEIRD) as held_fs, tmpfs(tmp_path / "textfile") as textfile_dir, \
+            deleted_open_file(held_fs, size=3 << 20, name="precious.log") as held:
+        allocated = held.blocks * 512
+        assert allocated >= 3 << 20
+
+        run_audit(tmp_path, textfile_dir, check=True)  # check mode changes nothing
+        assert not (textfile_dir / "frelink.prom").exists()
+
+        watch = Inotify(textfile_dir)
+        try:
+            before = time.time()
+            run_audit(tmp_path, textfile_dir)
+            after = time.time()
+            events = watch.events()
+        finally:
+            watch.close()
+        prom = textfile_dir / "frelink.prom"
+        assert oct(prom.stat().st_mode & 0o777) == "0o644"
+        # frelink.prom appeared by one rename, and no other *.prom was ever made there
+        prom_events = [(name, mask) for name, mask in events if name.endswith(".prom")]
+        assert prom_events == [("frelink.prom", IN_MOVED_TO)], events
+        assert sorted(os.listdir(textfile_dir)) == [".frelink-tmp", "frelink.prom"]
+        assert os.listdir(textfile_dir / ".frelink-tmp") == []
+
+        text = prom.read_text()
+        fams = families(text)
+        assert value(fams, "frelink_scan_success") == 1
+        assert before - 1 <= value(fams, "frelink_scan_timestamp_seconds") <= after + 1
+        assert value(fams, "frelink_orphans") >= 1 and value(fams, "frelink_orphans_by_kind", kind="fd") >= 1
+        assert value(fams, "frelink_pinned_bytes") >= allocated
+        assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") >= allocated
+        # the held file is the only orphan of its tmpfs, at a mount point that needs escaping
+        mountpoint = str(held_fs)
+        assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs") == 1
+        assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs") == allocated
+        assert value(fams, "frelink_filesystem_free_bytes", mountpoint=mountpoint, fstype="tmpfs") > 0
+        assert '\\"mnt\\" \\\\ x' in text
+        # the scan is partial on hosts where even root cannot inspect some process (warnings say which)
+        assert value(fams, "frelink_scan_complete") == (value(fams, "frelink_scan_warnings") == 0)
+
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
+                               check=False)
+        assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), \
+            check.stdout + check.stderr
+        assert os.stat(held.proc_path).st_nlink == 0  # nothing was restored or changed
+
+
+def test_audit_refuses_missing_textfile_dir(tmp_path):
+    """A wrong directory fails that host with a message, and is not created (Ansible would make it 0700)."""
+    require_root()
+    missing = tmp_path / "no-such-dir"
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("web1 ansible_connection=local ansible_python_interpreter=%s\n" % SYSTEM_PYTHON)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"), ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / "audit.yml"),
+                           "-e", "frelink_audit_dir=%s" % (tmp_path / "report"),
+                           "-e", "frelink_textfile_dir=%s" % missing],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert proc.returncode != 0
+    assert "is not a directory on web1" in proc.stdout, proc.stdout
+    assert not missing.exists()
+    assert (tmp_path / "report" / "audit.json").exists()  # the report is still written
+    shutil.rmtree(tmp_path / "report")
