@@ -34,7 +34,7 @@ description:
     its O(frelink.frelink.frelink_facts#module:limit), largest first), because the module's summary
     has no bytes per kind; it is exact when C(frelink_orphans_listed) equals C(frelink_orphans) and a
     lower bound otherwise. Every other count and byte total covers all orphans.
-  - The label C(container) is reserved: a later version will split the per-kind and per-filesystem
+  - The label C(container) is reserved. A later version will split the per-kind and per-filesystem
     series of orphans held inside containers (another mount namespace) by container, the host's
     series keeping no C(container) label; queries that aggregate with a C(without) clause naming
     C(container) keep their meaning then.
@@ -49,8 +49,8 @@ options:
   timestamp:
     description:
       - Time of the scan for C(frelink_scan_timestamp_seconds), in seconds since the epoch.
-      - By default the time the filter runs on the controller (right after the scan when the
-        filter is used in the task after it).
+      - By default the time the filter runs on the controller (in C(playbooks/audit.yml) a few
+        seconds after the scan, once the report is written).
     type: float
   prefix:
     description:
@@ -72,20 +72,28 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Note when the scan starts
+  ansible.builtin.set_fact:
+    frelink_scan_started: "{{ now().timestamp() }}"
+
 - name: Scan for deleted files that are still held
   frelink.frelink.frelink_facts:
   become: true
 
-- name: Publish them to the node exporter (copy renames the file into place atomically)
+- name: Publish the metrics to the node exporter
   ansible.builtin.copy:
-    content: "{{ ansible_facts.frelink | frelink.frelink.prometheus_textfile }}"
+    content: "{{ ansible_facts.frelink | frelink.frelink.prometheus_textfile(timestamp=frelink_scan_started | float) }}"
     dest: /var/lib/prometheus/node-exporter/frelink.prom
     mode: "0644"
   become: true
+  vars:
+    # copy renames its upload into place: one atomic rename only when the upload is on
+    # the same filesystem (otherwise a temporary *.prom is written there first)
+    ansible_remote_tmp: /var/lib/prometheus/node-exporter/.frelink-tmp
 
-- name: From a registered result, with the time taken before the scan
+- name: From a registered result (a failed scan gives frelink_scan_success 0)
   ansible.builtin.copy:
-    content: "{{ scan_result | frelink.frelink.prometheus_textfile(timestamp=scan_started | float) }}"
+    content: "{{ scan_result | frelink.frelink.prometheus_textfile }}"
     dest: /var/lib/prometheus/node-exporter/frelink.prom
     mode: "0644"
   become: true
@@ -209,7 +217,8 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
     out = _Exposition(prefix)
     out.gauge("scan_success", "1 if frelink_facts returned facts for this host, 0 if the scan failed.",
               [([], facts is not None)])
-    out.gauge("scan_timestamp_seconds", "When the scan ran, in seconds since the epoch.", [([], timestamp)])
+    out.gauge("scan_timestamp_seconds", "When the scan ran (by default when these metrics were rendered, just after it), "
+              "in seconds since the epoch.", [([], timestamp)])
     if facts is None:
         return out.text()
 
