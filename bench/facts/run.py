@@ -270,8 +270,9 @@ def profile_scan(top=25):
     return text.getvalue(), wall
 
 
-def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=sys.stderr):
+def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=None):
     """Build the workload, run every tool `rounds` times interleaved; return the figures (a dict)."""
+    log = log or sys.stderr
     if loops and not loops_possible():
         print("loop devices cannot be attached here: the workload has none", file=log)
         loops = 0
@@ -325,7 +326,8 @@ def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=sys.s
     return {"info": info, "figures": figures, "profile": profiled}
 
 
-def report(result, out=sys.stdout):
+def report(result, out=None):
+    out = out or sys.stdout
     info, fig = result["info"], result["figures"]
     floor, lsof = fig["floor"], fig["lsof"]
     print(file=out)
