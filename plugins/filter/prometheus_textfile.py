@@ -22,7 +22,8 @@ description:
   - "Counts and bytes: C(frelink_orphans), C(frelink_orphans_listed), C(frelink_orphans_mapped_only),
     C(frelink_pinned_bytes) (allocated bytes held by deleted files), C(frelink_apparent_bytes);
     by holder kind (label C(kind)): C(frelink_orphans_by_kind), C(frelink_pinned_bytes_by_kind);
-    by filesystem (labels C(device), C(fstype), C(mountpoint)): C(frelink_filesystem_orphans),
+    by filesystem (labels C(devno), the C(major:minor) device number, and C(fstype) and C(mountpoint),
+    which mean what they mean for the node exporter's C(node_filesystem_*) metrics): C(frelink_filesystem_orphans),
     C(frelink_filesystem_pinned_bytes), C(frelink_filesystem_free_bytes)."
   - "The scan itself: C(frelink_scan_success) (V(0) when the module failed and returned no facts; then
     it is the only metric besides the timestamp), C(frelink_scan_complete) (V(0) when the scan was partial,
@@ -101,9 +102,9 @@ EXAMPLES = r"""
 # With one deleted log of 3 MiB held by an fd, the text has, among others:
 #   # HELP frelink_pinned_bytes Allocated bytes of deleted files that are still held (space not freed).
 #   # TYPE frelink_pinned_bytes gauge
-#   frelink_pinned_bytes 3149824
+#   frelink_pinned_bytes 3145728
 #   frelink_orphans_by_kind{kind="fd"} 1
-#   frelink_filesystem_pinned_bytes{device="254:0",fstype="ext4",mountpoint="/"} 3149824
+#   frelink_filesystem_pinned_bytes{devno="254:0",fstype="ext4",mountpoint="/"} 3145728
 #   frelink_scan_complete 1
 """
 
@@ -260,7 +261,7 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
     filesystems = summary.get("by_filesystem") or []
 
     def fs_labels(fs):
-        return [("device", fs.get("device")), ("fstype", fs.get("fstype")), ("mountpoint", fs.get("mount_point"))]
+        return [("devno", fs.get("device")), ("fstype", fs.get("fstype")), ("mountpoint", fs.get("mount_point"))]
 
     out.gauge("filesystem_orphans", "Deleted files still held on this filesystem.",
               [(fs_labels(fs), _number(fs.get("count"), "by_filesystem[].count")) for fs in filesystems])

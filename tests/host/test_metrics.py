@@ -87,7 +87,7 @@ def test_filter_values_labels_and_escaping():
     assert value(fams, "frelink_pinned_bytes_by_kind", kind="loop") == 0
     # the parser gives back the exact mount point: escaping round-trips
     assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint='/srv/a "b"\\c\nd', fstype="ext4",
-                 device="254:0") == 8192
+                 devno="254:0") == 8192
     assert value(fams, "frelink_filesystem_orphans", mountpoint="", fstype="") == 1
     assert len(fams["frelink_filesystem_free_bytes"].samples) == 1  # unknown free space: no sample
     assert 'mountpoint="/srv/a \\"b\\"\\\\c\\nd"' in text
