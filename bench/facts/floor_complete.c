@@ -18,11 +18,17 @@
  * No user/group names, no fdinfo, no mount table, no sorting: what frelink
  * adds on top of this is presentation.
  *
+ * -q (Linux 6.11+): instead of the maps text, walk the file-backed mappings with the
+ * PROCMAP_QUERY ioctl on /proc/PID/maps without asking for names (no d_path per
+ * mapping), stat each (device, inode) once per scan through map_files, and ask
+ * for the name only of those with st_nlink == 0.  Falls back to the text on ENOTTY.
+ *
  * -p prints one line per holder: "KIND\tPID-or-/dev/loopN\tST_DEV\tST_INO".
  * stderr: a count line.  Linux only; needs root for map_files and loop ioctls.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/loop.h>
 #include <stdint.h>
@@ -38,7 +44,17 @@
 #define SUFFIX " (deleted)"
 #define SUFFIX_LEN (sizeof(SUFFIX) - 1)
 
-static int print;
+static int print, query;
+
+/* include/uapi/linux/fs.h (6.11+); defined here for older headers */
+struct procmap_query_floor {
+	uint64_t size, query_flags, query_addr, vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+	uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+	uint64_t vma_name_addr, build_id_addr;
+};
+#define PROCMAP_QUERY_FLOOR _IOWR('f', 17, struct procmap_query_floor)
+#define QUERY_COVERING_OR_NEXT_VMA 0x10
+#define QUERY_FILE_BACKED_VMA 0x20
 static dev_t shm_dev = (dev_t)-1;
 static long links, candidates, orphans_found;
 
@@ -116,6 +132,84 @@ static void check_link(int dfd, const char *name, const char *kind, const char *
 	if (nameless(buf, (size_t)n - SUFFIX_LEN, &st))
 		return;
 	found(kind, pid, &st);
+}
+
+static struct seen *remember(uint64_t kdev, uint64_t kino, struct seen *s, const struct stat *st, int state)
+{
+	s->key_dev = kdev;
+	s->key_ino = kino;
+	s->state = state;
+	s->dev = st->st_dev;
+	s->ino = st->st_ino;
+	if (++table_used * 2 > table_size)
+		grow();
+	return s;
+}
+
+/* 1: done with PROCMAP_QUERY; 0: not supported, read the text */
+static int query_maps(int pfd, const char *pid)
+{
+	int fd = openat(pfd, "maps", O_RDONLY | O_CLOEXEC);
+	struct procmap_query_floor q;
+	uint64_t addr = 0;
+
+	if (fd < 0)
+		return 1;
+	for (;;) {
+		char path[128], name[4200];
+		struct seen *s;
+		struct stat st;
+		uint64_t kdev;
+
+		memset(&q, 0, sizeof(q));
+		q.size = sizeof(q);
+		q.query_flags = QUERY_COVERING_OR_NEXT_VMA | QUERY_FILE_BACKED_VMA;
+		q.query_addr = addr;
+		if (ioctl(fd, PROCMAP_QUERY_FLOOR, &q) < 0) {
+			int unsupported = errno == ENOTTY;
+
+			close(fd);
+			return !unsupported;	/* ENOENT: no more mappings */
+		}
+		addr = q.vma_end;
+		kdev = makedev(q.dev_major, q.dev_minor);
+		if (kdev == shm_dev || q.inode == 0)
+			continue;
+		s = lookup(kdev, q.inode);
+		if (s->state == 2)
+			continue;
+		if (s->state == 1) {
+			st.st_dev = s->dev;
+			st.st_ino = s->ino;
+			found("mmap", pid, &st);
+			continue;
+		}
+		snprintf(path, sizeof(path), "map_files/%lx-%lx", (unsigned long)q.vma_start, (unsigned long)q.vma_end);
+		candidates++;
+		if (fstatat(pfd, path, &st, 0) < 0)
+			continue;
+		if (st.st_nlink != 0) {
+			remember(kdev, q.inode, s, &st, 2);
+			continue;
+		}
+		/* a deleted file: now its name, to tell an O_TMPFILE ("#<inode>") apart */
+		memset(&q, 0, sizeof(q));
+		q.size = sizeof(q);
+		q.query_addr = addr - 1;	/* inside the mapping just found */
+		q.vma_name_addr = (uint64_t)(uintptr_t)name;
+		q.vma_name_size = sizeof(name);
+		if (ioctl(fd, PROCMAP_QUERY_FLOOR, &q) < 0)
+			continue;
+		{
+			size_t len = strnlen(name, sizeof(name));
+
+			if (len > SUFFIX_LEN && memcmp(name + len - SUFFIX_LEN, SUFFIX, SUFFIX_LEN) == 0)
+				len -= SUFFIX_LEN;
+			remember(kdev, q.inode, s, &st, nameless(name, len, &st) ? 2 : 1);
+		}
+		if (s->state == 1)
+			found("mmap", pid, &st);
+	}
 }
 
 static char *maps_buf;
@@ -226,7 +320,8 @@ static void scan_process(int proc, const char *pid)
 			close(dfd);
 		}
 	}
-	scan_maps(pfd, pid);
+	if (!query || !query_maps(pfd, pid))
+		scan_maps(pfd, pid);
 	close(pfd);
 }
 
@@ -284,7 +379,14 @@ int main(int argc, char **argv)
 	struct stat st;
 	int mfd;
 
-	print = argc > 1 && strcmp(argv[1], "-p") == 0;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-p") == 0)
+			print = 1;
+		else if (strcmp(argv[i], "-q") == 0)
+			query = 1;
+	}
 	table = calloc(table_size, sizeof(*table));
 	maps_buf = malloc(maps_cap);
 	if (!table || !maps_buf)

@@ -13,6 +13,9 @@ can attach them), then N interleaved rounds (the order rotates each round) of:
   candidates, readlinkat/fstatat of exe, cwd, root, every /proc/PID/maps read whole
   with one stat through map_files per deleted mapping, LOOP_GET_STATUS64 of loop
   devices whose backing file was deleted
+- the same complete floor with -q: the file-backed mappings walked with the PROCMAP_QUERY
+  ioctl (Linux 6.11+) without names, one stat per (device, inode) of the whole scan, names
+  only for deleted ones (on older kernels it reads the maps text like the row above)
 - end to end: ansible localhost -m frelink.frelink.frelink_facts (defaults),
   ansible localhost -m command -a 'lsof -nP +L1', ansible localhost -m ping
 
@@ -227,6 +230,7 @@ def tools(floors, e2e=True):
         "lsfd": ("lsfd -n -Q DELETED", lambda: run_cmd(["lsfd", "-n", "-Q", "DELETED"])),
         "floor_fd": ("C fd-only floor (readlink every fd)", lambda: run_cmd([floors["fd"], "-p"])),
         "floor": ("C complete floor", lambda: run_cmd([floors["complete"], "-p"])),
+        "floor_query": ("C complete floor, maps by PROCMAP_QUERY", lambda: run_cmd([floors["complete"], "-p", "-q"])),
     }
     if e2e:
         ansible, env = ansible_binary(), ansible_env()
@@ -252,6 +256,7 @@ def scorers(workload):
         "lsfd": (truth, lambda out: lsfd_found(out, workload, devices)),
         "floor_fd": (paths, lambda out: floor_found(out, workload)),
         "floor": (truth, lambda out: complete_floor_found(out, workload)),
+        "floor_query": (truth, lambda out: complete_floor_found(out, workload)),
     }
 
 

@@ -2,7 +2,8 @@
 """bench/facts/run.py end to end on a small real workload: every tool runs, its output is
 parsed to (dev, ino), and the scores are what each tool can see. No timing is asserted.
 
-- frelink scan() (default and limit=0) and the C complete floor: recall and precision 100%
+- frelink scan() (default and limit=0) and the C complete floor (maps text or PROCMAP_QUERY):
+  recall and precision 100%
 - lsof -nP +L1 and lsfd -n -Q DELETED: every fd-held orphan, but not the mapped-only or
   loop-only ones, and decoys (O_TMPFILE, memfd) as false positives
 - the C fd-only floor: every fd-held path, decoys included
@@ -34,6 +35,8 @@ def test_parsers_on_each_tools_own_output(tmp_path):
 
         complete = bench.complete_floor_found(bench.run_cmd([floors["complete"], "-p"])[2], workload)
         assert complete == truth
+        query = bench.complete_floor_found(bench.run_cmd([floors["complete"], "-p", "-q"])[2], workload)
+        assert query == truth
 
         lsof = bench.lsof_text_found(bench.run_cmd(["lsof", "-nP", "+L1"])[2], workload)
         lsof_f = bench.lsof_found(subprocess.run(["lsof", "-nP", "+L1", "-F", "pfDi"], stdout=subprocess.PIPE,
@@ -57,7 +60,7 @@ def test_run_py_small_interleaved(tmp_path, capsys):
                          "--profile", str(tmp_path / "profile.txt"), "--json", str(out)])
     printed = capsys.readouterr().out
     figures = result["figures"]
-    for name in ("scan", "scan_all", "floor"):
+    for name in ("scan", "scan_all", "floor", "floor_query"):
         assert (figures[name]["recall"], figures[name]["precision"]) == (1.0, 1.0), (name, figures[name])
     for name in ("lsof", "lsfd", "floor_fd"):
         assert figures[name]["recall"] < 1.0 and figures[name]["precision"] < 1.0, (name, figures[name])
