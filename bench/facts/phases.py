@@ -113,6 +113,7 @@ def main():
         selected = scanner.select()
         listed = selected[:scan_mod.DEFAULT_LIMIT]
         sts = [(o.key, o.st, o.path) for o in scanner.orphans.values()]
+
         def listing(fresh):
             chosen = fresh.select()
             return scan_mod._facts(fresh, chosen, scan_mod.DEFAULT_LIMIT)  # pylint: disable=protected-access
