@@ -21,6 +21,8 @@ import time
 
 import run as bench  # bench/facts/run.py: sets up the collection import
 from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils.discovery import Orphan, Scanner  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report  # noqa: E402
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import read_all  # noqa: E402
 
 
@@ -109,10 +111,11 @@ def main():
     size = bench.BIG if args.big else bench.SMALL
     loops = size["loops"] if bench.loops_possible() else 0
     with bench.Workload(size["procs"], size["fds"], loops=loops):
-        scanner = scan_mod.Scanner().collect()
+        scanner = Scanner().collect()
         selected = scanner.select()
         listed = selected[:scan_mod.DEFAULT_LIMIT]
         sts = [(o.key, o.st, o.path) for o in scanner.orphans.values()]
+        report = Report(scanner)
 
         def listing(fresh):
             chosen = fresh.select()
@@ -120,19 +123,19 @@ def main():
 
         rows = [
             ("scan() default options, whole", scan_mod.scan),
-            ("collect(), all kinds", lambda: scan_mod.Scanner().collect()),
-            ("collect(), kinds=[fd]", lambda: scan_mod.Scanner(["fd"]).collect()),
-            ("collect(), kinds=[fd, cwd, root, exe]", lambda: scan_mod.Scanner(["fd", "cwd", "root", "exe"]).collect()),
-            ("Scanner() setup (mountinfo, memfd probe)", scan_mod.Scanner),
+            ("collect(), all kinds", lambda: Scanner().collect()),
+            ("collect(), kinds=[fd]", lambda: Scanner(["fd"]).collect()),
+            ("collect(), kinds=[fd, cwd, root, exe]", lambda: Scanner(["fd", "cwd", "root", "exe"]).collect()),
+            ("Scanner() setup (mountinfo, memfd probe)", Scanner),
             ("select() of %d orphans (sort)" % len(scanner.orphans), scanner.select),
-            ("summary() of %d orphans" % len(selected), lambda: scanner.summary(selected, len(listed))),
+            ("summary() of %d orphans" % len(selected), lambda: report.summary(selected, len(listed))),
             ("entry() of the %d listed, warm per-pid caches" % len(listed),
-             lambda: [scanner.entry(o, False) for o in listed]),
+             lambda: [report.entry(o, False) for o in listed]),
             ("select() + summary + entries, fresh Scanner (what scan() adds to collect())", None),
             ("read every /proc/PID/maps whole (no parsing)", read_every_maps),
             ("PROCMAP_QUERY walk of every process (Python, no names)", query_every_maps),
             ("Orphan() for each of %d orphans" % len(sts),
-             lambda: [scan_mod.Orphan(k, k[0], k[1], st, p) for k, st, p in sts]),
+             lambda: [Orphan(k, k[0], k[1], st, p) for k, st, p in sts]),
         ]
         distinct = query_every_maps()
         print("workload: %d processes x %d fds, %d loop devices; %d orphans; min of %d rounds; "
@@ -141,7 +144,7 @@ def main():
                  len(distinct) if distinct is not None else "no PROCMAP_QUERY"))
         for label, fn in rows:
             if fn is None:
-                took = best(listing, args.rounds, setup=lambda: scan_mod.Scanner().collect())
+                took = best(listing, args.rounds, setup=lambda: Scanner().collect())
             else:
                 took = best(fn, args.rounds)
             print("%-72s %8.3f s" % (label, took))
