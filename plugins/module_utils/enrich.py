@@ -18,6 +18,8 @@ import pwd
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils import overlay
+from ansible_collections.frelink.frelink.plugins.module_utils.containers import container_of
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, readlink_or_none
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
@@ -125,11 +127,18 @@ class Report:
             # /proc links are resolved against the scanner's root, so a chroot in our
             # namespace shows host paths; only another mount namespace shows its own paths.
             foreign = mntns is not None and mntns != self.self_mntns
+            container = None
+            if foreign:  # a container always has its own mount namespace
+                try:
+                    container = container_of(_read_small(base + "/cgroup"))
+                except OSError:
+                    pass
             info = self._procinfo[pid] = {
                 "name": name,
                 "user": user,
                 "mntns": mntns if mntns != self.self_mntns else None,
                 "prefix": "%s/%s/root" % (self.proc, pid) if foreign else "",
+                "container": container,
             }
         return info
 
@@ -137,7 +146,7 @@ class Report:
         """'/proc/PID/root' when the holder sees another mount namespace than ours, else ''."""
         return self._process(pid)["prefix"]
 
-    def _table_for(self, pid):
+    def table_for(self, pid):
         """Mount table of the holder's namespace (own table when it shares ours)."""
         if pid is None:
             return self.mounts, ""
@@ -185,6 +194,8 @@ class Report:
         if info["prefix"]:
             entry["mntns"] = info["mntns"]
             entry["host_path"] = info["prefix"] + orphan.path
+        if info["container"]:
+            entry["container"] = info["container"]
         return entry
 
     def _mount_for(self, orphan):
@@ -196,7 +207,7 @@ class Report:
                     ref_pid = pid
                 if not self._process(pid)["prefix"]:
                     break
-        table, prefix = self._table_for(ref_pid)
+        table, prefix = self.table_for(ref_pid)
         mount = table.lookup(orphan.dev, orphan.path) if orphan.dev is not None else None
         if mount is None and orphan.dev is None:
             mount = longest_prefix_mount(table.mounts, orphan.path)
@@ -258,9 +269,24 @@ class Report:
                              "restoring" % orphan.path.rsplit("/", 1)[-1])
             entry["path_free"] = False
             entry["restore"]["relink"] = True  # a plain link(2): it still has a name
+        if fstype == overlay.OVERLAY_FSTYPE and mount is not None:
+            self._add_overlay(entry, mount, prefix, orphan, relink_available and is_file and open_path is not None)
         if len(holders) > HOLDERS_CAP:
             entry["holder_count"] = len(holders)
         return entry
+
+    def _add_overlay(self, entry, mount, prefix, orphan, relink_possible):
+        """The upper layer that really holds an overlay file, where it can be relinked, and its container."""
+        upper = overlay.upper_layer(mount, prefix, self.mounts)
+        container = next((h["container"] for h in entry["holders"] if h.get("container")), None)
+        entry["overlay"] = upper
+        entry["container"] = container
+        entry["path_in_container"] = orphan.path
+        if upper is not None:
+            upper["dest"] = overlay.rescue_dest(upper, container, orphan.path)
+        entry["restore"]["relink"] = bool(relink_possible and upper is not None and upper.get("dest")
+                                          and kmod_abi.relink_supported(overlay.OVERLAY_FSTYPE,
+                                                                        upper.get("upper_fstype")))
 
 
 def _read_small(path):

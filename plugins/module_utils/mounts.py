@@ -58,7 +58,8 @@ def is_network_fstype(fstype):
 
 
 def parse_mountinfo(text):
-    """List of mounts, each a dict: id, parent, dev (st_dev), root, mount_point, fstype, source, options.
+    """List of mounts, each a dict: id, parent, dev (st_dev), root, mount_point, fstype, source, options,
+    super_options (raw, still escaped).
 
     See proc(5): fields 1-6, optional fields up to '-', then fstype, source, super options.
     """
@@ -80,6 +81,7 @@ def parse_mountinfo(text):
             "options": fields[5],
             "fstype": fields[sep + 1],
             "source": unescape(fields[sep + 2]) if len(fields) > sep + 2 else "",
+            "super_options": fields[sep + 3] if len(fields) > sep + 3 else "",
         })
     return mounts
 

@@ -47,7 +47,17 @@ def _link_obstacle(target, dest_dir):
     """Why a relink cannot be done, or None.  The same table answers check
     mode and the real run (the kernel may still refuse, see LINK_REFUSALS)."""
     orphan = target.orphan or {}
-    if dest_dir.st.st_dev != target.dev:
+    upper = target.overlay
+    if upper and not target.open_path:
+        return ("the file is held through an overlay but not open by any process (only %s): the module relinks an "
+                "overlay file through an open descriptor only; use method: copy"
+                % ", ".join(h.get("kind", "?") for h in orphan.get("holders") or []))
+    link_dev = target.name_identity()[0]
+    if dest_dir.st.st_dev != link_dev:
+        if upper:
+            return ("dest %s is not on the filesystem of the overlay's upper layer (%s, device %s), where the file "
+                    "really is; the default dest is %s" % (dest_dir.dest, upper.get("upper_mount_point") or "?",
+                                                          upper["upper_device"], upper.get("dest")))
         return ("dest %s is on another filesystem (device %s) than the file (device %s, %s); a name can only be "
                 "given on the file's own filesystem: choose a dest there, or use method: copy"
                 % (dest_dir.dest, device_string(dest_dir.st.st_dev), device_string(target.dev),

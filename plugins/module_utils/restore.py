@@ -33,6 +33,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils.destination import
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import compare_copy, duplicate, open_source
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string
+from ansible_collections.frelink.frelink.plugins.module_utils.overlay import layer_containing
 from ansible_collections.frelink.frelink.plugins.module_utils.plan import (
     FALLBACKS,
     METHODS,
@@ -95,7 +96,15 @@ def restore_target(target, dest, opts, check_mode=False):
             raise RestoreError("inode %s on device %s has no known original path and no dest was given; set dest"
                                % (target.ino, device_string(target.dev)))
     res = _base_result(target, dest)
-    dest_dir = DestDir(dest, opts.create_parents, check_mode)
+    layer = layer_containing(target.overlay, dest)
+    if layer:
+        raise RestoreError("dest %s is inside the layer directory %s of the overlay that holds %s: changing the "
+                           "layers of a mounted overlay is undefined, so frelink never names a file there; the "
+                           "default dest is %s" % (dest, layer, target.path, target.overlay.get("dest")))
+    rescue = target.overlay is not None and dest == target.overlay.get("dest")
+    dest_dir = DestDir(dest, opts.create_parents or rescue, check_mode)
+    if target.overlay:
+        res["overlay"] = target.overlay
     src_fd = None
     try:
         existing = dest_dir.lstat_name()
@@ -103,7 +112,7 @@ def restore_target(target, dest, opts, check_mode=False):
             if stat.S_ISLNK(existing.st_mode):
                 raise RestoreError("dest %s is a symbolic link: frelink never follows or replaces it; remove it "
                                    "or choose another dest" % dest)
-            if (existing.st_dev, existing.st_ino) == (target.dev, target.ino):
+            if (existing.st_dev, existing.st_ino) in ((target.dev, target.ino), target.name_identity()):
                 res.update(status="already_restored", method="link", identity_preserved=True,
                            verification={"dest_dev": existing.st_dev, "dest_ino": existing.st_ino,
                                          "same_inode": True})
@@ -237,9 +246,9 @@ def _link_silly_renamed(target, src_fd, dest_dir):
 def _verify_link(target, dest_dir):
     os.fsync(dest_dir.fd)
     st = dest_dir.lstat_name()
-    if st is None or (st.st_dev, st.st_ino) != (target.dev, target.ino):
+    if st is None or (st.st_dev, st.st_ino) != target.name_identity():
         raise RestoreError("after the relink %s does not name device %s inode %d; report this as a bug"
-                           % (dest_dir.dest, device_string(target.dev), target.ino))
+                           % (dest_dir.dest, device_string(target.name_identity()[0]), target.ino))
     return {"dest_dev": st.st_dev, "dest_ino": st.st_ino, "same_inode": True, "nlink": st.st_nlink,
             "size": st.st_size}
 

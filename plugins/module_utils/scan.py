@@ -19,7 +19,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, overlay
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, Scanner
 from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report
 from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_status
@@ -70,6 +70,18 @@ def find_orphan(dev, ino, kinds=None):
     if orphan is None:
         return None
     return Report(scanner).entry(orphan, _relink_available())
+
+
+def overlay_upper(st_dev, path, pid=None):
+    """The upper layer of the overlay mount of device st_dev (our namespace, or the holder
+    pid's), or None when st_dev is not an overlay: for reruns on a relinked overlay file."""
+    scanner = Scanner(kinds=["loop"])
+    report = Report(scanner)
+    table, prefix = report.table_for(pid)
+    mount = table.lookup(st_dev, path)
+    if mount is None or mount["fstype"] != overlay.OVERLAY_FSTYPE:
+        return None
+    return overlay.upper_layer(mount, prefix, scanner.mounts)
 
 
 class SelectorError(ValueError):

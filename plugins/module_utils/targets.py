@@ -79,7 +79,8 @@ class Target(object):
     """The inode to restore: an orphan from the scan or, when it already has a
     name again, just its identity (for idempotence)."""
 
-    def __init__(self, dev, ino, orphan=None, nlink=0, path=None, size=None):
+    def __init__(self, dev, ino, orphan=None, nlink=0, path=None, size=None, upper=None):
+        self.upper = upper  # overlay upper layer of a target that has a name again
         self.dev = dev
         self.ino = ino
         self.orphan = orphan
@@ -104,11 +105,27 @@ class Target(object):
     def current_name(self):
         return (self.orphan or {}).get("path") if self.silly_renamed else None
 
+    @property
+    def overlay(self):
+        """The upper layer (overlay.upper_layer()) of a file held through an overlay, else None."""
+        if self.orphan is not None:
+            return self.orphan.get("overlay")
+        return self.upper
+
+    def name_identity(self):
+        """(st_dev, st_ino) of the name the file has after a relink: on an overlay the
+        upper layer's device (the overlay reports the upper inode's number)."""
+        upper = self.overlay
+        return (upper["upper_dev"], self.ino) if upper else (self.dev, self.ino)
+
     def default_dest(self):
         """The original path, seen from the holder's mount namespace when the
-        scan says it differs from ours; None when it is not known."""
+        scan says it differs from ours; for an overlay file a rescue directory on
+        the upper layer's filesystem; None when it is not known."""
         if self.silly_renamed:
             return (self.orphan or {}).get("original_path")
+        if self.overlay:
+            return self.overlay.get("dest")
         holders = (self.orphan or {}).get("holders") or []
         foreign = [h["host_path"] for h in holders if h.get("host_path")]
         ours = [h for h in holders if h.get("pid") is not None and not h.get("host_path")]
@@ -117,13 +134,14 @@ class Target(object):
         return self.path
 
 
-def _target_from_stat(st, path, orphan=None):
+def _target_from_stat(st, path, orphan=None, pid=None):
     held_deleted = st.st_nlink == 0 or SILLY_RENAME.search(path) is not None
     if held_deleted and orphan is None:
         orphan = scan_mod.find_orphan(st.st_dev, st.st_ino)
     if orphan is not None and (st.st_nlink == 0 or orphan.get("nfs_silly_rename")):
         return Target(st.st_dev, st.st_ino, orphan=orphan, nlink=0)
-    return Target(st.st_dev, st.st_ino, orphan=None, nlink=st.st_nlink, path=path, size=st.st_size)
+    return Target(st.st_dev, st.st_ino, orphan=None, nlink=st.st_nlink, path=path, size=st.st_size,
+                  upper=scan_mod.overlay_upper(st.st_dev, path, pid))
 
 
 def resolve_src(src):
@@ -143,7 +161,7 @@ def resolve_src(src):
         link = link[:-len(DELETED_SUFFIX)]
     if not stat.S_ISREG(st.st_mode):
         raise RestoreError("%s is not a regular file (%s); only regular files can be restored" % (src, link))
-    target = _target_from_stat(st, link)
+    target = _target_from_stat(st, link, pid=src.split("/")[2])
     if target.orphan is None and st.st_nlink == 0:
         raise RestoreError("%s (%s) is deleted but the scan did not find it again; rerun" % (src, link))
     return target

@@ -14,6 +14,7 @@ from orphans import collection_path  # noqa: E402
 
 collection_path()
 from ansible_collections.frelink.frelink.plugins.module_utils import enrich, loop, mounts, procfs  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils import containers, overlay  # noqa: E402
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684092k
@@ -53,7 +54,7 @@ def test_parse_mountinfo_fields_and_escapes():
     spaced = table[4]
     assert spaced == {"id": 41, "parent": 27, "dev": os.makedev(254, 0), "root": "/srv/data",
                       "mount_point": "/mnt/with space", "options": "rw,relatime", "fstype": "ext4",
-                      "source": "/dev/vda"}
+                      "source": "/dev/vda", "super_options": "rw"}
     assert table[5]["fstype"] == "btrfs" and table[5]["dev"] == os.makedev(0, 45)
 
 
@@ -143,3 +144,42 @@ def test_file_type_and_open_path_ranking():
 def test_unescape():
     assert mounts.unescape(r"/a\040b\011c\134d") == "/a b\tc\\d"
     assert mounts.unescape("/plain") == "/plain"
+
+
+def test_overlay_layers_from_super_options():
+    # 6.1: one lowerdir list; 6.8+ with the new mount API: lowerdir+ per layer, datadir+ for data-only layers
+    old = overlay.layers("rw,lowerdir=/l1:/l2,upperdir=/var/lib/u,workdir=/var/lib/w,xino=off")
+    assert old == {"upperdir": "/var/lib/u", "workdir": "/var/lib/w", "lowerdir": ["/l1", "/l2"]}
+    new = overlay.layers("rw,lowerdir+=/a\\054b,lowerdir+=/c,datadir+=/d,upperdir=/u\\040x,workdir=/w,uuid=on")
+    assert new == {"upperdir": "/u x", "workdir": "/w", "lowerdir": ["/a,b", "/c", "/d"]}
+    assert overlay.layers("ro,lowerdir=/only")["upperdir"] is None
+
+
+def test_overlay_layer_containing_and_rescue_dest():
+    upper = {"upperdir": "/srv/ov/upper", "workdir": "/srv/ov/work", "lowerdir": ["/srv/ov/lower"],
+             "upper_device": "254:0", "rescue_dir": "/frelink-rescue"}
+    assert overlay.layer_containing(upper, "/srv/ov/upper/app.log") == "/srv/ov/upper"
+    assert overlay.layer_containing(upper, "/srv/ov/work") == "/srv/ov/work"
+    assert overlay.layer_containing(upper, "/srv/ov/lower/x/y") == "/srv/ov/lower"
+    assert overlay.layer_containing(upper, "/srv/ov/uppermost/x") is None
+    assert overlay.layer_containing(upper, "/frelink-rescue/x") is None
+    assert overlay.rescue_dest(upper, None, "/var/log/app.log") == "/frelink-rescue/overlay-254-0/var/log/app.log"
+    cid = "ab" * 32
+    assert overlay.rescue_dest(upper, {"short_id": cid[:12]}, "/a") == "/frelink-rescue/%s/a" % cid[:12]
+
+
+def test_containers_from_cgroup_files():
+    cid = "0123456789abcdef" * 4
+    assert containers.container_of("0::/system.slice/docker-%s.scope\n" % cid) == {
+        "runtime": "docker", "id": cid, "short_id": cid[:12]}
+    assert containers.container_of("12:memory:/docker/%s\n" % cid)["runtime"] == "docker"
+    assert containers.container_of("0::/machine.slice/libpod-%s.scope/container\n" % cid)["runtime"] == "podman"
+    k8s = containers.container_of(
+        "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b3c4d_0000_1111_2222_333344445555"
+        ".slice/cri-containerd-%s.scope\n" % cid)
+    assert k8s == {"runtime": "containerd", "id": cid, "short_id": cid[:12],
+                   "pod_uid": "1a2b3c4d-0000-1111-2222-333344445555"}
+    v1 = containers.container_of("4:pids:/kubepods/besteffort/pod1a2b3c4d-0000-1111-2222-333344445555/%s\n" % cid)
+    assert v1["pod_uid"] == "1a2b3c4d-0000-1111-2222-333344445555" and v1["id"] == cid
+    assert containers.container_of("0::/kubepods.slice/x/crio-%s.scope\n" % cid)["runtime"] == "cri-o"
+    assert containers.container_of("0::/user.slice/user-1000.slice/session-2.scope\n") is None
