@@ -20,22 +20,17 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import errno
 import fnmatch
 import os
 import re
-import stat
 
+from ansible_collections.frelink.frelink.plugins.module_utils.kernel_holders import scan_loops, scan_swaps
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
-    ANON_DEV_FSTYPES,
     MountTable,
-    longest_prefix_mount,
     parse_mountinfo,
-    parse_swaps,
     read_all,
     read_text,
 )
-from ansible_collections.frelink.frelink.plugins.module_utils.loop import bound_loops, loop_status
 from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX, parse_deleted_mappings
 
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
@@ -134,23 +129,27 @@ class Scanner:
             self._proc_fd = None
             os.close(proc_fd)
         if "loop" in self.kinds:
-            self._scan_loops()
+            scan_loops(self)
         if "swap" in self.kinds:
-            self._scan_swaps()
+            scan_swaps(self)
         if self.denied_pids:
             shown = ", ".join(self.denied_pids[:10]) + (", ..." if len(self.denied_pids) > 10 else "")
             if self.euid == 0:
                 hint = "they are protected even from root (LSM policy, or another user namespace)"
             else:
                 hint = "run as root (become: true) for a complete scan"
-            self._partial("%d of %d processes could not be inspected (permission denied; pids %s): %s"
+            self.partial("%d of %d processes could not be inspected (permission denied; pids %s): %s"
                           % (len(self.denied_pids), self.processes, shown, hint))
         if self.unconfirmed_mappings:
-            self._partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
+            self.partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
                           "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
         return self
 
-    def _partial(self, message):
+    def new_orphan(self, key, dev, ino, st, path):
+        orphan = self.orphans[key] = Orphan(key, dev, ino, st, path)
+        return orphan
+
+    def partial(self, message):
         self.complete = False
         self.warnings.append(message)
 
@@ -354,75 +353,6 @@ class Scanner:
                     orphan.mmap_pids = {}
                 orphan.mmap_pids[pid] = [rng, 1]
                 orphan.holders.append(("mmap", pid, rng))
-
-    def _scan_loops(self):
-        for loop in bound_loops(self.sys_block):
-            text = loop["backing_file"]
-            if not text.endswith(DELETED_SUFFIX):
-                continue
-            try:
-                status = loop_status(loop["device"])
-            except PermissionError:
-                self._partial("%s: cannot read its backing inode (LOOP_GET_STATUS64 needs read access to the "
-                              "device); run as root (become: true)" % loop["device"])
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ENXIO, errno.ENOENT):
-                    continue  # detached (or removed) since /sys/block was read
-                self.warnings.append("%s: LOOP_GET_STATUS64 failed: %s" % (loop["device"], exc.strerror))
-                continue
-            dev, ino = status["backing_dev"], status["backing_ino"]
-            try:
-                st = os.stat(text)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    continue  # a live file whose name really ends in ' (deleted)'
-            except OSError:
-                pass
-            mounts = sorted(m["mount_point"] for m in self.mounts.mounts if m["dev"] in loop["devs"])
-            detail = {
-                "device": loop["device"],
-                "offset": status["offset"],
-                "sizelimit": status["sizelimit"],
-                "read_only": status["read_only"],
-                "autoclear": status["autoclear"],
-                "mounts": mounts,
-            }
-            key = (dev, ino)
-            orphan = self.orphans.get(key)
-            if orphan is None:
-                orphan = self.orphans[key] = Orphan(key, dev, ino, None, text[:-_SUFFIX_LEN])
-            orphan.holders.append(("loop", None, detail))
-            try:
-                device_bytes = int(read_text("%s/%s/size" % (self.sys_block, loop["name"]))) * 512
-                orphan.size_hint = max(orphan.size_hint, device_bytes + status["offset"])
-            except (OSError, ValueError):
-                pass
-
-    def _scan_swaps(self):
-        try:
-            swaps = parse_swaps(read_text(self.proc + "/swaps"))
-        except OSError:
-            return
-        for swap in swaps:
-            text = swap["path"]
-            if swap["type"] != "file" or not text.endswith(DELETED_SUFFIX) or os.path.lexists(text):
-                continue
-            path = text[:-_SUFFIX_LEN]
-            mount = longest_prefix_mount(self.mounts.mounts, path)
-            dev = mount["dev"] if mount else None
-            # /proc/swaps gives no inode: if a process holds a deleted file of that
-            # path on that filesystem, it is the swap file (same name, same device).
-            orphan = next((o for o in self.orphans.values() if o.path == path and o.st is not None
-                           and stat.S_ISREG(o.st.st_mode)
-                           and (dev is None or o.dev == dev or mount["fstype"] in ANON_DEV_FSTYPES)), None)
-            if orphan is None:
-                key = ("swap", path)
-                orphan = self.orphans.get(key)
-                if orphan is None:
-                    orphan = self.orphans[key] = Orphan(key, dev, None, None, path)
-            detail = {"size": swap["size"], "used": swap["used"], "priority": swap["priority"]}
-            orphan.holders.append(("swap", None, detail))
-            orphan.size_hint = max(orphan.size_hint, swap["size"])
 
     # -- selection ---------------------------------------------------------
 
