@@ -274,8 +274,10 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
  * refused.  vfs_link() takes the inode lock itself, so it cannot be called
  * with the lock held, and the flag must never be visible outside the lock.
  *
- * So the flag is set, used and cleared inside one inode_lock() section, in
- * the lock order of vfs_link() (parent directory, then the source inode),
+ * So the flag (which ->link() needs: inc_nlink() warns about a link count 0
+ * inode without it) is set, used and cleared inside one inode_lock()
+ * section, in the lock order of vfs_link() (parent directory, then the
+ * source inode),
  * and every vfs_link() elsewhere, which reads the flag only under that lock,
  * sees either link count 0 without the flag (ENOENT) or the link count 1
  * after our link (and links a file that has a name, as it may).  The link

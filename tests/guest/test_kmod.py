@@ -26,7 +26,7 @@ RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
 STRESS = {"ext4": 240, "btrfs": 60}
 OVERLAY_BASES = ("ext4", "xfs")
 RACE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
-RACE_ROUNDS, RACE_LOCKED_ROUNDS = 1000, 200
+RACE_ROUNDS, RACE_LOCKED_ROUNDS = 800, 200  # 1000 rounds per filesystem
 FUZZ_REQUESTS = 3000
 OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|UBSAN|"
                   r"possible circular locking|blocked for more than|Kernel panic|RIP:")
