@@ -72,6 +72,7 @@ def relink_supported(fstype, upper_fstype=None):
         return upper_fstype in RELINK_FSTYPES
     return fstype in RELINK_FSTYPES
 
+
 # One errno per refusal (see the comment of struct frelink_relink).  The
 # hint says what happened and what to do next.
 HINTS = {
