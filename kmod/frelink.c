@@ -120,9 +120,9 @@ static struct dentry *frelink_alias_on_dev(struct vfsmount *mnt,
 
 /*
  * Find the deleted regular file @ino with st_dev @dev among the in-memory
- * inodes of @mnt's superblock.  ilookup() is no use: xfs, btrfs and tmpfs do not keep their
- * inodes in the inode hash.  The list may be huge, so like
- * drop_pagecache_sb() we reschedule with the lock dropped, holding a
+ * inodes of @mnt's superblock.  ilookup() is no use: xfs, btrfs and tmpfs
+ * do not keep their inodes in the inode hash.  The list may be huge, so
+ * like drop_pagecache_sb() we reschedule with the lock dropped, holding a
  * reference to the current inode so that it stays on the list.  One btrfs
  * superblock has several subvolumes with their own inode numbers, hence
  * the st_dev check.
@@ -277,10 +277,10 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
  * So the flag (which ->link() needs: inc_nlink() warns about a link count 0
  * inode without it) is set, used and cleared inside one inode_lock()
  * section, in the lock order of vfs_link() (parent directory, then the
- * source inode),
- * and every vfs_link() elsewhere, which reads the flag only under that lock,
- * sees either link count 0 without the flag (ENOENT) or the link count 1
- * after our link (and links a file that has a name, as it may).  The link
+ * source inode), and every vfs_link() elsewhere, which reads the flag only
+ * under that lock, sees either link count 0 without the flag (ENOENT) or
+ * the link count 1 after our link (and links a file that has a name, as it
+ * may).  The link
  * count is checked in the same section, so a concurrent frelink cannot give
  * a second name either.
  *
