@@ -7,11 +7,16 @@
 #ifndef FRELINK_COMPAT_H
 #define FRELINK_COMPAT_H
 
+#include <linux/dcache.h>
 #include <linux/fs.h>
 #include <linux/mount.h>
 #include <linux/namei.h>
 
 #include "compat-config.h"
+
+#ifdef FRELINK_HAVE_FILELOCK_H
+#include <linux/filelock.h>
+#endif
 
 #ifdef FRELINK_HAVE_MNT_IDMAP
 #define frelink_mnt_idmap(mnt)	mnt_idmap(mnt)
@@ -53,5 +58,56 @@ static inline void frelink_inode_state_clear(struct inode *inode,
 	inode->i_state &= ~flags;
 }
 #endif
+
+/* the real dentry that holds the data of an overlayfs file */
+#ifdef FRELINK_HAVE_D_REAL_TYPE
+#define frelink_d_real_data(dentry)	d_real(dentry, D_REAL_DATA)
+#else
+#define frelink_d_real_data(dentry)	d_real(dentry, NULL)
+#endif
+
+/*
+ * An NFS delegation to break before linking: vfs_link() and
+ * try_break_deleg() fill it in, break_deleg_wait() waits and drops it.
+ * 6.1 and 6.12 pass a struct inode **, 7.2 a struct delegated_inode *.
+ */
+#ifdef FRELINK_HAVE_DELEGATED_INODE
+struct frelink_deleg {
+	struct delegated_inode di;
+};
+
+static inline struct delegated_inode *frelink_deleg_arg(struct frelink_deleg *d)
+{
+	return &d->di;
+}
+
+static inline bool frelink_is_delegated(struct frelink_deleg *d)
+{
+	return is_delegated(&d->di);
+}
+#else
+struct frelink_deleg {
+	struct inode *di;
+};
+
+static inline struct inode **frelink_deleg_arg(struct frelink_deleg *d)
+{
+	return &d->di;
+}
+
+static inline bool frelink_is_delegated(struct frelink_deleg *d)
+{
+	return d->di;
+}
+#endif
+
+#ifdef FRELINK_HAVE_TRY_BREAK_DELEG_FLAGS
+#define frelink_try_break_deleg(inode, d) \
+	try_break_deleg(inode, 0, frelink_deleg_arg(d))
+#else
+#define frelink_try_break_deleg(inode, d) \
+	try_break_deleg(inode, frelink_deleg_arg(d))
+#endif
+#define frelink_break_deleg_wait(d)	break_deleg_wait(frelink_deleg_arg(d))
 
 #endif /* FRELINK_COMPAT_H */

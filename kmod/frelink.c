@@ -15,7 +15,9 @@
 #include <linux/dcache.h>
 #include <linux/err.h>
 #include <linux/file.h>
+#include <linux/delay.h>
 #include <linux/fs.h>
+#include <linux/fsnotify.h>
 #include <linux/kdev_t.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -29,12 +31,15 @@
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
+#include "allowlist.h"
 #include "compat.h"
 #include "uapi/frelink.h"
 
 /*
- * Held from the link count check to the end of vfs_link(): two racing
- * requests for one inode must not both see link count 0 and both succeed.
+ * Serialises relinks.  Correctness does not depend on it (the link count is
+ * checked under the inode lock, see frelink_link()); it keeps the btrfs
+ * commit and the relink of one request together and relinks rare and
+ * orderly.
  */
 static DEFINE_MUTEX(frelink_mutex);
 
@@ -114,10 +119,10 @@ static struct dentry *frelink_alias_on_dev(struct vfsmount *mnt,
 }
 
 /*
- * Find inode @ino with st_dev @dev among the in-memory inodes of @mnt's
- * superblock.  ilookup() is no use: xfs, btrfs and tmpfs do not keep their
- * inodes in the inode hash.  The list may be huge, so like
- * drop_pagecache_sb() we reschedule with the lock dropped, holding a
+ * Find the deleted regular file @ino with st_dev @dev among the in-memory
+ * inodes of @mnt's superblock.  ilookup() is no use: xfs, btrfs and tmpfs
+ * do not keep their inodes in the inode hash.  The list may be huge, so
+ * like drop_pagecache_sb() we reschedule with the lock dropped, holding a
  * reference to the current inode so that it stays on the list.  One btrfs
  * superblock has several subvolumes with their own inode numbers, hence
  * the st_dev check.
@@ -131,7 +136,15 @@ static struct dentry *frelink_find_inode(struct vfsmount *mnt, u64 ino,
 
 	spin_lock(&sb->s_inode_list_lock);
 	list_for_each_entry(inode, &sb->s_inodes, i_sb_list) {
-		bool candidate = inode->i_ino == ino;
+		/*
+		 * Only a deleted regular file is a candidate: nothing else is
+		 * ever pinned, given a dentry or asked for its attributes.
+		 * Both fields are read without the inode lock; the link count
+		 * is checked again under it before linking.
+		 */
+		bool candidate = inode->i_ino == ino &&
+				 S_ISREG(READ_ONCE(inode->i_mode)) &&
+				 !READ_ONCE(inode->i_nlink);
 
 		if (!candidate && !need_resched())
 			continue;
@@ -164,18 +177,25 @@ out:
 	return found;
 }
 
+/* Is @sb one of the filesystems of allowlist.h? */
+static bool frelink_fs_allowed(const struct super_block *sb)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(frelink_magics); i++)
+		if (sb->s_magic == frelink_magics[i])
+			return true;
+	return false;
+}
+
 static int frelink_check_inode(struct inode *inode, struct inode *dir)
 {
 	if (!S_ISREG(inode->i_mode))
 		return -EMEDIUMTYPE;
+	if (!frelink_fs_allowed(inode->i_sb))
+		return -EOPNOTSUPP;
 	if (inode->i_sb != dir->i_sb)
 		return -EXDEV;
-	/*
-	 * Only a filesystem that supports O_TMPFILE promises that ->link()
-	 * takes an inode with link count 0 off its orphan list.
-	 */
-	if (!dir->i_op->link || !dir->i_op->tmpfile)
-		return -EOPNOTSUPP;
 	return 0;
 }
 
@@ -213,30 +233,105 @@ static int frelink_flush_delayed_unlink(struct super_block *sb)
 	return err;
 }
 
-/* Link @old_dentry, whose link count is 0, as @new_dentry in @dir. */
+#ifdef FRELINK_TEST_UNLOCKED_LINKABLE
+/*
+ * Negative control for the race test of tests/guest/test_kmod.py, never
+ * built otherwise: the scheme of frelink 0.1.0, I_LINKABLE set outside the
+ * inode lock before vfs_link(), with the window widened to 2 ms so that a
+ * concurrent linkat() of the same inode reliably falls into it.
+ */
 static int frelink_link(struct dentry *old_dentry, const struct path *dir,
-			struct dentry *new_dentry)
+			struct dentry *new_dentry, struct frelink_deleg *deleg)
 {
 	struct inode *inode = d_inode(old_dentry);
-	bool was_linkable;
 	int err;
 
 	spin_lock(&inode->i_lock);
-	was_linkable = frelink_inode_state(inode) & I_LINKABLE;
 	frelink_inode_state_set(inode, I_LINKABLE);
 	spin_unlock(&inode->i_lock);
-
-	/* vfs_link() clears I_LINKABLE when it succeeds */
+	usleep_range(2000, 2100);
 	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt),
-		       d_inode(dir->dentry), new_dentry, NULL);
-
-	if (err && !was_linkable) {
+		       d_inode(dir->dentry), new_dentry, frelink_deleg_arg(deleg));
+	if (err) {
 		spin_lock(&inode->i_lock);
 		frelink_inode_state_clear(inode, I_LINKABLE);
 		spin_unlock(&inode->i_lock);
 	}
 	return err;
 }
+#else
+/*
+ * Link @old_dentry, whose link count is 0, as the negative @new_dentry in
+ * @dir, whose inode the caller has locked (start_creating_path()).
+ *
+ * vfs_link() refuses an inode with link count 0 unless it carries
+ * I_LINKABLE, and checks that under the inode's lock.  Setting the flag and
+ * then calling vfs_link() (frelink 0.1.0) leaves a window in which a
+ * concurrent linkat() of the same inode, e.g. the holder's own
+ * linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW), sees the flag, links the
+ * inode first, and our link then adds a second name to a file that already
+ * has one; if our vfs_link() fails, the holder's name stays although frelink
+ * refused.  vfs_link() takes the inode lock itself, so it cannot be called
+ * with the lock held, and the flag must never be visible outside the lock.
+ *
+ * So the flag (which ->link() needs: inc_nlink() warns about a link count 0
+ * inode without it) is set, used and cleared inside one inode_lock()
+ * section, in the lock order of vfs_link() (parent directory, then the
+ * source inode), and every vfs_link() elsewhere, which reads the flag only
+ * under that lock, sees either link count 0 without the flag (ENOENT) or
+ * the link count 1 after our link (and links a file that has a name, as it
+ * may).  The link
+ * count is checked in the same section, so a concurrent frelink cannot give
+ * a second name either.
+ *
+ * The checks of vfs_link() before its lock (may_create() with
+ * audit_inode_child(), same superblock, append-only and immutable, unmapped
+ * ids, security_inode_link(): SELinux, Smack) are not exported one by one.
+ * So vfs_link() runs first without the flag: with every check passed it
+ * stops at the link count with ENOENT, having changed nothing.  The one other
+ * ENOENT of vfs_link() before that point is a deleted directory, checked
+ * below under the directory lock we hold.  An inode that still carries
+ * I_LINKABLE (an O_TMPFILE not linked yet, which anyone may link) is linked
+ * by that first vfs_link() itself.
+ */
+static int frelink_link(struct dentry *old_dentry, const struct path *dir,
+			struct dentry *new_dentry, struct frelink_deleg *deleg)
+{
+	struct inode *dir_inode = d_inode(dir->dentry);
+	struct inode *inode = d_inode(old_dentry);
+	int err;
+
+	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt), dir_inode,
+		       new_dentry, frelink_deleg_arg(deleg));
+	if (err != -ENOENT)
+		return err;
+	if (IS_DEADDIR(dir_inode))
+		return -ENOENT;
+
+	inode_lock(inode);
+	err = -EMLINK;
+	if (inode->i_nlink)
+		goto out_unlock;
+	err = frelink_try_break_deleg(inode, deleg);
+	if (err)
+		goto out_unlock;
+
+	spin_lock(&inode->i_lock);
+	frelink_inode_state_set(inode, I_LINKABLE);
+	spin_unlock(&inode->i_lock);
+
+	err = dir_inode->i_op->link(old_dentry, dir_inode, new_dentry);
+
+	spin_lock(&inode->i_lock);
+	frelink_inode_state_clear(inode, I_LINKABLE);
+	spin_unlock(&inode->i_lock);
+out_unlock:
+	inode_unlock(inode);
+	if (!err)
+		fsnotify_link(dir_inode, inode, new_dentry);
+	return err;
+}
+#endif
 
 /* Give @old_dentry the name req->name in the directory @dir_file. */
 static int frelink_relink_dentry(const struct frelink_relink *req,
@@ -244,18 +339,16 @@ static int frelink_relink_dentry(const struct frelink_relink *req,
 				 struct dentry *old_dentry)
 {
 	struct inode *inode = d_inode(old_dentry);
+	struct frelink_deleg deleg = { };
 	struct dentry *new_dentry;
 	struct path dir_path;
 	int err;
 
-	err = frelink_check_inode(inode, d_inode(dir_file->f_path.dentry));
-	if (err)
-		return err;
-
 	err = mutex_lock_killable(&frelink_mutex);
 	if (err)
 		return err;
-
+retry:
+	/* cheap early refusal; the check that counts is in frelink_link() */
 	err = -EMLINK;
 	if (READ_ONCE(inode->i_nlink))
 		goto out_unlock;
@@ -274,23 +367,60 @@ static int frelink_relink_dentry(const struct frelink_relink *req,
 	/* another thread of the caller replaced dir_fd meanwhile */
 	err = -EBADF;
 	if (path_equal(&dir_path, &dir_file->f_path))
-		err = frelink_link(old_dentry, &dir_path, new_dentry);
+		err = frelink_link(old_dentry, &dir_path, new_dentry, &deleg);
 
 	frelink_end_creating_path(&dir_path, new_dentry);
+
+	/* an NFS delegation was in the way: wait for it, then retry */
+	if (frelink_is_delegated(&deleg)) {
+		err = frelink_break_deleg_wait(&deleg);
+		if (!err)
+			goto retry;
+	}
 out_unlock:
 	mutex_unlock(&frelink_mutex);
+	/* %pE: the name is the caller's, it must not forge log lines */
 	if (!err)
-		pr_info("pid %d relinked inode %llu of %s as %s\n",
+		pr_info("pid %d relinked inode %llu of %s as %*pE\n",
 			task_pid_nr(current), (u64)inode->i_ino,
-			inode->i_sb->s_id, req->name);
+			inode->i_sb->s_id, (int)strlen(req->name), req->name);
 	return err;
+}
+
+/*
+ * A source seen through a read-only mount must not gain a name through a
+ * writable one.  A literal same-mount rule like do_linkat()'s would refuse
+ * the common case (the holder is in a container or a PrivateTmp namespace,
+ * its mounts are not the caller's), so the rule is: the mount the source
+ * descriptor was opened through must itself be writable.
+ */
+static bool frelink_mnt_writable(const struct vfsmount *mnt)
+{
+	return !(mnt->mnt_flags & MNT_READONLY) && !sb_rdonly(mnt->mnt_sb);
+}
+
+/*
+ * The dentry to relink for the file open as @src_file: its own, or for a
+ * file on overlayfs the upper layer's dentry holding its data (d_real()).
+ * An overlay file without upper data yields its lower dentry, which still
+ * has its name in the lower layer (EMLINK later) or lives on another
+ * filesystem than any directory of the upper one (EXDEV).
+ */
+static struct dentry *frelink_src_dentry(struct file *src_file)
+{
+	struct dentry *dentry = src_file->f_path.dentry;
+
+	if (dentry->d_sb->s_magic == FRELINK_VIA_UPPER_MAGIC)
+		dentry = frelink_d_real_data(dentry);
+	return dget(dentry);
 }
 
 static int frelink_relink(const struct frelink_relink *req)
 {
 	struct dentry *old_dentry;
 	struct file *dir_file;
-	u64 dir_dev, src_dev;
+	struct path old_path;
+	u64 dir_dev, old_dev;
 	int err;
 
 	dir_file = fget_raw(req->dir_fd);
@@ -310,14 +440,18 @@ static int frelink_relink(const struct frelink_relink *req)
 		err = -EBADF;
 		if (!src_file)
 			goto out_dir;
-		err = frelink_stat_dev(&src_file->f_path, &src_dev);
-		if (!err && src_dev != dir_dev)
-			err = -EXDEV;
-		old_dentry = dget(src_file->f_path.dentry);
+		err = -EROFS;
+		if (frelink_mnt_writable(src_file->f_path.mnt))
+			err = 0;
+		old_dentry = frelink_src_dentry(src_file);
 		fput(src_file);
 		if (err)
 			goto out_old;
 	} else {
+		/* overlayfs inodes are never searched: its st_dev is anonymous */
+		err = -EOPNOTSUPP;
+		if (!frelink_fs_allowed(dir_file->f_path.dentry->d_sb))
+			goto out_dir;
 		err = -EXDEV;
 		if (req->dev != dir_dev)
 			goto out_dir;
@@ -331,7 +465,19 @@ static int frelink_relink(const struct frelink_relink *req)
 			goto out_dir;
 	}
 
-	err = frelink_relink_dentry(req, dir_file, old_dentry);
+	err = frelink_check_inode(d_inode(old_dentry),
+				  d_inode(dir_file->f_path.dentry));
+	if (err)
+		goto out_old;
+
+	/* same superblock; on btrfs also the same subvolume (st_dev) */
+	old_path.mnt = dir_file->f_path.mnt;
+	old_path.dentry = old_dentry;
+	err = frelink_stat_dev(&old_path, &old_dev);
+	if (!err && old_dev != dir_dev)
+		err = -EXDEV;
+	if (!err)
+		err = frelink_relink_dentry(req, dir_file, old_dentry);
 out_old:
 	dput(old_dentry);
 out_dir:

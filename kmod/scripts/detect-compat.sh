@@ -36,6 +36,21 @@ has linux/namei.h 'start_creating_path\(' && define FRELINK_HAVE_START_CREATING_
 # 7.2 (not 6.1, 6.12): i_state is read and written through accessors that assert i_lock
 has linux/fs.h 'inode_state_read\(' && define FRELINK_HAVE_INODE_STATE_ACCESSORS
 
+# 6.12, 7.2 (not 6.1): d_real() takes an enum d_real_type (D_REAL_DATA)
+# instead of an inode
+has linux/dcache.h 'enum d_real_type' && define FRELINK_HAVE_D_REAL_TYPE
+
+# 6.12, 7.2 (not 6.1): try_break_deleg() and break_deleg_wait() are in
+# linux/filelock.h
+has linux/filelock.h 'try_break_deleg\(' && define FRELINK_HAVE_FILELOCK_H
+
+# 7.2 (not 6.1, 6.12): delegations are returned in a struct delegated_inode
+# instead of a struct inode *, and try_break_deleg() takes LEASE_BREAK_* flags
+{ has linux/filelock.h 'struct delegated_inode \{' ||
+  has linux/fs.h 'struct delegated_inode \{'; } && define FRELINK_HAVE_DELEGATED_INODE
+has linux/filelock.h 'try_break_deleg\(struct inode \*inode, unsigned int flags' &&
+	define FRELINK_HAVE_TRY_BREAK_DELEG_FLAGS
+
 # 6.1 exported __iget() from fs/inode.c, later it is an inline in fs.h;
 # both are callable, nothing to detect.
 

@@ -26,7 +26,9 @@
  * @flags:	FRELINK_BY_FD or FRELINK_BY_INODE, nothing else
  * @src_fd:	BY_FD: a descriptor of the deleted file, e.g. opened on
  *		/proc/PID/fd/N, /proc/PID/map_files/A-B or /proc/PID/exe
- *		(O_PATH is fine); must be -1 with BY_INODE
+ *		(O_PATH is fine; on overlayfs open it O_PATH or read-only,
+ *		an open for writing copies a lower file up); must be -1
+ *		with BY_INODE
  * @dir_fd:	directory that receives the name (O_PATH is fine)
  * @dev:	BY_INODE: st_dev as stat(2) reports it (glibc makedev()
  *		encoding); must be 0 with BY_FD
@@ -35,8 +37,12 @@
  * @name:	the new name: one path component, NUL-terminated
  *
  * The ioctl succeeds only if the inode is a regular file with link count 0
- * on the filesystem (and, for btrfs, the subvolume) of @dir_fd, and @name
- * does not exist yet.  On any refusal nothing is changed.
+ * on one of the allowed filesystems (ext4, also serving ext2 and ext3; xfs;
+ * btrfs; tmpfs), on the filesystem (and, for btrfs, the subvolume) of
+ * @dir_fd, and @name does not exist yet.  BY_FD on overlayfs relinks the
+ * file's upper-layer inode (the one holding its data) into @dir_fd, which
+ * must then be on the upper layer's filesystem.  On any refusal nothing is
+ * changed.
  *
  * Errors, each meaning exactly one thing:
  *	EPERM		caller lacks CAP_SYS_ADMIN
@@ -47,22 +53,33 @@
  *	EILSEQ		@name is empty, ".", ".." or contains '/'
  *	EBADF		@src_fd or @dir_fd is not an open descriptor
  *	ENOTDIR		@dir_fd is not a directory
- *	EMEDIUMTYPE	the inode is not a regular file
+ *	EMEDIUMTYPE	BY_FD: the inode is not a regular file
  *	EMLINK		the inode still has links (link count not 0):
- *			nothing to undelete, or another relink just won
+ *			nothing to undelete, or another relink (or link)
+ *			just won; BY_FD on overlayfs also when the file has no
+ *			upper copy and its lower one still has its name
  *	EXDEV		@dir_fd is on another filesystem or subvolume than
- *			the inode (BY_INODE: its st_dev differs from @dev)
- *	EOPNOTSUPP	the filesystem lacks ->link or ->tmpfile; its
- *			->link cannot take an inode off the orphan list
- *	ENOENT		BY_INODE: no inode @ino of @dev is in memory any
- *			more (its last holder let go)
+ *			the inode (BY_INODE: its st_dev differs from @dev;
+ *			BY_FD on overlayfs: not on the upper layer's one)
+ *	EOPNOTSUPP	the inode's filesystem is not one of the allowed
+ *			ones (BY_INODE: the filesystem of @dir_fd, overlayfs
+ *			included: its st_dev is anonymous, use BY_FD)
+ *	ENOENT		BY_INODE: no deleted regular file @ino of @dev is in
+ *			memory (its last holder let go, or the inode is not
+ *			a deleted regular file)
  *	EEXIST		@name already exists in @dir_fd
- *	EROFS		the directory's mount or filesystem is read-only
+ *	EROFS		a read-only mount is in the way: the directory's
+ *			mount or filesystem, or (BY_FD) the mount @src_fd was
+ *			opened through (a file seen read-only does not gain
+ *			a name through a writable mount)
  * Other errors come unchanged from the kernel or the filesystem: ENOTTY
  * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
  * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or
- * append-only file and ENOENT when the directory itself was deleted.
- * EBADF also when another thread replaced @dir_fd during the call.
+ * append-only file or directory, EACCES when a security module (SELinux,
+ * Smack) refuses the link, and ENOENT when the directory itself was
+ * deleted.  EBADF also when another thread replaced @dir_fd during the call.
+ * The path-based link hook of AppArmor and TOMOYO (security_path_link()) is
+ * not exported to modules and is not called.
  */
 struct frelink_relink {
 	__u32	flags;

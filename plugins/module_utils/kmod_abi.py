@@ -58,9 +58,12 @@ RELINK_MAGICS = {
 }
 # mountinfo fstype names whose superblock has one of the magics above
 RELINK_FSTYPES = frozenset(("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"))
-# overlayfs: the module relinks the upper layer's inode on the upper layer's
-# filesystem, which must itself be in RELINK_FSTYPES.
-RELINK_VIA_UPPER_FSTYPES = frozenset(("overlay",))
+# overlayfs, by descriptor only: the module relinks the upper layer's inode
+# (the one holding the file's data) into a directory on the upper layer's
+# filesystem, which must itself be in RELINK_FSTYPES.  By (st_dev, st_ino)
+# overlayfs is refused (EOPNOTSUPP): its st_dev is anonymous.
+RELINK_VIA_UPPER_MAGICS = {"overlay": 0x794C7630}
+RELINK_VIA_UPPER_FSTYPES = frozenset(RELINK_VIA_UPPER_MAGICS)
 
 
 def relink_supported(fstype, upper_fstype=None):
@@ -84,20 +87,55 @@ HINTS = {
     errno.EBADF: "the source or directory descriptor is not open; the holder may have closed it, rescan and retry",
     errno.ENOTDIR: "the destination is not a directory; give an existing directory on the same filesystem",
     errno.EMEDIUMTYPE: "the inode is not a regular file; only regular files can be relinked, copy its contents instead",
-    errno.EMLINK: "the inode still has a name (link count is not 0): nothing to undelete, or another relink just won; "
-                  "find its current name with 'find MOUNTPOINT -xdev -inum INO'",
+    errno.EMLINK: "the inode still has a name (link count is not 0): nothing to undelete, or another relink or link "
+                  "just won; find its current name with 'find MOUNTPOINT -xdev -inum INO'",
     errno.EXDEV: "the destination directory is on another filesystem or btrfs subvolume than the deleted file; "
                  "choose a directory on the same filesystem (the deleted file's mount point), or use the copy fallback",
-    errno.EOPNOTSUPP: "this filesystem cannot relink a deleted inode (it lacks link or O_TMPFILE support, e.g. vfat, "
-                      "jfs); use the copy fallback",
-    errno.ENOENT: "the inode is no longer in memory: its last holder let go and the filesystem freed it; "
-                  "nothing left to relink",
+    errno.EOPNOTSUPP: "frelink does not relink on this filesystem (only ext2/ext3/ext4, xfs, btrfs, tmpfs, and "
+                      "overlayfs by descriptor through its upper layer); use the copy fallback",
+    errno.ENOENT: "by (st_dev, st_ino): no deleted regular file with that number is in memory any more (its last "
+                  "holder let go), nothing left to relink; by descriptor: the destination directory was deleted, "
+                  "choose an existing one",
     errno.EEXIST: "the new name already exists in the destination directory; nothing was overwritten, "
                   "choose another name or move the existing file away",
-    errno.EROFS: "the destination is read-only; remount it read-write (or choose a writable mount of the same filesystem)",
+    errno.EROFS: "a read-only mount is in the way: the destination's (remount it read-write or choose a writable "
+                 "mount of the same filesystem), or by descriptor the one the deleted file was opened through "
+                 "(a file seen read-only never gains a name through a writable mount)",
     errno.ENOSPC: "the filesystem has no room for the new directory entry; free some space and retry",
     errno.EDQUOT: "the quota of the directory's owner is exhausted; raise it or free space and retry",
 }
+
+
+# What an errno means depends on the form of the request; these replace
+# HINTS for errors of the ioctl itself (not of opening the device).
+HINTS_BY_FD = {
+    errno.EPERM: "the link was refused: the deleted file or the destination directory is immutable or append-only "
+                 "(lsattr), or the caller lacks CAP_SYS_ADMIN (run it with become: true)",
+    errno.EACCES: "a security module (SELinux, Smack) refused the link; see the audit log",
+    errno.EMLINK: HINTS[errno.EMLINK] + "; on overlayfs also when the file has no copy in the upper layer: its "
+                  "lower-layer copy still has its name there, nothing to undelete",
+    errno.EXDEV: HINTS[errno.EXDEV] + "; for a file on overlayfs choose a directory on the upper layer's "
+                 "filesystem, outside the overlay's upper, work and lower directories",
+    errno.ENOENT: "the destination directory was deleted; choose an existing directory",
+    errno.EROFS: "a read-only mount is in the way: the destination's, or the one the deleted file was opened through "
+                 "(a file seen through a read-only mount, e.g. a read-only bind mount, never gains a name through a "
+                 "writable one); open it through a writable mount of its filesystem and choose a writable destination",
+}
+HINTS_BY_INODE = {
+    errno.EPERM: HINTS_BY_FD[errno.EPERM],
+    errno.EACCES: HINTS_BY_FD[errno.EACCES],
+    errno.EOPNOTSUPP: HINTS[errno.EOPNOTSUPP] + "; a file on overlayfs can only be relinked by descriptor",
+    errno.ENOENT: "no deleted regular file with this (st_dev, st_ino) is in memory any more: its last holder let go "
+                  "and the filesystem freed it (or it is not a deleted regular file); nothing left to relink",
+    errno.EROFS: "the destination is read-only; remount it read-write (or choose a writable mount of the same "
+                 "filesystem)",
+}
+
+
+def hint_for(flags, err):
+    """The hint for errno err of a request of form flags (BY_FD or BY_INODE)."""
+    table = HINTS_BY_FD if flags == BY_FD else HINTS_BY_INODE
+    return table.get(err) or HINTS.get(err)
 
 
 # errno.errorcode calls 95 ENOTSUP; the header (and the kernel) say EOPNOTSUPP.
@@ -140,7 +178,7 @@ def pack_request(flags, src_fd=-1, dir_fd=-1, dev=0, ino=0, name=b"", reserved0=
     return RELINK_STRUCT.pack(flags, src_fd, dir_fd, reserved0, dev, ino, *(tuple(reserved) + (name,)))
 
 
-def _ioctl(request):
+def _ioctl(flags, request):
     try:
         dev_fd = os.open(DEVICE_PATH, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
@@ -150,16 +188,20 @@ def _ioctl(request):
     try:
         fcntl.ioctl(dev_fd, IOC_RELINK, request)
     except OSError as exc:
-        raise RelinkError(exc.errno)
+        raise RelinkError(exc.errno, hint_for(flags, exc.errno))
     finally:
         os.close(dev_fd)
 
 
 def relink_by_fd(src_fd, dir_fd, name):
-    """Give the deleted file open as src_fd the name `name` in directory dir_fd."""
-    _ioctl(pack_request(BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=encode_name(name)))
+    """Give the deleted file open as src_fd the name `name` in directory dir_fd.
+
+    On overlayfs the upper layer's inode is relinked, into a directory on the
+    upper layer's filesystem; open src_fd O_PATH or read-only.
+    """
+    _ioctl(BY_FD, pack_request(BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=encode_name(name)))
 
 
 def relink_by_inode(st_dev, st_ino, dir_fd, name):
     """Give the deleted in-memory inode (st_dev, st_ino) the name `name` in directory dir_fd."""
-    _ioctl(pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))
+    _ioctl(BY_INODE, pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))

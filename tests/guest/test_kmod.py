@@ -24,6 +24,9 @@ KMOD_ABI = REPO / "plugins" / "module_utils" / "kmod_abi.py"
 REMOTE = "/root/frelink-kmod"
 RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
 STRESS = {"ext4": 240, "btrfs": 60}
+OVERLAY_BASES = ("ext4", "xfs")
+RACE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
+RACE_ROUNDS, RACE_LOCKED_ROUNDS = 800, 200  # 1000 rounds per filesystem
 FUZZ_REQUESTS = 3000
 OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|UBSAN|"
                   r"possible circular locking|blocked for more than|Kernel panic|RIP:")
@@ -42,9 +45,12 @@ def kmod_guest(request):
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe"]
         scenarios += ["stress:%s:%d" % item for item in STRESS.items()]
+        scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
+        scenarios += ["not_allowed", "ro_source", "log_escape"]
+        scenarios += ["race:%s:%d:%d" % (fs, RACE_ROUNDS, RACE_LOCKED_ROUNDS) for fs in RACE_FILESYSTEMS]
         scenarios += ["fuzz"]
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d" % (
-            REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS), timeout=900)
+            REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS), timeout=1800)
         try:
             results = json.loads(proc.stdout)
         except ValueError:
@@ -97,8 +103,8 @@ def test_btrfs_subvolumes(kmod_guest):
     assert res["devs_differ"] is True
     assert res["by_fd_other_subvolume"] == "EXDEV"
     assert res["by_inode_other_subvolume_dir"] == "EXDEV"
-    # (dev of sub2, ino) is sub2's live file, never the deleted one of sub
-    assert res["by_inode_dev_of_other_subvolume"] == "EMLINK"
+    # (dev of sub2, ino) is sub2's live file: never a candidate, not even looked at
+    assert res["by_inode_dev_of_other_subvolume"] == "ENOENT"
     assert res["sub2_listing"] == ["live"]
     assert res["by_inode"] == "OK"
     assert res["content_equal"] is True
@@ -172,6 +178,63 @@ def test_filesystems_without_tmpfile_or_link_refuse(kmod_guest):
     for fs in ("jfs", "vfat"):
         assert res[fs] == {"by_fd": "EOPNOTSUPP", "by_inode": "EOPNOTSUPP", "listing_unchanged": True,
                            "still_deleted": 0}, fs
+
+
+def test_filesystems_off_the_allowlist_refuse(kmod_guest):
+    res = scenario(kmod_guest, "not_allowed")
+    for fs in ("ramfs", "hugetlbfs"):
+        assert res[fs] == {"by_fd": "EOPNOTSUPP", "by_inode": "EOPNOTSUPP", "listing_unchanged": True,
+                           "still_deleted": 0}, fs
+
+
+@pytest.mark.parametrize("base", OVERLAY_BASES)
+def test_overlay_relinks_the_upper_inode(kmod_guest, base):
+    res = scenario(kmod_guest, "overlay:" + base)
+    assert res["overlay_dev_differs"] is True
+    assert res["upper_deleted"] is True
+    assert res["nlink_after_delete"] == 0
+    # the merged dir is the overlay, not the upper filesystem
+    assert res["by_fd_into_merged"] == "EXDEV"
+    assert res["by_fd_into_other_fs"] == "EXDEV"
+    # by (dev, ino) an overlay is never searched: its st_dev is anonymous
+    assert res["by_inode_overlay_dev_dir_merged"] == "EOPNOTSUPP"
+    assert res["by_inode_overlay_dev_dir_upper_fs"] == "EXDEV"
+    assert res["restore_empty_after_refusals"] == []
+    assert res["by_fd"] == "OK"
+    assert res["same_upper_inode"] is True
+    assert res["nlink"] == 1
+    assert res["merged_listing"] == ["lowfile"]
+    assert res["write_after_relink_in_it"] is True
+    # lower-only: the lower copy keeps its name, nothing changes
+    assert res["lower_only_by_fd"] == "EMLINK"
+    assert res["lower_intact"] is True
+    assert res["restore_listing"] == ["victim"]
+    assert res["fsck"] == CLEAN_FSCK
+    assert res["content_after_remount"] is True
+
+
+def test_source_seen_through_read_only_mount_is_refused(kmod_guest):
+    res = scenario(kmod_guest, "ro_source")
+    assert res == {"by_fd_through_ro_bind": "EROFS", "listing_unchanged": True, "still_deleted": 0,
+                   "by_fd_through_rw_mount": "OK", "fsck": CLEAN_FSCK, "seconds": res["seconds"]}
+
+
+def test_logged_name_is_escaped(kmod_guest):
+    res = scenario(kmod_guest, "log_escape")
+    assert res["by_fd"] == "OK"
+    assert res["escaped_in_log"] is True
+    assert res["forged_lines"] == []
+
+
+@pytest.mark.parametrize("fs", RACE_FILESYSTEMS)
+def test_race_with_the_holders_own_linkat(kmod_guest, fs):
+    res = scenario(kmod_guest, "race:%s:%d:%d" % (fs, RACE_ROUNDS, RACE_LOCKED_ROUNDS))
+    print("\n[%s] race %s: %s in %s s" % (kmod_guest[0], fs, res["outcomes"], res["race_seconds"]))
+    assert res["violations"] == []
+    assert sum(res["outcomes"].values()) == RACE_ROUNDS + RACE_LOCKED_ROUNDS
+    assert res["leftover"] == []
+    if fs != "tmpfs":
+        assert res["fsck"] == CLEAN_FSCK
 
 
 def test_loop_backing_file(kmod_guest):
@@ -277,3 +340,27 @@ def test_btrfs_check_catches_a_relink_without_commit(kmod_guest, tmp_path):
     assert res["by_fd"] == "OK", res
     assert res["fsck"]["rc"] != 0
     assert "no inode ref" in res["fsck"]["output"], res["fsck"]["output"]
+
+
+def test_race_test_catches_an_unlocked_linkable(kmod_guest, tmp_path):
+    """Negative control for the race test: the module built with the scheme of
+    0.1.0 (I_LINKABLE set before vfs_link(), outside the inode lock, window
+    widened to 2 ms) lets the holder's linkat() name a file that frelink then
+    fails to relink.  Runs after the oops check on purpose."""
+    suite, guest = kmod_guest[0], kmod_guest[1]
+    source = tmp_path / "kmod-negative-race"
+    shutil.copytree(REPO / "kmod", source)
+    module = harness.build_module(suite, source, make_args=("KCFLAGS=-DFRELINK_TEST_UNLOCKED_LINKABLE=1",))
+    guest.run("mkdir -p %s/negative-race" % REMOTE)
+    guest.put(str(module), "%s/negative-race/frelink.ko" % REMOTE)
+    guest.run("rmmod frelink && insmod %s/negative-race/frelink.ko" % REMOTE)
+    try:
+        proc = guest.run("cd %s && python3 kmod_suite.py race:ext4:20:50" % REMOTE, timeout=600)
+    finally:
+        guest.run("rmmod frelink; insmod %s/frelink.ko" % REMOTE)
+    res = json.loads(proc.stdout)["race:ext4:20:50"]
+    print("\n[%s] negative control race outcomes: %s" % (suite, res["outcomes"]))
+    assert "exception" not in res, res
+    locked_named = sum(v for k, v in res["outcomes"].items() if k.startswith("locked:") and "linkat=OK" in k)
+    assert locked_named > 0, res["outcomes"]
+    assert res["violations"], res

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.guest
 REPO = Path(__file__).resolve().parents[2]
 KMOD = REPO / "kmod"
 CACHE = harness.util.cache_root() / "checkpatch"
-KERNEL_SOURCES = ("frelink.c", "compat.h", "uapi/frelink.h")
+KERNEL_SOURCES = ("frelink.c", "compat.h", "allowlist.h", "uapi/frelink.h")
 DIAGNOSTIC = re.compile(r"\b(warning|error):", re.I)
 
 

@@ -103,6 +103,86 @@ def test_every_documented_refusal_is_distinct_and_has_a_hint():
         assert name in str(err) and hint in str(err)
 
 
+ALLOWLIST_PROBE = r"""
+#include <stdio.h>
+#include "allowlist.h"
+int main(void)
+{
+    unsigned int i;
+
+    for (i = 0; i < sizeof(frelink_magics) / sizeof(frelink_magics[0]); i++)
+        printf("%lu\n", frelink_magics[i]);
+    printf("via_upper %lu\n", (unsigned long)FRELINK_VIA_UPPER_MAGIC);
+    return 0;
+}
+"""
+
+
+def test_allowlist_matches_the_module(tmp_path):
+    """kmod/allowlist.h (compiled with the uapi <linux/magic.h>) and RELINK_MAGICS are one table."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed to compile kmod/allowlist.h: apt-get install gcc (scripts/bootstrap.sh does)")
+    (tmp_path / "probe.c").write_text(ALLOWLIST_PROBE)
+    subprocess.run([gcc, "-Wall", "-Werror", "-I", str(REPO / "kmod"), "-o", str(tmp_path / "probe"),
+                    str(tmp_path / "probe.c")], check=True)
+    lines = subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout.split("\n")
+    magics = [int(line) for line in lines if line and not line.startswith("via_upper")]
+    via_upper = [int(line.split()[1]) for line in lines if line.startswith("via_upper")]
+    assert sorted(magics) == sorted(kmod_abi.RELINK_MAGICS.values())
+    assert len(magics) == len(set(magics)) == len(kmod_abi.RELINK_MAGICS)
+    assert via_upper == list(kmod_abi.RELINK_VIA_UPPER_MAGICS.values())
+    # the names: every fstype in the tables is served by one of the magics
+    assert set(kmod_abi.RELINK_MAGICS) <= kmod_abi.RELINK_FSTYPES
+    assert kmod_abi.RELINK_FSTYPES - set(kmod_abi.RELINK_MAGICS) == {"ext2", "ext3"}
+    assert kmod_abi.RELINK_VIA_UPPER_FSTYPES == frozenset(kmod_abi.RELINK_VIA_UPPER_MAGICS) == {"overlay"}
+
+
+def test_relink_supported():
+    for fstype in ("ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"):
+        assert kmod_abi.relink_supported(fstype)
+    for fstype in ("vfat", "jfs", "ramfs", "hugetlbfs", "fuse", "nfs", "overlay"):
+        assert not kmod_abi.relink_supported(fstype), fstype
+    assert kmod_abi.relink_supported("overlay", "xfs")
+    assert not kmod_abi.relink_supported("overlay", "vfat")
+    assert not kmod_abi.relink_supported("overlay", "overlay")
+
+
+def test_hints_are_true_for_the_form_of_the_request():
+    """By descriptor the inode cannot have left memory: ENOENT must not say so."""
+    by_fd = kmod_abi.hint_for(kmod_abi.BY_FD, errno.ENOENT)
+    by_inode = kmod_abi.hint_for(kmod_abi.BY_INODE, errno.ENOENT)
+    assert "in memory" not in by_fd and "directory was deleted" in by_fd
+    assert "in memory" in by_inode and "directory" not in by_inode
+    assert "overlayfs" in kmod_abi.hint_for(kmod_abi.BY_FD, errno.EXDEV)
+    assert "by descriptor" in kmod_abi.hint_for(kmod_abi.BY_INODE, errno.EOPNOTSUPP)
+    assert "opened through" in kmod_abi.hint_for(kmod_abi.BY_FD, errno.EROFS)
+    assert "opened through" not in kmod_abi.hint_for(kmod_abi.BY_INODE, errno.EROFS)
+    # EPERM and EACCES of the ioctl are not the device's mode or a missing become
+    assert "immutable" in kmod_abi.hint_for(kmod_abi.BY_FD, errno.EPERM)
+    assert "security module" in kmod_abi.hint_for(kmod_abi.BY_INODE, errno.EACCES)
+    for flags in (kmod_abi.BY_FD, kmod_abi.BY_INODE):
+        for name in documented_errnos():
+            assert kmod_abi.hint_for(flags, getattr(errno, name)), name
+
+
+def test_ioctl_errors_carry_the_hint_of_their_form(monkeypatch, tmp_path):
+    device = tmp_path / "frelink"
+    device.write_bytes(b"")
+    monkeypatch.setattr(kmod_abi, "DEVICE_PATH", str(device))
+
+    def fake_ioctl(fd, request, arg):
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(kmod_abi.fcntl, "ioctl", fake_ioctl)
+    with pytest.raises(kmod_abi.RelinkError) as info:
+        kmod_abi.relink_by_fd(0, 0, "x")
+    assert info.value.errno == errno.ENOENT and info.value.hint == kmod_abi.HINTS_BY_FD[errno.ENOENT]
+    with pytest.raises(kmod_abi.RelinkError) as info:
+        kmod_abi.relink_by_inode(1, 2, 0, "x")
+    assert info.value.hint == kmod_abi.HINTS_BY_INODE[errno.ENOENT]
+
+
 def test_name_is_checked_before_it_reaches_the_kernel():
     with pytest.raises(kmod_abi.RelinkError) as info:
         kmod_abi.encode_name("a" * 256)

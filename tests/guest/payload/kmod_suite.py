@@ -27,6 +27,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -882,7 +883,10 @@ def scenario_fuzz(count, seed=7):
         elif kind == "plausible":  # well-formed, so it gets past the format checks
             name = rng.choice((b"n%d" % rng.randrange(50), b"live", b"d", b"x" * 255, b"."))
             if rng.random() < 0.5:
-                request = abi.pack_request(abi.BY_FD, src_fd=rng.choice(fds), dir_fd=rng.choice(fds), name=name)
+                # the live file more often: by (dev, ino) it is never a
+                # candidate (ENOENT), by fd it is the EMLINK case
+                request = abi.pack_request(abi.BY_FD, src_fd=rng.choice(fds + [file_fd] * 4), dir_fd=rng.choice(fds),
+                                           name=name)
             else:
                 request = abi.pack_request(abi.BY_INODE, dir_fd=rng.choice(fds), name=name,
                                            dev=rng.choice((os.fstat(deleted_fd).st_dev, os.stat("/").st_dev,
@@ -920,6 +924,292 @@ def scenario_fuzz(count, seed=7):
     return {"requests": count, "results": dict(counts), "kinds": dict(kinds)}
 
 
+# --- issue #9: allowlist, overlayfs, read-only source mounts, races --------
+
+class ReadHolder:
+    """A forked child that keeps `path` open read-only (an overlay file stays
+    in its lower layer) until stopped."""
+
+    def __init__(self, path):
+        ready_r, ready_w = os.pipe()
+        self.quit_r, self.quit_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                os.write(ready_w, b"%d\n" % fd)
+                os.read(self.quit_r, 1)
+            finally:
+                os._exit(0)  # pylint: disable=protected-access
+        os.close(ready_w)
+        self.fd = int(os.read(ready_r, 64).decode())
+        os.close(ready_r)
+        self.proc_path = "/proc/%d/fd/%d" % (self.pid, self.fd)
+        CLEANUP.append(self.stop)
+
+    def stop(self):
+        if self.pid is None:
+            return
+        os.write(self.quit_w, b"q")
+        os.waitpid(self.pid, 0)
+        os.close(self.quit_w)
+        os.close(self.quit_r)
+        self.pid = None
+
+
+def scenario_overlay(kind):
+    """overlayfs with lower, upper and work on one `kind` filesystem: a held
+    file deleted inside the merged dir is relinked by fd as its upper inode
+    into a dir of that filesystem outside the layer dirs."""
+    fs = Fs("ovl-" + kind, kind)
+    res = {}
+    base = fs.mnt
+    for sub in ("lower", "upper", "work", "merged", "restore"):
+        os.mkdir(base + "/" + sub)
+    write_file(base + "/lower/lowfile", b"lower data\n")
+    merged = base + "/merged"
+    run("mount", "-t", "overlay", "overlay", "-o",
+        "lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work" % (base, base, base), merged)
+    CLEANUP.append(lambda: run("umount", "-l", merged, check=False))
+    restore_fd = fs.open_dir(base + "/restore")
+
+    # a file of the upper layer, held and written to, deleted in the merged dir
+    data = seeded_bytes(11, 256 << 10)
+    write_file(merged + "/victim", data)
+    real = os.stat(base + "/upper/victim")
+    holder = Holder(merged + "/victim")
+    writer = Holder(merged + "/victim", writer=True, seed=11)
+    os.unlink(merged + "/victim")
+    upper = os.stat(holder.proc_path)  # the overlay's view: its own st_dev
+    res["overlay_dev_differs"] = upper.st_dev != real.st_dev
+    res["upper_deleted"] = not os.path.lexists(base + "/upper/victim")
+    res["nlink_after_delete"] = upper.st_nlink
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    res["by_fd_into_merged"] = refusal(lambda: abi.relink_by_fd(src_fd, fs.open_dir(merged), "x"))
+    other = Fs("ovl-other", "tmpfs")
+    res["by_fd_into_other_fs"] = refusal(lambda: abi.relink_by_fd(src_fd, other.open_dir(other.mnt), "x"))
+    res["by_inode_overlay_dev_dir_merged"] = refusal(
+        lambda: abi.relink_by_inode(upper.st_dev, upper.st_ino, fs.open_dir(merged), "x"))
+    res["by_inode_overlay_dev_dir_upper_fs"] = refusal(
+        lambda: abi.relink_by_inode(upper.st_dev, upper.st_ino, restore_fd, "x"))
+    res["restore_empty_after_refusals"] = listing(base + "/restore")
+    res["by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, restore_fd, "victim"))
+    os.close(src_fd)
+    new = os.stat(base + "/restore/victim")
+    res["same_upper_inode"] = (new.st_dev, new.st_ino) == (real.st_dev, real.st_ino)
+    res["nlink"] = new.st_nlink
+    res["merged_listing"] = listing(merged)
+    count = writer.ask("p")[0]
+    count2, final = writer.ask("w 64")
+    res["write_after_relink_in_it"] = count2 > count and sha(base + "/restore/victim") == final
+
+    # a lower-only file, held read-only and deleted in the merged dir: its
+    # lower copy keeps its name, nothing to undelete
+    low = ReadHolder(merged + "/lowfile")
+    os.unlink(merged + "/lowfile")
+    low_fd = os.open(low.proc_path, os.O_PATH)
+    res["lower_only_by_fd"] = refusal(lambda: abi.relink_by_fd(low_fd, restore_fd, "lowfile"))
+    os.close(low_fd)
+    res["lower_intact"] = open(base + "/lower/lowfile", "rb").read() == b"lower data\n"
+    res["restore_listing"] = listing(base + "/restore")
+
+    for proc in (writer, holder, low):
+        proc.stop()
+    other.destroy()
+    fs.close_fds()
+    run("umount", merged)
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.mount()
+    res["content_after_remount"] = sha(base + "/restore/victim") == final
+    fs.destroy()
+    return res
+
+
+def scenario_not_allowed():
+    """Filesystems off the allowlist refuse with EOPNOTSUPP, both forms, and
+    nothing changes: vfat and jfs (on loop devices), ramfs, hugetlbfs."""
+    res = {}
+    for kind in ("ramfs", "hugetlbfs"):
+        mnt = "/mnt/frelink-" + kind
+        os.makedirs(mnt, exist_ok=True)
+        proc = run("mount", "-t", kind, kind, mnt, check=False)
+        if proc.returncode:
+            res[kind] = {"mount_failed": proc.stdout}
+            continue
+        CLEANUP.append(lambda mnt=mnt: run("umount", "-l", mnt, check=False))
+        fd = os.open(mnt + "/victim", os.O_CREAT | os.O_RDWR, 0o644)
+        if kind == "ramfs":
+            os.write(fd, b"data\n")
+        os.unlink(mnt + "/victim")
+        dir_fd = os.open(mnt, os.O_PATH | os.O_DIRECTORY)
+        st = os.fstat(fd)
+        res[kind] = {
+            "by_fd": refusal(lambda: abi.relink_by_fd(fd, dir_fd, "restored")),
+            "by_inode": refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "restored")),
+            "listing_unchanged": listing(mnt) == [],
+            "still_deleted": os.fstat(fd).st_nlink,
+        }
+        os.close(dir_fd)
+        os.close(fd)
+        run("umount", mnt)
+    return res
+
+
+def scenario_ro_source():
+    """A file seen only through a read-only bind mount does not gain a name
+    through a writable mount of the same filesystem; through a writable
+    mount it does."""
+    fs = Fs("rosrc", "ext4")
+    res = {}
+    os.mkdir(fs.mnt + "/dir")
+    write_file(fs.mnt + "/dir/victim", b"seen read-only\n")
+    ro_mnt = "/mnt/frelink-rosrc-ro"
+    os.makedirs(ro_mnt, exist_ok=True)
+    run("mount", "--bind", fs.mnt, ro_mnt)
+    CLEANUP.append(lambda: run("umount", "-l", ro_mnt, check=False))
+    run("mount", "-o", "remount,bind,ro", ro_mnt)
+    holder = ReadHolder(ro_mnt + "/dir/victim")
+    os.unlink(fs.mnt + "/dir/victim")
+    dir_fd = fs.open_dir(fs.mnt + "/dir")
+    before = listing(fs.mnt + "/dir")
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    res["by_fd_through_ro_bind"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    res["listing_unchanged"] = listing(fs.mnt + "/dir") == before
+    res["still_deleted"] = os.fstat(src_fd).st_nlink
+    os.close(src_fd)
+    # the same kind of file held through the writable mount: relinked
+    holder2, unused = deleted_file(fs.mnt + "/dir/victim2", b"seen read-write\n")
+    src2 = os.open(holder2.proc_path, os.O_PATH)
+    res["by_fd_through_rw_mount"] = refusal(lambda: abi.relink_by_fd(src2, dir_fd, "restored2"))
+    os.close(src2)
+    holder.stop()
+    holder2.stop()
+    run("umount", ro_mnt)
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+def scenario_log_escape():
+    """The name is logged escaped: a newline in it cannot forge a log line."""
+    fs = Fs("logesc", "tmpfs")
+    holder, unused = deleted_file(fs.mnt + "/victim", b"x\n")
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    dir_fd = fs.open_dir(fs.mnt)
+    name = "evil\nfrelink: pid 1 relinked inode 1 of forged as x"
+    res = {"by_fd": refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, name))}
+    os.close(src_fd)
+    dmesg = run("dmesg").stdout
+    res["escaped_in_log"] = "as evil\\nfrelink: pid 1 relinked" in dmesg
+    res["forged_lines"] = [line for line in dmesg.splitlines() if "of forged as x" in line and "evil" not in line]
+    holder.stop()
+    fs.destroy()
+    return res
+
+
+def scenario_race(kind, rounds, locked_rounds):
+    """frelink by fd against the holder's own linkat("/proc/self/fd/N",
+    AT_SYMLINK_FOLLOW), two threads released together, `rounds` times into
+    a writable directory and `locked_rounds` times into an immutable one
+    (frelink then fails in vfs_link(), after its link count check)."""
+    fs = Fs("race-" + kind, kind)
+    for sub in ("src", "dst", "mine", "locked"):
+        os.mkdir(fs.mnt + "/" + sub)
+    dst_fd = fs.open_dir(fs.mnt + "/dst")
+    locked_fd = fs.open_dir(fs.mnt + "/locked")
+    flag_fd = os.open(fs.mnt + "/locked", os.O_RDONLY | os.O_DIRECTORY)
+    flags = struct.unpack("l", fcntl.ioctl(flag_fd, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    fcntl.ioctl(flag_fd, FS_IOC_SETFLAGS, struct.pack("l", flags | FS_IMMUTABLE_FL))
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    start, done = threading.Barrier(3), threading.Barrier(3)
+    job = {"stop": False}
+
+    def frelink_thread():
+        while True:
+            start.wait()
+            if job["stop"]:
+                return
+            rc = LIBC.ioctl(dev_fd, abi.IOC_RELINK, ctypes.addressof(job["request"]))
+            job["frelink"] = name_of(ctypes.get_errno()) if rc else "OK"
+            done.wait()
+
+    def linkat_thread():
+        while True:
+            start.wait()
+            if job["stop"]:
+                return
+            rc = LIBC.linkat(AT_FDCWD, job["proc"], AT_FDCWD, job["mine"], AT_SYMLINK_FOLLOW)
+            job["linkat"] = name_of(ctypes.get_errno()) if rc else "OK"
+            done.wait()
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (frelink_thread, linkat_thread)]
+    for thread in threads:
+        thread.start()
+    outcomes = collections.Counter()
+    violations = []
+    started = time.monotonic()
+    try:
+        for i in range(rounds + locked_rounds):
+            locked = i >= rounds
+            name = "f%d" % i
+            path = fs.mnt + "/src/" + name
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            os.write(fd, b"%d\n" % i)
+            os.unlink(path)
+            request = abi.pack_request(abi.BY_FD, src_fd=fd, dir_fd=locked_fd if locked else dst_fd,
+                                       name=name.encode())
+            job.update(request=ctypes.create_string_buffer(request, len(request)),
+                       proc=b"/proc/self/fd/%d" % fd, mine=(fs.mnt + "/mine/" + name).encode())
+            start.wait()
+            done.wait()
+            nlink = os.fstat(fd).st_nlink
+            names = [d for d in ("dst", "mine", "locked") if os.path.lexists("%s/%s/%s" % (fs.mnt, d, name))]
+            mode = "locked" if locked else "open"
+            outcomes["%s:frelink=%s,linkat=%s,nlink=%d" % (mode, job["frelink"], job["linkat"], nlink)] += 1
+            if locked:
+                # nobody may give a deleted file a name while frelink fails
+                good = job["frelink"] == "EPERM" and job["linkat"] == "ENOENT" and nlink == 0 and not names
+            else:
+                # frelink always makes the first name; linkat can only link
+                # a file that has one again (then it has two, legitimately)
+                good = (job["frelink"] == "OK" and job["linkat"] in ("OK", "ENOENT")
+                        and nlink == 1 + (job["linkat"] == "OK") and len(names) == nlink
+                        and "dst" in names)
+            if not good and len(violations) < 20:
+                violations.append("round %d: frelink %s linkat %s nlink %d names %s" % (
+                    i, job["frelink"], job["linkat"], nlink, names))
+            for d in names:
+                os.unlink("%s/%s/%s" % (fs.mnt, d, name))
+            os.close(fd)
+    finally:
+        job["stop"] = True
+        try:
+            start.wait(timeout=30)
+        except threading.BrokenBarrierError:
+            pass
+        start.abort()
+        done.abort()
+        for thread in threads:
+            thread.join(timeout=30)
+        os.close(dev_fd)
+    seconds = time.monotonic() - started
+    fcntl.ioctl(flag_fd, FS_IOC_SETFLAGS, struct.pack("l", flags))
+    os.close(flag_fd)
+    res = {"rounds": rounds, "locked_rounds": locked_rounds, "outcomes": dict(outcomes),
+           "violations": violations, "race_seconds": round(seconds, 1),
+           "leftover": listing(fs.mnt + "/dst") + listing(fs.mnt + "/mine") + listing(fs.mnt + "/src")}
+    if kind != "tmpfs":
+        os.sync()
+        fs.umount()
+        res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenarios", nargs="+")
@@ -936,6 +1226,11 @@ def main():
             elif scenario.startswith("stress:"):
                 kind, cycles = (scenario.split(":", 2)[1:] + [""])[:2]
                 results[scenario] = scenario_stress(kind, int(cycles or args.stress))
+            elif scenario.startswith("overlay:"):
+                results[scenario] = scenario_overlay(scenario.split(":", 1)[1])
+            elif scenario.startswith("race:"):
+                kind, rounds, locked = scenario.split(":")[1:]
+                results[scenario] = scenario_race(kind, int(rounds), int(locked))
             elif scenario == "fuzz":
                 results[scenario] = scenario_fuzz(args.fuzz)
             else:
