@@ -18,12 +18,12 @@ METHODS = ("auto", "link", "reflink", "copy")
 FALLBACKS = ("reflink", "copy")
 
 
-# Kernel answers to a relink that mean "refused, nothing changed": method auto
-# goes on to the fallback.  EOPNOTSUPP: filesystem not on the module's
-# allowlist; EXDEV: another filesystem or mount; EPERM/EACCES: an LSM (AppArmor,
-# TOMOYO) or the file's immutable/append-only flag; ENOENT by fd: the
-# filesystem's ->link turned the inode down (overlayfs before the module knew it).
-LINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOENT))
+# Kernel answers to a relink that mean "refused, nothing changed", after which a
+# copy can still work: method auto goes on to the fallback.  EOPNOTSUPP: not on
+# the module's allowlist; EXDEV: another filesystem (or an overlay's other
+# layer); EPERM: an immutable or append-only file; EACCES: a security module
+# (SELinux, Smack); EROFS by fd: the file was opened through a read-only mount.
+LINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS))
 # FICLONE answers meaning "this filesystem or pair cannot share extents"
 REFLINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS))
 

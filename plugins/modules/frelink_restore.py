@@ -29,8 +29,9 @@ description:
     C(security.*) such as the SELinux label and file capabilities, POSIX ACLs); the data moves with
     C(copy_file_range), holes stay holes.
   - With O(method=auto) a relink that is impossible (the module is not loaded, the filesystem is not one it
-    relinks on) or that the kernel refuses without changing anything (C(EOPNOTSUPP), C(EXDEV), an LSM's
-    C(EPERM)/C(EACCES)) goes on to the first possible method of O(fallback); RV(fallback_reasons) says why.
+    relinks on) or that the kernel refuses without changing anything (C(EOPNOTSUPP), C(EXDEV), C(EPERM) for an
+    append-only or immutable file, C(EACCES) from a security module, C(EROFS)) goes on to the first possible
+    method of O(fallback); RV(fallback_reasons) says why.
     Check mode predicts the same path from the same table.
   - A file removed on an NFS client while open is renamed by the client to C(.nfsXXXX) and still has that name
     (M(frelink.frelink.frelink_facts) reports it with C(nfs_silly_rename)). It gets its new name O(dest) with a
