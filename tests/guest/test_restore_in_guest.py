@@ -2,7 +2,10 @@
 with the frelink kernel module loaded: every selector on ext4, xfs, btrfs and
 tmpfs, idempotence, check mode, later writes, refusals, reflink, appended
 copy, a loop-mounted deleted image, a holder in another mount namespace,
-playbooks/recover.yml (check and real), and the module-not-loaded error.
+method auto falling back to a copy on FUSE (sshfs) and vfat (check mode predicting it)
+and on a kernel refusal (append-only inode), an NFS silly-renamed file over
+loopback NFS, playbooks/recover.yml (check and real), and the
+module-not-loaded error.
 
 One guest boot per suite: holders are started over SSH, then three
 ansible-playbook runs (recover.yml --check, recover.yml, one generated
@@ -40,6 +43,10 @@ while left > 0:
 os.fsync(fd)
 st = os.fstat(fd)
 os.unlink(path)
+if mode == "appendonly":  # FS_IOC_SETFLAGS FS_APPEND_FL on the deleted inode: vfs_link() refuses it
+    import fcntl, struct
+    flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]
+    fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x20))
 def later(signum, frame):
     os.pwrite(fd, b"LATER-WRITE", 0)
     os.fsync(fd)
@@ -112,6 +119,84 @@ for p in glob.glob("%(work)s/info/*.json"):
 out["loopdev"] = open("%(work)s/info/loopdev").read().strip()
 print(json.dumps(out))
 EOF
+"""
+
+
+# FUSE (sshfs to the guest itself: its removed-while-open files have link count 0;
+# libfuse keeps their data under a .fuse_hidden name), vfat and NFS over loopback:
+# filesystems the module does not relink on, and NFS's silly rename.
+EXTRA_PACKAGES = ("sshfs", "nfs-kernel-server")
+EXTRA_SETUP = r"""
+set -eu
+W=%(work)s
+modprobe fuse 2>/dev/null || true
+mkdir -p /mnt/ext4/fuse-backing /mnt/fuse /mnt/vfat /mnt/ext4/export /mnt/nfs
+ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/frelink_sshfs
+cat /root/.ssh/frelink_sshfs.pub >> /root/.ssh/authorized_keys
+sshfs -o IdentityFile=/root/.ssh/frelink_sshfs,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null \
+  root@127.0.0.1:/mnt/ext4/fuse-backing /mnt/fuse
+truncate -s 64M $W/vfat.img; mkfs.vfat $W/vfat.img >/dev/null
+mount -o loop -t vfat $W/vfat.img /mnt/vfat
+echo '/mnt/ext4/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash)' > /etc/exports
+systemctl restart nfs-server >&2
+mount -t nfs -o vers=4.2 127.0.0.1:/mnt/ext4/export /mnt/nfs
+hold() {  # hold NAME PATH SIZE [MODE]
+  setsid python3 $W/holder.py "$2" "$3" "${4:-idle}" $W/info/$1.json </dev/null >/dev/null 2>&1 &
+}
+for fs in fuse vfat; do
+  hold $fs-fallback /mnt/$fs/fallback.dat 1048576
+  hold $fs-nofallback /mnt/$fs/nofallback.dat 4096
+done
+hold nfs /mnt/nfs/app.log 1048576
+hold appendonly /mnt/ext4/appendonly.dat 65536 appendonly
+for i in $(seq 100); do
+  [ $(ls $W/info/fuse-*.json $W/info/vfat-*.json $W/info/nfs.json $W/info/appendonly.json 2>/dev/null \
+      | wc -l) -ge 6 ] && break
+  sleep 0.2
+done
+python3 - <<'PY'
+import json, os
+out = {}
+for name in ("fuse-fallback", "fuse-nofallback", "vfat-fallback", "vfat-nofallback", "nfs", "appendonly"):
+    out[name] = json.load(open("%(work)s/info/%%s.json" %% name))
+out["nfs"]["current"] = os.readlink("/proc/%%d/fd/%%d" %% (out["nfs"]["pid"], out["nfs"]["fd"]))
+print(json.dumps(out))
+PY
+"""
+
+
+# A container as the kernel sees one: an overlay (lower, upper and work on ext4, and
+# on xfs) mounted in a private mount namespace with its own PID namespace, the
+# process in a cgroup named the way Podman names its containers' scopes.
+CONTAINER_ID = "f00d" * 16
+OVERLAY_SETUP = r"""
+set -eu
+W=%(work)s
+mkdir -p /sys/fs/cgroup/machine.slice/libpod-%(cid)s.scope
+for fs in ext4 xfs; do
+  ov=/mnt/$fs/ov
+  mkdir -p $ov/lower $ov/upper $ov/work $ov/merged
+  echo from-the-image > $ov/lower/base.txt
+  setsid unshare -m -p -f --propagation private sh -c \
+    "mount -t overlay overlay -o lowerdir=$ov/lower,upperdir=$ov/upper,workdir=$ov/work $ov/merged &&
+     exec python3 $W/holder.py $ov/merged/app.log 1048576 idle $W/info/ov-$fs.json" </dev/null >/dev/null 2>&1 &
+done
+for i in $(seq 100); do
+  [ -e $W/info/ov-ext4.json ] && [ -e $W/info/ov-xfs.json ] && break
+  sleep 0.2
+done
+python3 - <<'PY'
+import json, subprocess
+out = {}
+for fs in ("ext4", "xfs"):
+    info = json.load(open("%(work)s/info/ov-%%s.json" %% fs))
+    # the holder sees itself as pid 1 of its namespace; the host pid is the one frelink uses
+    info["pid"] = int(subprocess.check_output(["pgrep", "-f", "^python3 .*holder.py /mnt/%%s/ov/merged/app.log" %% fs]))
+    with open("/sys/fs/cgroup/machine.slice/libpod-%(cid)s.scope/cgroup.procs", "w") as procs:
+        procs.write(str(info["pid"]))
+    out["ov-" + fs] = info
+print(json.dumps(out))
+PY
 """
 
 
@@ -202,6 +287,37 @@ def _main_playbook(h, results_file):
     add(_restore_task("ns", {"path": ns["path"]}))
     add(_shell_task("ns-after", "stat -c '%%d %%i %%h' /proc/%d/root/mnt/ns/secret.dat; ls -A /mnt/ns; echo end"
                     % ns["pid"]))
+    add({"name": "facts-elsewhere", "frelink.frelink.frelink_facts": {"include": ["/mnt/fuse/*", "/mnt/vfat/*",
+                                                                              "/mnt/nfs/*"]},
+         "register": "r_facts_elsewhere"})
+    for fs in ("fuse", "vfat"):
+        fallback, nofallback = h[fs + "-fallback"]["path"], h[fs + "-nofallback"]["path"]
+        add(_restore_task("check-fallback-" + fs, {"path": fallback, "fallback": ["copy"]}, check_mode=True))
+        add(_restore_task("check-nofallback-" + fs, {"path": nofallback}, check_mode=True))
+        add(_restore_task("fallback-" + fs, {"path": fallback, "fallback": ["reflink", "copy"]}))
+        add(_restore_task("nofallback-" + fs, {"path": nofallback}))
+        add(_shell_task("after-" + fs, "cmp %s %s && echo same; ls -A /mnt/%s | grep -v '^.fuse_hidden'" % (
+            src(h[fs + "-fallback"]), fallback, fs)))
+    add(_restore_task("appendonly", {"path": h["appendonly"]["path"], "fallback": ["copy"]}))
+    nfs = h["nfs"]
+    add(_restore_task("nfs", {"src": src(nfs), "dest": nfs["path"]}))
+    add(_restore_task("nfs-again", {"src": src(nfs), "dest": nfs["path"]}))
+    add(_shell_task("nfs-after", "stat -c '%%d %%i' %(path)s; cmp %(src)s %(path)s && echo same; kill %(pid)d; "
+                    "for i in $(seq 50); do ls -A /mnt/nfs | grep -q '^.nfs' || break; sleep 0.2; done; "
+                    "ls -A /mnt/nfs; stat -c '%%i %%h %%s' %(path)s"
+                    % {"path": nfs["path"], "src": src(nfs), "pid": nfs["pid"]}))
+    add({"name": "facts-overlay", "frelink.frelink.frelink_facts": {"include": ["/mnt/*/ov/merged/*"]},
+         "register": "r_facts_overlay"})
+    for fs in ("ext4", "xfs"):
+        held, ov = h["ov-" + fs], "/mnt/%s/ov" % fs
+        rescue = "/mnt/%s/frelink-rescue/%s%s" % (fs, CONTAINER_ID[:12], held["path"])
+        add(_restore_task("ov-refuse-" + fs, {"src": src(held), "dest": ov + "/upper/stolen.log"}))
+        add(_restore_task("ov-" + fs, {"src": src(held)}))
+        add(_shell_task("ov-after-" + fs, "kill -USR1 %(pid)d; for i in $(seq 50); do [ \"$(head -c 11 %(r)s)\" = "
+                        "LATER-WRITE ] && break; sleep 0.2; done; head -c 11 %(r)s; echo; stat -c '%%d %%i %%h' %(r)s; "
+                        "ls -A %(ov)s/upper; test ! -e %(ov)s/upper/stolen.log && echo clean"
+                        % {"pid": held["pid"], "r": rescue, "ov": ov}))
+        add(_restore_task("ov-again-" + fs, {"src": src(held), "dest": rescue}))
     add(_shell_task("rmmod", "rmmod frelink && test ! -e /sys/module/frelink && echo unloaded"))
     add(_restore_task("not-loaded", {"path": h["notloaded"]["path"]}))
     save = {"name": "save results", "delegate_to": "localhost", "check_mode": False,
@@ -226,6 +342,10 @@ def restored(request):
         guest.put(str(module), WORK + "/frelink.ko")
         guest.run("insmod %s/frelink.ko" % WORK)
         holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1])
+        guest.install_debs(EXTRA_PACKAGES)
+        holders.update(json.loads(guest.run(EXTRA_SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1]))
+        holders.update(json.loads(guest.run(OVERLAY_SETUP % {"work": WORK, "cid": CONTAINER_ID},
+                                            timeout=300).stdout.splitlines()[-1]))
         inventory = guest.inventory_path()
         recover = REPO / "playbooks" / "recover.yml"
         rec_vars = {"frelink_recover_paths": ["/mnt/ext4/recover/*"], "frelink_recover_hosts": "guest"}
@@ -346,6 +466,87 @@ def test_holder_in_other_mount_namespace(restored):
     after = restored["r"]["r_ns_after"]["stdout"].splitlines()
     assert after[0] == "%d %d 1" % (ns["dev"], ns["ino"])
     assert after[1:] == ["end"], "the name appeared in the root namespace's /mnt/ns instead"
+
+
+def test_facts_say_relink_only_where_the_module_relinks(restored):
+    facts = _ok(restored["r"]["r_facts_elsewhere"])["ansible_facts"]["frelink"]
+    by_path = {o["path"]: o for o in facts["orphans"]}
+    h = restored["h"]
+    for fs in ("fuse", "vfat"):
+        entry = by_path[h[fs + "-fallback"]["path"]]
+        assert entry["restore"]["relink"] is False and entry["fstype"].startswith(fs), entry
+    nfs = by_path[h["nfs"]["current"]]
+    assert nfs["nfs_silly_rename"] is True and nfs["original_path"] is None and "recorded nowhere" in nfs["note"]
+    assert nfs["restore"]["relink"] is True and nfs["ino"] == h["nfs"]["ino"] and nfs["fstype"].startswith("nfs")
+
+
+@pytest.mark.parametrize("fs", ["fuse", "vfat"])
+def test_auto_falls_back_to_copy_where_the_module_does_not_relink(restored, fs):
+    r = restored["r"]
+    check = _ok(r["r_check_fallback_" + fs])
+    assert check["status"] == "would_restore" and check["method"] == "copy", check
+    assert "relinks only on" in check["fallback_reasons"][0], check
+    _failed(r["r_check_nofallback_" + fs], "relinks only on", "no fallback allowed")
+    real = _ok(r["r_fallback_" + fs])
+    assert real["status"] == "restored" and real["method"] == "copy" and real["identity_preserved"] is False
+    assert real["fallback_reasons"] == check["fallback_reasons"][:1] + [
+        reason for reason in real["fallback_reasons"][1:] if reason.startswith("reflink")], real
+    _failed(r["r_nofallback_" + fs], "relinks only on", "no fallback allowed")
+    after = r["r_after_" + fs]["stdout"].split()
+    assert after == ["same", "fallback.dat"], "the copy differs, or the refusal left something: %s" % after
+
+
+def test_a_kernel_refusal_falls_back_too(restored):
+    """An append-only deleted inode: the plan allows a relink, vfs_link() says EPERM, nothing changed."""
+    res = _ok(restored["r"]["r_appendonly"])
+    assert res["method"] == "copy" and res["status"] == "restored", res
+    assert res["fallback_reasons"][0].startswith("link: the kernel module refused") and "EPERM" in \
+        res["fallback_reasons"][0], res
+
+
+def test_nfs_silly_renamed_file_gets_its_name_back(restored):
+    nfs = restored["h"]["nfs"]
+    assert "/.nfs" in nfs["current"], nfs
+    res = _ok(restored["r"]["r_nfs"])
+    assert res["status"] == "restored" and res["method"] == "link" and res["link_mechanism"] == "linkat", res
+    assert (res["verification"]["dest_dev"], res["verification"]["dest_ino"]) == (nfs["dev"], nfs["ino"])
+    again = _ok(restored["r"]["r_nfs_again"])
+    assert again["changed"] is False and again["status"] == "already_restored", again
+    after = restored["r"]["r_nfs_after"]["stdout"].splitlines()
+    assert after[0] == "%d %d" % (nfs["dev"], nfs["ino"]) and after[1] == "same", after
+    # the holder exited: the client dropped its .nfs name, the restored name stays with the data
+    assert after[2:] == ["app.log", "%d 1 1048576" % nfs["ino"]], after
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_overlay_container_file_facts(restored, fs):
+    held = restored["h"]["ov-" + fs]
+    facts = _ok(restored["r"]["r_facts_overlay"])["ansible_facts"]["frelink"]
+    entry = next(o for o in facts["orphans"] if o["path"] == held["path"])
+    assert entry["fstype"] == "overlay" and entry["path_in_container"] == held["path"], entry
+    upper = entry["overlay"]
+    assert upper["upperdir"] == "/mnt/%s/ov/upper" % fs and upper["upper_fstype"] == fs, upper
+    assert upper["workdir"] == "/mnt/%s/ov/work" % fs and upper["lowerdir"] == ["/mnt/%s/ov/lower" % fs]
+    assert upper["rescue_dir"] == "/mnt/%s/frelink-rescue" % fs
+    assert entry["container"] == {"runtime": "podman", "id": CONTAINER_ID, "short_id": CONTAINER_ID[:12]}
+    assert entry["holders"][0]["container"] == entry["container"] and entry["holders"][0]["pid"] == held["pid"]
+    assert entry["restore"]["relink"] is True
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_overlay_container_file_is_relinked_on_its_upper_layer(restored, fs):
+    r, held = restored["r"], restored["h"]["ov-" + fs]
+    _failed(r["r_ov_refuse_" + fs], "inside the layer directory", "/mnt/%s/ov/upper" % fs)
+    res = _ok(r["r_ov_" + fs])
+    rescue = "/mnt/%s/frelink-rescue/%s%s" % (fs, CONTAINER_ID[:12], held["path"])
+    assert res["status"] == "restored" and res["method"] == "link" and res["dest"] == rescue, res
+    assert res["verification"]["dest_ino"] == held["ino"] and res["identity_preserved"] is True
+    after = r["r_ov_after_" + fs]["stdout"].splitlines()
+    assert after[0] == "LATER-WRITE", "the holder's write after the relink is not in the rescued file"
+    assert after[1] == "%d %d 1" % (res["verification"]["dest_dev"], held["ino"])
+    assert after[2:] == ["clean"], "the upper layer changed: %s" % after  # no name inside the layer dirs
+    again = _ok(r["r_ov_again_" + fs])
+    assert again["changed"] is False and again["status"] == "already_restored", again
 
 
 def test_module_not_loaded_error(restored):
