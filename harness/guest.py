@@ -347,7 +347,8 @@ class Guest:
 
     def install_debs(self, packages, timeout=900):
         """Install Debian PACKAGES (fetched once with the image's apt, see harness/debs.py) offline."""
-        debs = fetch_debs(self.env.suite, packages)
+        status = self.run("cat /var/lib/dpkg/status").stdout.encode()
+        debs = fetch_debs(self.env.suite, packages, status)
         remote = "/root/frelink-debs"
         self.run("rm -rf %s" % remote)
         self.put(debs, remote)
