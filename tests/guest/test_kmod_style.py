@@ -73,3 +73,15 @@ def test_sparse_and_extra_warnings_clean(suite):
     assert re.search(r"CHECK +\S*frelink\.c", output), "sparse did not run:\n" + output
     assert "frelink.ko" in output
     assert not [line for line in output.splitlines() if DIAGNOSTIC.search(line)], output
+
+
+@pytest.mark.parametrize("suite", harness.SUITES)
+def test_do_linkat_hooks_the_module_cannot_call_are_still_not_exported(suite):
+    """do_linkat() calls security_path_link() (AppArmor, TOMOYO); modules cannot, because no
+    kernel exports it.  If a kernel starts exporting it, this fails: then call it (docs/kmod.md)."""
+    release = harness.prepare(suite).kernel_release
+    symvers = harness.chroot_run(suite, ["cat", "/lib/modules/%s/build/Module.symvers" % release]).stdout
+    exported = {line.split("\t")[1] for line in symvers.splitlines() if line.count("\t") >= 3}
+    assert "vfs_link" in exported, "Module.symvers of %s lists no vfs_link: not a symbol table" % release
+    assert "security_path_link" not in exported, (
+        "%s exports security_path_link: call it in frelink_relink_dentry() like do_linkat()" % release)
