@@ -3,7 +3,8 @@ module load in the guest kernel, users, file copy, Ansible through inventory_pat
 a real reboot, and the detached CLI that molecule and the demo use.
 
 One guest per suite (restored from the saved booted state when there is one), plus one
-reboot per suite (a real cold boot of the guest kernel).
+reboot of the first suite (a real cold boot of the guest kernel; the code path is
+the same for every suite, and the molecule scenarios reboot bookworm and sid too).
 """
 
 import json
@@ -151,6 +152,8 @@ def test_guest_kernel_loads_module_built_in_chroot(suite, hello_src, tmp_path):
         assert ansible.returncode == 0, ansible.stdout + ansible.stderr
         assert '"ping": "pong"' in ansible.stdout
 
+        if suite != harness.SUITES[0]:
+            return  # the reboot path does not depend on the suite; the molecule scenarios reboot the others
         boot_id = guest.run("cat /proc/sys/kernel/random/boot_id").stdout
         guest.run("insmod /root/hello.ko")
         guest.reboot()
