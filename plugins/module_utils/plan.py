@@ -65,7 +65,7 @@ def _link_obstacle(target, dest_dir):
     if target.silly_renamed:
         return None  # it still has a name: link(2) gives it another, no module needed
     fstype = orphan.get("fstype")
-    if fstype is not None and not kmod_abi.relink_supported(fstype, orphan.get("upper_fstype")):
+    if fstype is not None and not kmod_abi.relink_supported(fstype, (upper or {}).get("upper_fstype")):
         return ("the frelink module relinks only on %s (and overlayfs through its upper layer); this file is on %s "
                 "(%s): copy it instead (method: copy, or method: auto with fallback: [copy])"
                 % (", ".join(sorted(kmod_abi.RELINK_FSTYPES)), fstype, orphan.get("mount_point") or "?"))
