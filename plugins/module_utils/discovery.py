@@ -139,10 +139,10 @@ class Scanner:
             else:
                 hint = "run as root (become: true) for a complete scan"
             self.partial("%d of %d processes could not be inspected (permission denied; pids %s): %s"
-                          % (len(self.denied_pids), self.processes, shown, hint))
+                         % (len(self.denied_pids), self.processes, shown, hint))
         if self.unconfirmed_mappings:
             self.partial("%d deleted-looking mappings could not be confirmed: /proc/PID/map_files needs "
-                          "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
+                         "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
         return self
 
     def new_orphan(self, key, dev, ino, st, path):

@@ -37,7 +37,7 @@ def scan_loops(scanner):
             status = loop_status(loop["device"])
         except PermissionError:
             scanner.partial("%s: cannot read its backing inode (LOOP_GET_STATUS64 needs read access to the "
-                          "device); run as root (become: true)" % loop["device"])
+                            "device); run as root (become: true)" % loop["device"])
             continue
         except OSError as exc:
             if exc.errno in (errno.ENXIO, errno.ENOENT):
@@ -70,6 +70,7 @@ def scan_loops(scanner):
             orphan.size_hint = max(orphan.size_hint, device_bytes + status["offset"])
         except (OSError, ValueError):
             pass
+
 
 def scan_swaps(scanner):
     """Swap files that were deleted while active (current kernels refuse to unlink them)."""

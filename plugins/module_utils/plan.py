@@ -56,8 +56,8 @@ def _link_obstacle(target, dest_dir):
     if dest_dir.st.st_dev != link_dev:
         if upper:
             return ("dest %s is not on the filesystem of the overlay's upper layer (%s, device %s), where the file "
-                    "really is; the default dest is %s" % (dest_dir.dest, upper.get("upper_mount_point") or "?",
-                                                          upper["upper_device"], upper.get("dest")))
+                    "really is; the default dest is %s"
+                    % (dest_dir.dest, upper.get("upper_mount_point") or "?", upper["upper_device"], upper.get("dest")))
         return ("dest %s is on another filesystem (device %s) than the file (device %s, %s); a name can only be "
                 "given on the file's own filesystem: choose a dest there, or use method: copy"
                 % (dest_dir.dest, device_string(dest_dir.st.st_dev), device_string(target.dev),

@@ -287,9 +287,8 @@ def _main_playbook(h, results_file):
     add(_restore_task("ns", {"path": ns["path"]}))
     add(_shell_task("ns-after", "stat -c '%%d %%i %%h' /proc/%d/root/mnt/ns/secret.dat; ls -A /mnt/ns; echo end"
                     % ns["pid"]))
-    add({"name": "facts-elsewhere", "frelink.frelink.frelink_facts": {"include": ["/mnt/fuse/*", "/mnt/vfat/*",
-                                                                              "/mnt/nfs/*"]},
-         "register": "r_facts_elsewhere"})
+    elsewhere = {"include": ["/mnt/fuse/*", "/mnt/vfat/*", "/mnt/nfs/*"]}
+    add({"name": "facts-elsewhere", "frelink.frelink.frelink_facts": elsewhere, "register": "r_facts_elsewhere"})
     for fs in ("fuse", "vfat"):
         fallback, nofallback = h[fs + "-fallback"]["path"], h[fs + "-nofallback"]["path"]
         add(_restore_task("check-fallback-" + fs, {"path": fallback, "fallback": ["copy"]}, check_mode=True))
