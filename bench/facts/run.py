@@ -305,7 +305,7 @@ def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=None)
                     facts = out
                 if name == "e2e_facts":
                     e2e_stdout = out
-        # The default listing is cut at 1000 by design: it is scored on what it lists
+        # The default listing is cut at DEFAULT_LIMIT by design: it is scored on what it lists
         # (precision) and on its summary count (every orphan counted, listed or not).
         listed = scan_found(facts, workload)
         outside = len(baseline["orphans"]) - len(scan_found(baseline, workload))

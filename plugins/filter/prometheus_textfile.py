@@ -31,10 +31,13 @@ description:
     C(frelink_scan_fds), C(frelink_scan_warnings)."
   - An orphan held by several kinds (for example an fd and a mapping) counts under each of them,
     so the series of C(frelink_orphans_by_kind) may add up to more than C(frelink_orphans).
-  - C(frelink_pinned_bytes_by_kind) is summed over the listed orphans (the module lists at most
-    its O(frelink.frelink.frelink_facts#module:limit), largest first), because the module's summary
-    has no bytes per kind; it is exact when C(frelink_orphans_listed) equals C(frelink_orphans) and a
-    lower bound otherwise. Every other count and byte total covers all orphans.
+  - C(frelink_pinned_bytes_by_kind) comes from the module's C(summary.bytes_by_kind), over every orphan (for
+    facts of an older module without it, over the listed ones: a lower bound when the list is truncated).
+  - "Orphans that their program unlinked on purpose and keeps using (facts C(deliberate): POSIX semaphores such
+    as Python's multiprocessing makes, well-known shared memory, InnoDB temporary files) are kept out of the
+    headline C(frelink_orphans) and C(frelink_pinned_bytes) and shown apart as C(frelink_orphans_deliberate)
+    (label C(idiom)) and C(frelink_pinned_bytes_deliberate), so that an alert on the headline means files
+    someone lost. The per-kind and per-filesystem series count every orphan."
   - The label C(container) is reserved. A later version will split the per-kind and per-filesystem
     series of orphans held inside containers (another mount namespace) by container, the host's
     series keeping no C(container) label; queries that aggregate with a C(without) clause naming
@@ -233,14 +236,25 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
     out.gauge("scan_fds", "File descriptors inspected by the scan.", [([], _number(scan.get("fds"), "fds"))])
     out.gauge("scan_warnings", "Warnings of the scan (what it could not see).", [([], len(scan.get("warnings") or []))])
 
+    deliberate = summary.get("deliberate") or {}
+    deliberate_count = _number(deliberate.get("count", 0), "summary.deliberate.count")
+    deliberate_bytes = _number(deliberate.get("bytes_pinned", 0), "summary.deliberate.bytes_pinned")
     out.gauge("orphans", "Deleted files that are still held (no name left, link count 0), all that matched "
-              "the scan's options.", [([], _number(summary.get("count", len(orphans)), "summary.count"))])
+              "the scan's options, except those their program unlinked on purpose (orphans_deliberate).",
+              [([], _number(summary.get("count", len(orphans)), "summary.count") - deliberate_count)])
+    out.gauge("orphans_deliberate", "Deleted files their program unlinked on purpose and keeps using (POSIX "
+              "semaphores, shared memory, InnoDB temporary files): nothing lost; not in orphans.",
+              [([("idiom", idiom)], _number(n, "summary.deliberate.by_idiom"))
+               for idiom, n in sorted((deliberate.get("by_idiom") or {}).items())])
+    out.gauge("pinned_bytes_deliberate", "Allocated bytes of those deliberate ones; not in pinned_bytes.",
+              [([], deliberate_bytes)])
     out.gauge("orphans_listed", "Of them, listed one by one in the facts (the module's limit, largest first).",
               [([], _number(summary.get("listed", len(orphans)), "summary.listed"))])
     out.gauge("orphans_mapped_only", "Deleted files held only by memory mappings (which lsof +L1 does not show).",
               [([], _number(summary.get("mapped_only"), "summary.mapped_only"))])
-    out.gauge("pinned_bytes", "Allocated bytes of deleted files that are still held (space not freed).",
-              [([], _number(summary.get("bytes_pinned", 0), "summary.bytes_pinned"))])
+    out.gauge("pinned_bytes", "Allocated bytes of deleted files that are still held (space not freed), "
+              "except the deliberate ones.",
+              [([], _number(summary.get("bytes_pinned", 0), "summary.bytes_pinned") - deliberate_bytes)])
     out.gauge("apparent_bytes", "Apparent size (sum of st_size) of deleted files that are still held.",
               [([], _number(summary.get("bytes_apparent"), "summary.bytes_apparent"))])
 
@@ -250,12 +264,17 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
               "exe, loop, swap); one held by several kinds counts under each.",
               [([("kind", kind)], _number(by_kind.get(kind, 0), "summary.by_kind.%s" % kind)) for kind in kinds])
     kind_bytes = dict((kind, 0) for kind in kinds)
-    for orphan in orphans:
-        allocated = _number(orphan.get("allocated"), "orphans[].allocated") or 0
-        for kind in sorted(set(h.get("kind") for h in orphan.get("holders") or [] if h.get("kind"))):
-            kind_bytes[kind] = kind_bytes.get(kind, 0) + allocated
-    out.gauge("pinned_bytes_by_kind", "Allocated bytes of the listed deleted files held by this kind; exact when "
-              "orphans_listed equals orphans, a lower bound otherwise.",
+    if "bytes_by_kind" in summary:  # the module's own totals over every orphan
+        for kind, value in summary["bytes_by_kind"].items():
+            kind_bytes[kind] = _number(value, "summary.bytes_by_kind.%s" % kind)
+        exact = "every deleted file"
+    else:  # facts of an older module: what the listed entries show
+        for orphan in orphans:
+            allocated = _number(orphan.get("allocated"), "orphans[].allocated") or 0
+            for kind in sorted(set(h.get("kind") for h in orphan.get("holders") or [] if h.get("kind"))):
+                kind_bytes[kind] = kind_bytes.get(kind, 0) + allocated
+        exact = "the listed deleted files (a lower bound when orphans_listed is below orphans)"
+    out.gauge("pinned_bytes_by_kind", "Allocated bytes held by this kind, over %s." % exact,
               [([("kind", kind)], kind_bytes[kind]) for kind in kinds + sorted(set(kind_bytes) - set(kinds))])
 
     filesystems = summary.get("by_filesystem") or []

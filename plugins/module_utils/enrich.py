@@ -18,7 +18,7 @@ import pwd
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
-from ansible_collections.frelink.frelink.plugins.module_utils import overlay
+from ansible_collections.frelink.frelink.plugins.module_utils import idioms, overlay
 from ansible_collections.frelink.frelink.plugins.module_utils.containers import container_of
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, readlink_or_none
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
@@ -61,25 +61,34 @@ class Report:
 
     def summary(self, selected, listed):
         by_kind = dict((kind, 0) for kind in KINDS)
+        bytes_by_kind = dict((kind, 0) for kind in KINDS)
         by_fs = {}
         pinned = 0
         apparent = 0
         mapped_only = 0
+        deliberate = {"count": 0, "bytes_pinned": 0, "by_idiom": {}}
         for orphan in selected:
+            st = orphan.st
+            allocated = st.st_blocks * 512 if st is not None else 0
             holders = orphan.holders
             if len(holders) == 1:
                 kind = holders[0][0]
                 by_kind[kind] += 1
+                bytes_by_kind[kind] += allocated
                 if kind == "mmap":
                     mapped_only += 1
             else:
                 kinds = orphan.kinds
                 for kind in kinds:
                     by_kind[kind] += 1
+                    bytes_by_kind[kind] += allocated
                 if kinds == {"mmap"}:
                     mapped_only += 1
-            st = orphan.st
-            allocated = st.st_blocks * 512 if st is not None else 0
+            idiom = self.idiom(orphan)
+            if idiom is not None:
+                deliberate["count"] += 1
+                deliberate["bytes_pinned"] += allocated
+                deliberate["by_idiom"][idiom] = deliberate["by_idiom"].get(idiom, 0) + 1
             pinned += allocated
             apparent += st.st_size if st is not None else 0
             fs = by_fs.get(orphan.dev)
@@ -106,7 +115,9 @@ class Report:
             "bytes_pinned": pinned,
             "bytes_apparent": apparent,
             "by_kind": by_kind,
+            "bytes_by_kind": bytes_by_kind,
             "mapped_only": mapped_only,
+            "deliberate": deliberate,
             "by_filesystem": sorted(by_fs.values(), key=lambda fs: -fs["bytes_pinned"]),
         }
 
@@ -141,6 +152,11 @@ class Report:
                 "container": container,
             }
         return info
+
+    def idiom(self, orphan):
+        """idioms.classify() of a raw orphan (holder names read only when a pattern needs them)."""
+        return idioms.classify(orphan.path, lambda: [self._process(pid)["name"] for _kind, pid, _detail
+                                                     in orphan.holders if pid is not None])
 
     def holder_prefix(self, pid):
         """'/proc/PID/root' when the holder sees another mount namespace than ours, else ''."""
@@ -261,6 +277,9 @@ class Report:
         # defaults confirmed=true and holder_count=len(holders) are left out.
         if st is None:
             entry["confirmed"] = False
+        idiom = self.idiom(orphan)
+        if idiom is not None:
+            entry["deliberate"] = {"idiom": idiom, "why": idioms.IDIOMS[idiom]}
         if orphan.silly_renamed:
             entry["nfs_silly_rename"] = True
             entry["original_path"] = None

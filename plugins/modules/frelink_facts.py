@@ -61,9 +61,11 @@ options:
     description:
       - At most this many orphans are listed, the largest (allocated bytes) first.
         The summary still counts every orphan that matched the other options.
-      - V(0) lists all of them.
+      - V(0) lists all of them. The default keeps the facts near 50 KB on a busy host (host facts
+        over about 100 KB slow every later task of a play); C(playbooks/audit.yml) and
+        C(playbooks/recover.yml) ask for all.
     type: int
-    default: 1000
+    default: 100
 attributes:
   check_mode:
     support: full
@@ -143,7 +145,10 @@ ansible_facts:
               and O(kinds), also those beyond O(limit).
             - V(count), V(listed), V(truncated) (more matched than listed),
               V(bytes_pinned) (allocated bytes held), V(bytes_apparent) (sum of sizes),
-              V(by_kind) (orphans with at least one holder of each kind), V(mapped_only)
+              V(by_kind) (orphans with at least one holder of each kind), V(bytes_by_kind) (their
+              allocated bytes), V(deliberate) (V(count), V(bytes_pinned) and V(by_idiom) of the orphans
+              that a program unlinked on purpose and keeps using, such as POSIX semaphores; they are in
+              every other count too), V(mapped_only)
               (orphans held by mappings only), V(by_filesystem) (list of V(device),
               V(mount_point), V(fstype), V(count), V(bytes_pinned), V(free_bytes) available
               on that filesystem, for copies).
@@ -156,6 +161,8 @@ ansible_facts:
             bytes_pinned: 1052672
             bytes_apparent: 1048576
             by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
+            bytes_by_kind: {fd: 1052672, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
+            deliberate: {count: 0, bytes_pinned: 0, by_idiom: {}}
             mapped_only: 0
             by_filesystem:
               - {device: "254:0", mount_point: /, fstype: ext4, count: 1, bytes_pinned: 1052672,
@@ -180,6 +187,11 @@ ansible_facts:
               V(true) because a plain C(link(2)) gives it its name back, no module needed.
             - V(restore.relink) is V(true) only on the filesystems the frelink module relinks on
               (ext2/3/4, xfs, btrfs, tmpfs) when it is loaded; V(false) on any other (FUSE, vfat, NFS, ...).
+            - V(deliberate) (V(idiom) and V(why)) marks an orphan that its program unlinked on purpose
+              and keeps using, so nothing was lost: V(posix_semaphore) (C(/dev/shm/sem.*), as Python's
+              multiprocessing makes them), V(posix_shm) (well-known C(shm_open) names of Chromium,
+              PulseAudio, Firefox), V(innodb_tmpfile) (C(ibXXXXXX) held by C(mysqld) or C(mariadbd)).
+              The audit and the metrics count them apart.
             - To keep the result lean, two values appear only when they differ from their default,
               V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
               by stat) and V(holder_count) (the total, when more than 16 holders are listed).

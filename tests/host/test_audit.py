@@ -61,6 +61,30 @@ def held_file(tmp_path):
         proc.wait()
 
 
+SEMAPHORE = r"""
+import multiprocessing, os, sys
+lock = multiprocessing.Lock()  # sem_open() then sem_unlink() at once: a mapped, deleted /dev/shm/sem.*
+maps = open("/proc/self/maps").read()
+print(next(line.split(None, 5)[5].replace(" (deleted)", "").strip() for line in maps.splitlines()
+           if "/dev/shm/sem." in line), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def held_semaphore():
+    """A POSIX semaphore made by Python's multiprocessing, as ansible-playbook itself holds them."""
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", SEMAPHORE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        path = proc.stdout.readline().strip()
+        assert path.startswith("/dev/shm/sem."), "no semaphore: %r" % path
+        yield {"path": path, "pid": proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def loop_mounted_image():
     """An ext4 image, loop-mounted, whose backing file was then deleted."""
@@ -95,7 +119,7 @@ def loop_mounted_image():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_audit_reports_real_orphans(held_file, loop_mounted_image, tmp_path):
+def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_image, tmp_path):
     report = tmp_path / "report"
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
@@ -149,8 +173,17 @@ def test_audit_reports_real_orphans(held_file, loop_mounted_image, tmp_path):
         fs_total = sum(f["allocated"] for f in data["filesystems"] if f["host"] == name)
         assert fs_total == hosts[name]["allocated"] > 0
 
+    # A semaphore its creator unlinked on purpose is listed apart, not counted as lost.
+    assert not entries(held_semaphore["path"])
+    sem = [o for o in data["deliberate"] if o["path"] == held_semaphore["path"]]
+    assert sorted(o["host"] for o in sem) == ["web1", "web2"] and sem[0]["deliberate"] == "posix_semaphore", sem
+    assert "nothing was lost" in sem[0]["why"]
+    assert data["totals"]["deliberate"] >= 2 and data["totals"]["orphans"] == len(data["orphans"])
+    assert hosts["web1"]["orphans"] == len([o for o in data["orphans"] if o["host"] == "web1"])
+
     rows = list(csv.DictReader((report / "audit.csv").open()))
-    assert len(rows) == len(data["orphans"])
+    assert len(rows) == len(data["orphans"]) + len(data["deliberate"])
+    assert next(r for r in rows if r["path"] == held_semaphore["path"])["deliberate"] == "posix_semaphore"
     row = next(r for r in rows if r["path"] == held_file["path"] and r["host"] == "web1")
     assert int(row["size_bytes"]) == held_file["size"]
     assert row["holder_kinds"] == "fd"
@@ -158,6 +191,7 @@ def test_audit_reports_real_orphans(held_file, loop_mounted_image, tmp_path):
     markdown = (report / "audit.md").read_text()
     assert "| gone | unreachable |" in markdown
     assert held_file["path"] in markdown and loop_mounted_image["loop"] in markdown
+    assert "## Deliberate" in markdown and held_semaphore["path"] in markdown
 
     html = (report / "index.html").read_text()
     assert held_file["path"] in html and loop_mounted_image["path"] in html

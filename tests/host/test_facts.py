@@ -271,6 +271,10 @@ def test_options_filter_sort_and_summary(workdir):
         assert (summary["count"], summary["listed"], summary["truncated"]) == (3, 3, False)
         assert summary["by_kind"] == {"fd": 2, "mmap": 1, "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0}
         assert summary["mapped_only"] == 1
+        by_path = {o["path"]: o["allocated"] for o in everything["orphans"]}
+        assert summary["bytes_by_kind"] == {"fd": by_path[big.path] + by_path[small.path], "mmap": by_path[mapped.path],
+                                            "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0}
+        assert summary["deliberate"] == {"count": 0, "bytes_pinned": 0, "by_idiom": {}}
         assert summary["bytes_pinned"] == sum(o["allocated"] for o in everything["orphans"])
         assert summary["bytes_apparent"] == (1 << 20) + 4096 + 8192
         (fs,) = summary["by_filesystem"]
@@ -401,3 +405,26 @@ def test_many_holders_are_listed_up_to_the_cap_with_a_total(workdir):
         assert entry["holder_count"] == children + 1
         assert len(entry["holders"]) == enrich.HOLDERS_CAP
         assert {h["pid"] for h in entry["holders"]} <= {proc.pid} | set(out["pids"])
+
+
+SEMAPHORE_HOLDER = (
+    "import multiprocessing, sys\n"
+    "lock = multiprocessing.Lock()\n"  # sem_open() + sem_unlink(): a mapped, deleted /dev/shm/sem.*
+    "print('ready', flush=True)\n"
+    "sys.stdin.read()\n")
+
+
+def test_a_semaphore_its_creator_unlinked_is_marked_deliberate_and_still_counted():
+    proc = subprocess.Popen([PYTHON, "-c", SEMAPHORE_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        facts = full_scan(include=["/dev/shm/sem.*"])
+        mine = [o for o in facts["orphans"] if any(h.get("pid") == proc.pid for h in o["holders"])]
+        assert len(mine) == 1 and mine[0]["holders"][0]["kind"] == "mmap", mine
+        assert mine[0]["deliberate"]["idiom"] == "posix_semaphore" and "nothing was lost" in mine[0]["deliberate"]["why"]
+        summary = facts["summary"]
+        assert summary["count"] >= 1 and summary["deliberate"]["count"] == summary["count"]
+        assert summary["deliberate"]["by_idiom"]["posix_semaphore"] == summary["count"]
+    finally:
+        proc.kill()
+        proc.wait()
