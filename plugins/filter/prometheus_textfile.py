@@ -32,7 +32,7 @@ description:
   - An orphan held by several kinds (for example an fd and a mapping) counts under each of them,
     so the series of C(frelink_orphans_by_kind) may add up to more than C(frelink_orphans).
   - C(frelink_pinned_bytes_by_kind) comes from the module's C(summary.bytes_by_kind), over every orphan (for
-    facts of an older module without it, over the listed ones: a lower bound when the list is truncated).
+    facts of an older module without it, over the listed ones, a lower bound when the list is truncated).
   - "Orphans that their program unlinked on purpose and keeps using (facts C(deliberate): POSIX semaphores such
     as Python's multiprocessing makes, well-known shared memory, InnoDB temporary files) are kept out of the
     headline C(frelink_orphans) and C(frelink_pinned_bytes) and shown apart as C(frelink_orphans_deliberate)

@@ -188,7 +188,7 @@ ansible_facts:
             - V(restore.relink) is V(true) only on the filesystems the frelink module relinks on
               (ext2/3/4, xfs, btrfs, tmpfs) when it is loaded; V(false) on any other (FUSE, vfat, NFS, ...).
             - V(deliberate) (V(idiom) and V(why)) marks an orphan that its program unlinked on purpose
-              and keeps using, so nothing was lost: V(posix_semaphore) (C(/dev/shm/sem.*), as Python's
+              and keeps using, so nothing was lost. They are V(posix_semaphore) (C(/dev/shm/sem.*), as Python's
               multiprocessing makes them), V(posix_shm) (well-known C(shm_open) names of Chromium,
               PulseAudio, Firefox), V(innodb_tmpfile) (C(ibXXXXXX) held by C(mysqld) or C(mariadbd)).
               The audit and the metrics count them apart.
