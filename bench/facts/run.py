@@ -5,7 +5,7 @@ One workload (bench/facts/workload.py: forked processes holding their own delete
 files, mapped-only deleted files, decoys, deleted images on loop devices when root
 can attach them), then N interleaved rounds (the order rotates each round) of:
 
-- frelink scan() in-process, default options (limit 1000), and limit=0 (all listed)
+- frelink scan() in-process, default options (limit 100), and limit=0 (all listed)
 - lsof -nP +L1
 - lsfd -n -Q DELETED                   (util-linux)
 - C fd-only floor (floor.c):           readdir + readlinkat of every /proc/PID/fd entry
@@ -60,6 +60,7 @@ if not _LINK.exists():
     _LINK.parent.mkdir(parents=True, exist_ok=True)
     _LINK.symlink_to(REPO)
 sys.path.insert(0, str(COLLECTIONS))
+from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
 from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
 
 SMALL = {"procs": 500, "fds": 40, "loops": 2}
@@ -224,7 +225,7 @@ def ansible_binary():
 def tools(floors, e2e=True):
     """name -> (label, function returning (wall, cpu, output))."""
     table = {
-        "scan": ("frelink scan() default (limit 1000)", run_scan),
+        "scan": ("frelink scan() default (limit %d)" % scan_mod.DEFAULT_LIMIT, run_scan),
         "scan_all": ("frelink scan() limit=0 (all listed)", lambda: run_scan(limit=0)),
         "lsof": ("lsof -nP +L1", lambda: run_cmd(["lsof", "-nP", "+L1"])),
         "lsfd": ("lsfd -n -Q DELETED", lambda: run_cmd(["lsfd", "-n", "-Q", "DELETED"])),
@@ -351,10 +352,10 @@ def report(result, out=None):
             row["label"], row["min_wall"], row["min_cpu"], row["min_wall"] / floor["min_wall"],
             row["min_wall"] / lsof["min_wall"], recall, precision), file=out)
     print("(recall and precision: the worst of the rounds. The default scan lists %d of the %d orphans it counts"
-          " (limit 1000): its recall is its summary count (%d, of which %d held outside the workload),"
+          " (limit %d): its recall is its summary count (%d, of which %d held outside the workload),"
           " its precision that of what it lists. The fd-only floor is scored on paths, every other tool on"
-          " (dev, ino).)" % (info["default_listed"], info["default_count"], info["default_count"],
-                             info["host_orphans_outside_workload"]), file=out)
+          " (dev, ino).)" % (info["default_listed"], info["default_count"], scan_mod.DEFAULT_LIMIT,
+                             info["default_count"], info["host_orphans_outside_workload"]), file=out)
     print("default facts: %.1f KB of JSON (%d values)%s" % (
         info["facts_json_bytes"] / 1000.0, info["facts_values"],
         "; ansible's stdout for it %.1f KB" % (info["e2e_facts_stdout_bytes"] / 1000.0)
