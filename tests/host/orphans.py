@@ -26,6 +26,7 @@ Helpers:
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -50,6 +51,16 @@ def collection_path():
     if str(collections) not in sys.path:
         sys.path.insert(0, str(collections))
     return collections
+
+
+def facts_bench():
+    """bench/facts/run.py loaded as a module (the benchmark's workload, floors and scoring)."""
+    collection_path()
+    sys.path.insert(0, str(REPO / "bench" / "facts"))
+    spec = importlib.util.spec_from_file_location("facts_bench_run", REPO / "bench" / "facts" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_root():

@@ -9,20 +9,12 @@ parsed to (dev, ino), and the scores are what each tool can see. No timing is as
 - the C fd-only floor: every fd-held path, decoys included
 """
 
-import importlib.util
 import json
 import subprocess
-import sys
-from pathlib import Path
 
-from orphans import collection_path, require_root
+from orphans import facts_bench, require_root
 
-REPO = Path(__file__).resolve().parents[2]
-collection_path()
-sys.path.insert(0, str(REPO / "bench" / "facts"))
-_SPEC = importlib.util.spec_from_file_location("facts_bench_run", REPO / "bench" / "facts" / "run.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = facts_bench()
 
 
 def test_parsers_on_each_tools_own_output(tmp_path):

@@ -3,19 +3,11 @@
 a real forked workload and nothing else; lsof +L1 and the C floor miss what they miss.
 No timing is asserted (bench/facts/run.py measures that)."""
 
-import importlib.util
 import subprocess
-import sys
-from pathlib import Path
 
-from orphans import collection_path, require_root
+from orphans import facts_bench, require_root
 
-REPO = Path(__file__).resolve().parents[2]
-collection_path()
-sys.path.insert(0, str(REPO / "bench" / "facts"))
-_SPEC = importlib.util.spec_from_file_location("facts_bench_run", REPO / "bench" / "facts" / "run.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = facts_bench()
 
 
 def test_small_workload_recall_and_precision(tmp_path):
