@@ -321,22 +321,29 @@ def test_no_oops_or_warning(kmod_guest):
     assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log
 
 
+def _run_with_variant(kmod_guest, tmp_path, name, flag, scenario):
+    """Result of payload SCENARIO with the module built with -DFLAG=1 loaded in place of the
+    real one (a negative control), which is loaded again afterwards."""
+    suite, guest = kmod_guest[0], kmod_guest[1]
+    source = tmp_path / ("kmod-" + name)
+    shutil.copytree(REPO / "kmod", source)
+    module = harness.build_module(suite, source, make_args=("KCFLAGS=-D%s=1" % flag,))
+    guest.run("mkdir -p %s/%s" % (REMOTE, name))
+    guest.put(str(module), "%s/%s/frelink.ko" % (REMOTE, name))
+    guest.run("rmmod frelink && insmod %s/%s/frelink.ko" % (REMOTE, name))
+    try:
+        proc = guest.run("cd %s && python3 kmod_suite.py %s" % (REMOTE, scenario), timeout=600)
+    finally:
+        guest.run("rmmod frelink; insmod %s/frelink.ko" % REMOTE)
+    return json.loads(proc.stdout)[scenario]
+
+
 def test_btrfs_check_catches_a_relink_without_commit(kmod_guest, tmp_path):
     """Negative control for the btrfs fsck checks above: the same module built
     without its transaction commit (docs/kmod.md) leaves a name without inode
     ref, and btrfs check says so.  Runs after the oops check on purpose."""
-    suite, guest = kmod_guest[0], kmod_guest[1]
-    source = tmp_path / "kmod-negative-control"
-    shutil.copytree(REPO / "kmod", source)
-    module = harness.build_module(suite, source, make_args=("KCFLAGS=-DFRELINK_TEST_SKIP_BTRFS_COMMIT=1",))
-    guest.run("mkdir -p %s/negative" % REMOTE)
-    guest.put(str(module), "%s/negative/frelink.ko" % REMOTE)
-    guest.run("rmmod frelink && insmod %s/negative/frelink.ko" % REMOTE)
-    try:
-        proc = guest.run("cd %s && python3 kmod_suite.py btrfs_negative_control" % REMOTE, timeout=600)
-    finally:
-        guest.run("rmmod frelink; insmod %s/frelink.ko" % REMOTE)
-    res = json.loads(proc.stdout)["btrfs_negative_control"]
+    res = _run_with_variant(kmod_guest, tmp_path, "negative", "FRELINK_TEST_SKIP_BTRFS_COMMIT",
+                            "btrfs_negative_control")
     assert res["by_fd"] == "OK", res
     assert res["fsck"]["rc"] != 0
     assert "no inode ref" in res["fsck"]["output"], res["fsck"]["output"]
@@ -347,18 +354,9 @@ def test_race_test_catches_an_unlocked_linkable(kmod_guest, tmp_path):
     0.1.0 (I_LINKABLE set before vfs_link(), outside the inode lock, window
     widened to 2 ms) lets the holder's linkat() name a file that frelink then
     fails to relink.  Runs after the oops check on purpose."""
-    suite, guest = kmod_guest[0], kmod_guest[1]
-    source = tmp_path / "kmod-negative-race"
-    shutil.copytree(REPO / "kmod", source)
-    module = harness.build_module(suite, source, make_args=("KCFLAGS=-DFRELINK_TEST_UNLOCKED_LINKABLE=1",))
-    guest.run("mkdir -p %s/negative-race" % REMOTE)
-    guest.put(str(module), "%s/negative-race/frelink.ko" % REMOTE)
-    guest.run("rmmod frelink && insmod %s/negative-race/frelink.ko" % REMOTE)
-    try:
-        proc = guest.run("cd %s && python3 kmod_suite.py race:ext4:20:50" % REMOTE, timeout=600)
-    finally:
-        guest.run("rmmod frelink; insmod %s/frelink.ko" % REMOTE)
-    res = json.loads(proc.stdout)["race:ext4:20:50"]
+    suite = kmod_guest[0]
+    res = _run_with_variant(kmod_guest, tmp_path, "negative-race", "FRELINK_TEST_UNLOCKED_LINKABLE",
+                            "race:ext4:20:50")
     print("\n[%s] negative control race outcomes: %s" % (suite, res["outcomes"]))
     assert "exception" not in res, res
     locked_named = sum(v for k, v in res["outcomes"].items() if k.startswith("locked:") and "linkat=OK" in k)
