@@ -151,8 +151,7 @@ def _copy_metadata(src_fd, dst_fd, st):
 
 def _temp_name(name):
     """A new hidden name beside name: at most 255 bytes even for multibyte names."""
-    raw = os.fsencode(name)[:150]
-    stem = raw.decode("utf-8", "ignore") if not raw.isascii() else raw.decode()
+    stem = os.fsencode(name)[:150].decode("utf-8", "ignore")  # a cut multibyte character is dropped
     return ".%s.frelink-%s.tmp" % (stem, os.urandom(6).hex())
 
 
