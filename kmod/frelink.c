@@ -26,6 +26,7 @@
 #include <linux/namei.h>
 #include <linux/path.h>
 #include <linux/sched.h>
+#include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/stat.h>
 #include <linux/string.h>
@@ -39,7 +40,8 @@
  * Serialises relinks.  Correctness does not depend on it (the link count is
  * checked under the inode lock, see frelink_link()); it keeps the btrfs
  * commit and the relink of one request together and relinks rare and
- * orderly.
+ * orderly.  Taken inside the directory lock, never while waiting for a
+ * frozen filesystem (see frelink_relink_dentry()).
  */
 static DEFINE_MUTEX(frelink_mutex);
 
@@ -213,11 +215,17 @@ static int frelink_check_inode(struct inode *inode, struct inode *dir)
  * metadata dirtied since the last commit, independent of the file's size,
  * and is cheaper than sync_filesystem(), which also writes back every dirty
  * page of the filesystem.
+ *
+ * Called with write access to the mount held (mnt_want_write() in
+ * start_creating_path()) and the directory locked, as btrfs itself commits
+ * under a locked directory when it creates a snapshot.  Write access keeps
+ * the filesystem from being remounted read-only or frozen meanwhile, and the
+ * open source file pins the superblock, so s_umount is not taken: taking it
+ * here would invert the order of freeze_super(), which holds it while it
+ * waits for writers like us.
  */
 static int frelink_flush_delayed_unlink(struct super_block *sb)
 {
-	int err;
-
 #ifdef FRELINK_TEST_SKIP_BTRFS_COMMIT
 	/* negative control for tests/guest/test_kmod.py; never set otherwise */
 	return 0;
@@ -227,10 +235,7 @@ static int frelink_flush_delayed_unlink(struct super_block *sb)
 	    !sb->s_op->sync_fs)
 		return 0;
 
-	down_read(&sb->s_umount);
-	err = sb->s_op->sync_fs(sb, 1);
-	up_read(&sb->s_umount);
-	return err;
+	return sb->s_op->sync_fs(sb, 1);
 }
 
 #ifdef FRELINK_TEST_UNLOCKED_LINKABLE
@@ -333,42 +338,90 @@ out_unlock:
 }
 #endif
 
-/* Give @old_dentry the name req->name in the directory @dir_file. */
+#if defined(FRELINK_TEST_LOCK_INVERSION) || defined(FRELINK_TEST_USE_AFTER_FREE)
+/*
+ * Negative controls for the debug-kernel judges of tests/guest/test_kmod.py,
+ * never built otherwise: after a relink, take the source inode's lock and
+ * then frelink_mutex, the reverse of the order of a relink (lockdep must
+ * report it), or read a copy of the name after freeing it (KASAN must).
+ */
+static noinline void frelink_test_judges(struct inode *inode,
+					 const char *name)
+{
+#ifdef FRELINK_TEST_LOCK_INVERSION
+	inode_lock(inode);
+	mutex_lock(&frelink_mutex);
+	mutex_unlock(&frelink_mutex);
+	inode_unlock(inode);
+#endif
+#ifdef FRELINK_TEST_USE_AFTER_FREE
+	{
+		char *copy = kstrdup(name, GFP_KERNEL);
+
+		kfree(copy);
+		OPTIMIZER_HIDE_VAR(copy);
+		if (copy)
+			pr_info("freed name starts with %d\n", READ_ONCE(copy[0]));
+	}
+#endif
+}
+#else
+static inline void frelink_test_judges(struct inode *inode, const char *name)
+{
+}
+#endif
+
+/*
+ * Give @old_dentry the name req->name in the directory @dir_file.
+ *
+ * Lock order: the directory's write access and inode lock
+ * (start_creating_path()), then frelink_mutex, then the source inode's lock
+ * (frelink_link()).  Nothing that waits for a frozen filesystem runs under
+ * frelink_mutex, so a relink on a frozen filesystem never stalls relinks
+ * elsewhere.  A filesystem frozen (fsfreeze, FIFREEZE) when the request
+ * arrives is refused at once with EBUSY instead of sleeping unkillably in
+ * mnt_want_write() until the thaw; only a freeze that starts in the
+ * instant between that check and mnt_want_write() makes this request wait,
+ * as it does linkat().
+ */
 static int frelink_relink_dentry(const struct frelink_relink *req,
 				 struct file *dir_file,
 				 struct dentry *old_dentry)
 {
 	struct inode *inode = d_inode(old_dentry);
+	struct super_block *sb = inode->i_sb;
 	struct frelink_deleg deleg = { };
 	struct dentry *new_dentry;
 	struct path dir_path;
 	int err;
 
-	err = mutex_lock_killable(&frelink_mutex);
-	if (err)
-		return err;
 retry:
 	/* cheap early refusal; the check that counts is in frelink_link() */
-	err = -EMLINK;
 	if (READ_ONCE(inode->i_nlink))
-		goto out_unlock;
+		return -EMLINK;
 
-	err = frelink_flush_delayed_unlink(inode->i_sb);
-	if (err)
-		goto out_unlock;
+	if (!sb_start_write_trylock(sb))
+		return -EBUSY;
+	sb_end_write(sb);
 
 	new_dentry = frelink_start_creating_path(req->dir_fd, req->name,
 						 &dir_path, 0);
-	if (IS_ERR(new_dentry)) {
-		err = PTR_ERR(new_dentry);
-		goto out_unlock;
-	}
+	if (IS_ERR(new_dentry))
+		return PTR_ERR(new_dentry);
 
 	/* another thread of the caller replaced dir_fd meanwhile */
 	err = -EBADF;
-	if (path_equal(&dir_path, &dir_file->f_path))
-		err = frelink_link(old_dentry, &dir_path, new_dentry, &deleg);
+	if (!path_equal(&dir_path, &dir_file->f_path))
+		goto out_end;
 
+	err = mutex_lock_killable(&frelink_mutex);
+	if (err)
+		goto out_end;
+	err = frelink_flush_delayed_unlink(sb);
+	if (!err)
+		err = frelink_link(old_dentry, &dir_path, new_dentry, &deleg);
+	mutex_unlock(&frelink_mutex);
+out_end:
 	frelink_end_creating_path(&dir_path, new_dentry);
 
 	/* an NFS delegation was in the way: wait for it, then retry */
@@ -377,14 +430,14 @@ retry:
 		if (!err)
 			goto retry;
 	}
-out_unlock:
-	mutex_unlock(&frelink_mutex);
+	if (err)
+		return err;
 	/* %pE: the name is the caller's, it must not forge log lines */
-	if (!err)
-		pr_info("pid %d relinked inode %llu of %s as %*pE\n",
-			task_pid_nr(current), (u64)inode->i_ino,
-			inode->i_sb->s_id, (int)strlen(req->name), req->name);
-	return err;
+	pr_info("pid %d relinked inode %llu of %s as %*pE\n",
+		task_pid_nr(current), (u64)inode->i_ino, sb->s_id,
+		(int)strlen(req->name), req->name);
+	frelink_test_judges(inode, req->name);
+	return 0;
 }
 
 /*

@@ -72,6 +72,8 @@
  *			mount or filesystem, or (BY_FD) the mount @src_fd was
  *			opened through (a file seen read-only does not gain
  *			a name through a writable mount)
+ *	EBUSY		the filesystem is frozen (fsfreeze, FIFREEZE);
+ *			nothing waited, retry after the thaw
  * Other errors come unchanged from the kernel or the filesystem: ENOTTY
  * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
  * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or

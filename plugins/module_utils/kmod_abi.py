@@ -101,6 +101,8 @@ HINTS = {
     errno.EROFS: "a read-only mount is in the way: the destination's (remount it read-write or choose a writable "
                  "mount of the same filesystem), or by descriptor the one the deleted file was opened through "
                  "(a file seen read-only never gains a name through a writable mount)",
+    errno.EBUSY: "the filesystem is frozen (fsfreeze, or a snapshot or backup tool froze it); nothing was changed "
+                 "and nothing waited: retry after 'fsfreeze --unfreeze MOUNTPOINT' or when the snapshot is done",
     errno.ENOSPC: "the filesystem has no room for the new directory entry; free some space and retry",
     errno.EDQUOT: "the quota of the directory's owner is exhausted; raise it or free space and retry",
 }
