@@ -1,14 +1,15 @@
 """Guest-kernel test harness: Debian images per suite, a build chroot, QEMU guests.
 
 See docs/harness.md. The public API is the contract other tests code against:
-SUITES, prepare(), chroot_run(), build_module(), Guest.
+SUITES, prepare(), chroot_run(), build_module(), Guest, debug_kernel().
 """
 
 from .chroot import CommandError, build_module, chroot_run
 from .debian import SUITES
+from .debug_kernel import DebugKernel, debug_kernel
 from .guest import Guest, GuestCommandError
 from .image import Env, prepare
 from .util import HarnessError
 
-__all__ = ["SUITES", "CommandError", "Env", "Guest", "GuestCommandError", "HarnessError",
-           "build_module", "chroot_run", "prepare"]
+__all__ = ["SUITES", "CommandError", "DebugKernel", "Env", "Guest", "GuestCommandError", "HarnessError",
+           "build_module", "chroot_run", "debug_kernel", "prepare"]

@@ -71,18 +71,20 @@ def _ignored_files(src: Path):
     return [line.rstrip("/") for line in probe.stdout.splitlines() if line]
 
 
-def build_module(suite, src_dir, make_args=()):
+def build_module(suite, src_dir, make_args=(), kernel_tree=None):
     """Build the out-of-tree module in SRC_DIR for SUITE's kernel; return the .ko path.
 
     The source is copied to a per-suite build dir (build_root(suite)/<name>-<hash>),
     never built in place, and built as DKMS does by default:
     make KERNELRELEASE=<release> -C /lib/modules/<release>/build M=<dir> [make_args].
+    With kernel_tree (a built kernel tree inside the chroot, e.g. the debug kernel's),
+    make -C <kernel_tree> M=<dir> [make_args] instead, into a build dir of its own.
     """
     src = Path(src_dir).resolve()
     if not src.is_dir():
         raise HarnessError(f"module source {src} is not a directory")
     env = prepare(suite)
-    name = f"{src.name}-{hashlib.sha256(str(src).encode()).hexdigest()[:8]}"
+    name = f"{src.name}-{hashlib.sha256(str((src, kernel_tree)).encode()).hexdigest()[:8]}"
     host_dir = build_root(suite) / name
     with file_lock(build_root(suite) / f"{name}.lock", suite,
                    f"waiting for another build of {src} for {suite}"):
@@ -91,8 +93,9 @@ def build_module(suite, src_dir, make_args=()):
         subprocess.run(["rsync", "-a", "--delete", "--delete-excluded", *excludes,
                         f"{src}/", f"{host_dir}/"], check=True)
         release = env.kernel_release
-        argv = ["make", "-j2", f"KERNELRELEASE={release}", "-C", f"/lib/modules/{release}/build",
-                f"M=/build/{name}", *make_args]
+        kbuild = ["-C", kernel_tree] if kernel_tree else [f"KERNELRELEASE={release}", "-C",
+                                                          f"/lib/modules/{release}/build"]
+        argv = ["make", "-j2", *kbuild, f"M=/build/{name}", *make_args]
         chroot_run(suite, argv, cwd=f"/build/{name}")
         modules = sorted(host_dir.rglob("*.ko"))
     if not modules:

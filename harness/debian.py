@@ -48,6 +48,13 @@ PACKAGES = (
     "btrfs-progs",
     "dosfstools",
     "jfsutils",
+    # what a kernel build needs beyond gcc and make: the debug kernel
+    # (harness/debug_kernel.py) is built from Debian's source in this chroot
+    "bc",
+    "bison",
+    "flex",
+    "libelf-dev",
+    "libssl-dev",
 )
 
 

@@ -94,7 +94,7 @@ class Guest:
     """A booted Debian guest of SUITE; use as a context manager (stops on exit)."""
 
     def __init__(self, suite, mem_mb=DEFAULT_MEM_MB, kernel_cmdline_extra="", instance_dir=None,
-                 detached=False, snapshot=None, boot_timeout=BOOT_TIMEOUT):
+                 detached=False, snapshot=None, boot_timeout=BOOT_TIMEOUT, kernel=None):
         require_tools("qemu-system-x86_64", "qemu-img", "ssh", "scp")
         self.suite = suite
         self.env = prepare(suite)
@@ -105,7 +105,7 @@ class Guest:
         self.detached = detached
         if snapshot is None:
             snapshot = os.environ.get("FRELINK_SNAPSHOT", "1") != "0"
-        default_config = self.mem_mb == DEFAULT_MEM_MB and not self.kernel_cmdline_extra
+        default_config = self.mem_mb == DEFAULT_MEM_MB and not self.kernel_cmdline_extra and kernel is None
         self.use_snapshot = bool(snapshot) and default_config
         self._own_dir = instance_dir is None
         self.dir = Path(instance_dir or tempfile.mkdtemp(prefix=f"frelink-{suite}-")).resolve()
@@ -115,7 +115,9 @@ class Guest:
         self.pid = None
         self._control_dir = None
         self.restored = False
-        self.vmlinuz, self.initrd = self.env.vmlinuz, self.env.initrd  # what QEMU boots (-kernel/-initrd)
+        # what QEMU boots (-kernel, and -initrd unless None): the image's kernel, or
+        # kernel=(bzImage, None) for one that needs no initramfs (the debug kernel)
+        self.vmlinuz, self.initrd = kernel or (self.env.vmlinuz, self.env.initrd)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -439,7 +441,7 @@ def _qemu_argv(env, mem_mb, cmdline, overlay, port, console, qmp, pidfile, incom
         "-serial", f"file:{console}",
         "-qmp", f"unix:{qmp},server=on,wait=off",
         "-pidfile", str(pidfile),
-        "-kernel", str(vmlinuz), "-initrd", str(initrd), "-append", cmdline,
+        "-kernel", str(vmlinuz), *(["-initrd", str(initrd)] if initrd else []), "-append", cmdline,
         "-blockdev", f"driver=qcow2,node-name=root,file.driver=file,file.filename={overlay}",
         "-device", "virtio-blk-pci,drive=root",
         "-netdev", f"user,id=net0,hostfwd=tcp:{SSH_HOST}:{port}-:22",

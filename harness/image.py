@@ -16,6 +16,7 @@ removed before and written after, so an interrupted build is rebuilt, never trus
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,9 @@ Type=ether
 DHCP=ipv4
 """
 
+# KFENCE's sampling interval on the stock kernels (its usual default; Debian ships 0)
+KFENCE_SAMPLE_INTERVAL_MS = 100
+
 # A small initramfs (just what mounts /dev/vda) unpacks and boots much faster under TCG.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic", "crc32c_intel")
 
@@ -85,7 +89,22 @@ class Env:
 
     @property
     def cmdline(self) -> str:
-        return "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 mitigations=off"
+        base = "root=/dev/vda rw console=ttyS0,115200 net.ifnames=0 mitigations=off"
+        # Debian builds KFENCE in but samples nothing (interval 0): turn it on, so that
+        # every guest test also samples allocations for memory errors (the kmod test
+        # fails on any KFENCE report)
+        if kernel_config_has(self.rootfs / "boot" / f"config-{self.kernel_release}", "CONFIG_KFENCE=y"):
+            base += f" kfence.sample_interval={KFENCE_SAMPLE_INTERVAL_MS}"
+        return base
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_config_has(config: Path, line: str) -> bool:
+    """Whether the kernel config file CONFIG has LINE (False when it is missing)."""
+    try:
+        return line in config.read_text().splitlines()
+    except OSError:
+        return False
 
 
 def version_key(suite: str) -> str:
