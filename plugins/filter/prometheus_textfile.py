@@ -38,10 +38,23 @@ description:
     headline C(frelink_orphans) and C(frelink_pinned_bytes) and shown apart as C(frelink_orphans_deliberate)
     (label C(idiom)) and C(frelink_pinned_bytes_deliberate), so that an alert on the headline means files
     someone lost. The per-kind and per-filesystem series count every orphan."
-  - The label C(container) is reserved. A later version will split the per-kind and per-filesystem
-    series of orphans held inside containers (another mount namespace) by container, the host's
-    series keeping no C(container) label; queries that aggregate with a C(without) clause naming
-    C(container) keep their meaning then.
+  - "Containers: the per-kind and per-filesystem series (C(frelink_orphans_by_kind), C(frelink_pinned_bytes_by_kind),
+    C(frelink_filesystem_orphans), C(frelink_filesystem_pinned_bytes)) without a C(container) label are the host's:
+    orphans that a process outside containers holds (by that kind), or the kernel (loop, swap). Orphans that processes
+    in a container hold get series of their own with C(container) set to the container's C(short_id) from the facts
+    (the first 12 hex digits of its id, as C(docker ps) shows it). A process counts as in a container when the facts
+    give its holder a C(container) (another mount namespace and a Docker, Podman, containerd or CRI-O cgroup); one in
+    another mount namespace without a recognised container is the host's."
+  - "An orphan counts under every place that holds it: under the host and each container whose processes hold it
+    (per kind: by a holder of that kind), as it counts under each kind. Summed over C(container) (PromQL
+    C(sum without) naming it), a series therefore gives the old total unless an orphan is held from several places
+    (a file shared by the host and a container, or by two containers), which it counts once per place. The
+    headline C(frelink_orphans) and C(frelink_pinned_bytes) have no C(container) label and count each orphan once,
+    wherever it is held. C(frelink_filesystem_free_bytes) has no C(container) label."
+  - "The split needs the holders, which only the listed orphans show: it is exact when every orphan is listed
+    (C(limit=0), as C(playbooks/audit.yml) asks) and no listed orphan has more holders than are listed
+    (C(holder_count)). Otherwise the container series count the listed orphans by their listed holders and
+    the rest stays in the host's series."
   - Needs only Python's standard library on the controller.
 options:
   _input:
@@ -109,6 +122,12 @@ EXAMPLES = r"""
 #   frelink_orphans_by_kind{kind="fd"} 1
 #   frelink_filesystem_pinned_bytes{devno="254:0",fstype="ext4",mountpoint="/"} 3145728
 #   frelink_scan_complete 1
+# and when a process in Docker container 3f2a9c0d1e4b... also holds a deleted 1 MiB file on /:
+#   frelink_orphans 2
+#   frelink_orphans_by_kind{kind="fd"} 1
+#   frelink_orphans_by_kind{kind="fd",container="3f2a9c0d1e4b"} 1
+#   frelink_filesystem_pinned_bytes{devno="254:0",fstype="ext4",mountpoint="/"} 3145728
+#   frelink_filesystem_pinned_bytes{devno="254:0",fstype="ext4",mountpoint="/",container="3f2a9c0d1e4b"} 1048576
 """
 
 RETURN = r"""
@@ -190,6 +209,74 @@ def _number(value, what):
     return value
 
 
+def container_name(container):
+    """The label value of a holder's container: its short id (frelink_facts' container.short_id)."""
+    if not isinstance(container, Mapping):
+        raise AnsibleFilterError("prometheus_textfile: a holder's container must be a dict, got %r" % (container,))
+    name = container.get("short_id") or (container.get("id") or "")[:12]
+    if not isinstance(name, str) or not name:
+        raise AnsibleFilterError("prometheus_textfile: a holder's container has no short_id: %r" % (container,))
+    return name
+
+
+class _ContainerSplit:
+    """Where the listed orphans are held: the host (None) or containers (short ids).
+
+    A place holds an orphan by a kind when one of the orphan's listed holders of that kind is
+    there; holders without a container (processes outside containers, loop and swap) are the
+    host. by_kind[(place, kind)] and by_device[(place, device)] are (count, allocated bytes)
+    over the listed orphans held there; contained_only_* are the same for the orphans that no
+    host holder holds (by that kind, or at all): what the host's series leave out of the
+    summary's totals.
+    """
+
+    def __init__(self, orphans):
+        self.by_kind = {}
+        self.by_device = {}
+        self.contained_only_by_kind = {}
+        self.contained_only_by_device = {}
+        self.fs_labels = {}
+        names = set()
+        for orphan in orphans:
+            allocated = _number(orphan.get("allocated"), "orphans[].allocated") or 0
+            places_by_kind = {}
+            for holder in orphan.get("holders") or []:
+                kind = holder.get("kind")
+                if not kind:
+                    continue
+                place = container_name(holder["container"]) if holder.get("container") else None
+                places_by_kind.setdefault(kind, set()).add(place)
+            places = set()
+            for kind, kind_places in places_by_kind.items():
+                places |= kind_places
+                for place in kind_places:
+                    self._add(self.by_kind, (place, kind), allocated)
+                if None not in kind_places:
+                    self._add(self.contained_only_by_kind, kind, allocated)
+            device = orphan.get("device")
+            for place in places:
+                self._add(self.by_device, (place, device), allocated)
+            self.fs_labels.setdefault(device, {
+                "device": device, "fstype": orphan.get("fstype"), "mount_point": orphan.get("mount_point")})
+            if places and None not in places:
+                self._add(self.contained_only_by_device, device, allocated)
+            names |= places - {None}
+        self.containers = sorted(names)
+
+    @staticmethod
+    def _add(table, key, allocated):
+        count, total = table.get(key, (0, 0))
+        table[key] = (count + 1, total + allocated)
+
+    def kinds_beyond(self, kinds):
+        return sorted(set(kind for _place, kind in self.by_kind) - set(kinds))
+
+
+def _minus(total, part):
+    """A total of the summary less what containers alone hold (None stays None: no sample)."""
+    return None if total is None else total - part
+
+
 def _facts_of(data):
     """(facts or None) from ansible_facts.frelink or a registered frelink_facts result."""
     if not isinstance(data, Mapping):
@@ -260,32 +347,56 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
 
     by_kind = summary.get("by_kind") or {}
     kinds = list(KINDS) + sorted(k for k in by_kind if k not in KINDS)
+    split = _ContainerSplit(orphans)
     out.gauge("orphans_by_kind", "Deleted files held by at least one holder of this kind (fd, mmap, cwd, root, "
-              "exe, loop, swap); one held by several kinds counts under each.",
-              [([("kind", kind)], _number(by_kind.get(kind, 0), "summary.by_kind.%s" % kind)) for kind in kinds])
+              "exe, loop, swap); one held by several kinds counts under each. Without a container label: held "
+              "by the host (a process outside containers, or the kernel); with container: by a process in "
+              "that container; one held from several places counts under each.",
+              [([("kind", kind)], _minus(_number(by_kind.get(kind, 0), "summary.by_kind.%s" % kind),
+                                         split.contained_only_by_kind.get(kind, (0, 0))[0])) for kind in kinds]
+              + [([("kind", kind), ("container", name)], split.by_kind.get((name, kind), (0, 0))[0])
+                 for name in split.containers for kind in kinds + split.kinds_beyond(kinds)])
     kind_bytes = dict((kind, 0) for kind in kinds)
     if "bytes_by_kind" in summary:  # the module's own totals over every orphan
         for kind, value in summary["bytes_by_kind"].items():
             kind_bytes[kind] = _number(value, "summary.bytes_by_kind.%s" % kind)
+        for kind, (_count, allocated) in split.contained_only_by_kind.items():
+            kind_bytes[kind] = _minus(kind_bytes.get(kind, 0), allocated)
         exact = "every deleted file"
     else:  # facts of an older module: what the listed entries show
-        for orphan in orphans:
-            allocated = _number(orphan.get("allocated"), "orphans[].allocated") or 0
-            for kind in sorted(set(h.get("kind") for h in orphan.get("holders") or [] if h.get("kind"))):
+        for (name, kind), (_count, allocated) in split.by_kind.items():
+            if name is None:
                 kind_bytes[kind] = kind_bytes.get(kind, 0) + allocated
         exact = "the listed deleted files (a lower bound when orphans_listed is below orphans)"
-    out.gauge("pinned_bytes_by_kind", "Allocated bytes held by this kind, over %s." % exact,
-              [([("kind", kind)], kind_bytes[kind]) for kind in kinds + sorted(set(kind_bytes) - set(kinds))])
+    all_kinds = kinds + sorted(set(kind_bytes) - set(kinds))
+    out.gauge("pinned_bytes_by_kind", "Allocated bytes held by this kind, over %s; container as for "
+              "orphans_by_kind." % exact,
+              [([("kind", kind)], kind_bytes[kind]) for kind in all_kinds]
+              + [([("kind", kind), ("container", name)], split.by_kind.get((name, kind), (0, 0))[1])
+                 for name in split.containers for kind in kinds + split.kinds_beyond(kinds)])
 
     filesystems = summary.get("by_filesystem") or []
+    known = set(fs.get("device") for fs in filesystems)
+    # a device that listed orphans name but the summary does not (inconsistent input): the orphans' labels
+    unknown = sorted(set(device for _place, device in split.by_device if device not in known), key=_text)
 
     def fs_labels(fs):
         return [("devno", fs.get("device")), ("fstype", fs.get("fstype")), ("mountpoint", fs.get("mount_point"))]
 
-    out.gauge("filesystem_orphans", "Deleted files still held on this filesystem.",
-              [(fs_labels(fs), _number(fs.get("count"), "by_filesystem[].count")) for fs in filesystems])
-    out.gauge("filesystem_pinned_bytes", "Allocated bytes of deleted files still held on this filesystem.",
-              [(fs_labels(fs), _number(fs.get("bytes_pinned"), "by_filesystem[].bytes_pinned")) for fs in filesystems])
+    def fs_series(field, index):
+        host = []
+        for fs in filesystems:
+            host.append((fs_labels(fs), _minus(_number(fs.get(field), "by_filesystem[].%s" % field),
+                                               split.contained_only_by_device.get(fs.get("device"), (0, 0))[index])))
+        labelled = [fs_labels(fs) for fs in filesystems] + [fs_labels(split.fs_labels[device]) for device in unknown]
+        return host + [(labels + [("container", name)], split.by_device[(name, labels[0][1])][index])
+                       for name in split.containers for labels in labelled
+                       if (name, labels[0][1]) in split.by_device]
+
+    out.gauge("filesystem_orphans", "Deleted files still held on this filesystem; container as for orphans_by_kind.",
+              fs_series("count", 0))
+    out.gauge("filesystem_pinned_bytes", "Allocated bytes of deleted files still held on this filesystem; "
+              "container as for orphans_by_kind.", fs_series("bytes_pinned", 1))
     out.gauge("filesystem_free_bytes", "Bytes available to unprivileged users on this filesystem (room for a copy).",
               [(fs_labels(fs), _number(fs.get("free_bytes"), "by_filesystem[].free_bytes")) for fs in filesystems])
     return out.text()
