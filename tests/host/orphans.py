@@ -23,6 +23,9 @@ Helpers:
 - decoys(directory)                            (memfd, O_TMPFILE, SysV shm, shared anon map,
                                                 socket, pipe, live 'x (deleted)' file: not orphans)
 - holder(code)                                 (a python process running code, for custom cases)
+- container_cgroup(runtime="docker")           (a cgroup v2 named as that runtime names a container's; .holder(code)
+                                                runs holder(code) in its own mount namespace inside it: the
+                                                facts then give its holders that container)
 """
 
 import contextlib
@@ -99,6 +102,58 @@ def holder(code, argv=None, user=None, env=None):
         yield proc, json.loads(line)
     finally:
         _stop(proc)
+
+
+# cgroup v2 directory names of a container's processes, as plugins/module_utils/containers.py reads them
+_RUNTIME_SCOPES = {"docker": "docker-%s.scope", "podman": "libpod-%s.scope", "cri-o": "crio-%s.scope",
+                   "containerd": "cri-containerd-%s.scope"}
+
+
+def _cgroup2_mount():
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup2":
+                return fields[4].replace("\\040", " ")
+    raise AssertionError("this test needs a cgroup v2 hierarchy (none in /proc/self/mountinfo)")
+
+
+@contextlib.contextmanager
+def container_cgroup(runtime="docker"):
+    """What the scan sees of a container, without a container runtime: a cgroup v2 directory named
+    as RUNTIME names a container's (<mount>/frelink-test-<pid>-<n>/docker-<id>.scope, a random id).
+
+    Yields a namespace: runtime, id, short_id, path, and holder(code), a context manager that runs
+    holder(code) under `unshare -m` (a container has its own mount namespace, and the scan reads
+    /proc/PID/cgroup only then) and moves it into the cgroup before yielding (Popen, out).
+    The processes are stopped and the cgroups removed on exit.
+    """
+    require_root()
+    cid = os.urandom(32).hex()
+    parent = Path(_cgroup2_mount()) / ("frelink-test-%d-%s" % (os.getpid(), cid[:6]))
+    path = parent / (_RUNTIME_SCOPES[runtime] % cid)
+    path.mkdir(parents=True)
+
+    @contextlib.contextmanager
+    def contained(code):
+        with holder(code, argv=["unshare", "-m", PYTHON]) as (proc, out):
+            (path / "cgroup.procs").write_text("%d\n" % proc.pid)
+            yield proc, out
+
+    try:
+        yield types.SimpleNamespace(runtime=runtime, id=cid, short_id=cid[:12], path=str(path), holder=contained)
+    finally:
+        for directory in (path, parent):
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    directory.rmdir()
+                    break
+                except OSError:  # EBUSY until the last process of the cgroup is gone
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
 
 
 def _stop(proc):

@@ -8,9 +8,15 @@ directory is another tmpfs, so Ansible's upload directory (~/.ansible/tmp) is on
 different filesystem: inotify then shows whether frelink.prom only ever appears by
 one rename. The written file is parsed with prometheus_client's parser and checked
 with `promtool check metrics` (Debian's prometheus package, from scripts/bootstrap.sh).
+
+Containers: holders in their own mount namespace inside a cgroup named as Docker or
+Podman names a container's (orphans.container_cgroup), which the real scan reports
+as that container; the container series are checked against what each one holds.
 """
 import contextlib
 import ctypes
+import glob
+import json
 import os
 import shutil
 import socket
@@ -23,7 +29,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orphans import collection_path, deleted_open_file, require_root
+from orphans import PYTHON, collection_path, container_cgroup, deleted_open_file, holder, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,6 +40,7 @@ WEIRD = 'held "mnt" \\ x'  # a space, a double quote, a backslash
 collection_path()
 from ansible_collections.frelink.frelink.plugins.filter.prometheus_textfile import (  # noqa: E402
     FilterModule, escape_label_value, prometheus_textfile)
+from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100
@@ -44,7 +51,9 @@ def families(text):
 
 
 def value(fams, name, **labels):
-    samples = [s for s in fams[name].samples if all(s.labels.get(k) == v for k, v in labels.items())]
+    """The one sample with these labels (the host's, without a container label, unless container is given)."""
+    samples = [s for s in fams[name].samples if all(s.labels.get(k) == v for k, v in labels.items())
+               and ("container" in labels or "container" not in s.labels)]
     assert len(samples) == 1, (name, labels, fams[name].samples)
     return samples[0].value
 
@@ -111,6 +120,40 @@ def test_filter_registered_results():
         prometheus_textfile(FACTS, timestamp="yesterday")
     with pytest.raises(AnsibleFilterError):
         prometheus_textfile(FACTS, prefix="9bad")
+
+
+
+def test_filter_container_edge_cases():
+    """Facts of an older module (no bytes_by_kind), a container without short_id, a label value that needs escaping."""
+    odd = {"runtime": "docker", "id": 'c"\\\n' + "0" * 61}  # no short_id: the id's first 12 characters
+    facts = {"summary": {"count": 2, "listed": 2, "bytes_pinned": 300, "by_kind": {"fd": 2},
+                         "by_filesystem": [{"device": "0:50", "mount_point": "/v", "fstype": "tmpfs", "count": 2,
+                                            "bytes_pinned": 300, "free_bytes": 1}]},
+             "orphans": [{"device": "0:50", "allocated": 100, "holders": [{"kind": "fd", "container": odd}]},
+                         {"device": "0:99", "fstype": "xfs", "mount_point": "/w", "allocated": 200,
+                          "holders": [{"kind": "fd"}, {"kind": "fd", "container": odd}]}],
+             "scan": {"complete": True}}
+    text = prometheus_textfile(facts, timestamp=1)
+    fams = families(text)
+    name = 'c"\\\n' + "0" * 8
+    assert 'container="c\\"\\\\\\n00000000"' in text
+    assert value(fams, "frelink_orphans_by_kind", kind="fd") == 1  # the summary's 2, less the container-only one
+    assert value(fams, "frelink_orphans_by_kind", kind="fd", container=name) == 2
+    # no bytes_by_kind: summed over the listed orphans, the host's over those it holds
+    assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") == 200
+    assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd", container=name) == 300
+    assert value(fams, "frelink_filesystem_orphans", devno="0:50") == 1
+    assert value(fams, "frelink_filesystem_orphans", devno="0:50", container=name) == 1
+    # a device the summary does not name keeps the orphan's own labels (and no host series)
+    assert value(fams, "frelink_filesystem_pinned_bytes", devno="0:99", fstype="xfs", mountpoint="/w",
+                 container=name) == 200
+    assert [s for s in fams["frelink_filesystem_pinned_bytes"].samples if s.labels["devno"] == "0:99"
+            and "container" not in s.labels] == []
+    assert value(fams, "frelink_orphans") == 2 and value(fams, "frelink_pinned_bytes") == 300
+    for bad in ("docker", {"runtime": "docker"}):
+        broken = dict(facts, orphans=[{"device": "0:50", "holders": [{"kind": "fd", "container": bad}]}])
+        with pytest.raises(AnsibleFilterError):
+            prometheus_textfile(broken)
 
 
 # -- the audit playbook on this host ------------------------------------------
@@ -182,9 +225,15 @@ def test_audit_writes_textfile_metrics(tmp_path):
     if not os.access(PROMTOOL, os.X_OK):
         pytest.fail("%s is missing (Debian package prometheus, installed by scripts/bootstrap.sh)" % PROMTOOL)
     with tmpfs(tmp_path / WEIRD) as held_fs, tmpfs(tmp_path / "textfile") as textfile_dir, \
-            deleted_open_file(held_fs, size=3 << 20, name="precious.log") as held:
+            deleted_open_file(held_fs, size=3 << 20, name="precious.log") as held, \
+            container_cgroup("docker") as ctr, contextlib.ExitStack() as stack:
         allocated = held.blocks * 512
         assert allocated >= 3 << 20
+        in_container = held_fs / "in-container.log"  # held by a process in a Docker container
+        in_container.write_bytes(os.urandom(1 << 20))
+        contained_allocated = in_container.stat().st_blocks * 512
+        stack.enter_context(ctr.holder(_opens(str(in_container))))
+        in_container.unlink()
 
         run_audit(tmp_path, textfile_dir, check=True)  # check mode changes nothing
         assert not (textfile_dir / "frelink.prom").exists()
@@ -215,10 +264,16 @@ def test_audit_writes_textfile_metrics(tmp_path):
         assert value(fams, "frelink_pinned_bytes_deliberate") >= 0
         assert value(fams, "frelink_pinned_bytes") >= allocated
         assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") >= allocated
-        # the held file is the only orphan of its tmpfs, at a mount point that needs escaping
+        # the held file is the host's only orphan of its tmpfs, at a mount point that needs escaping;
+        # the container's file has its own series
         mountpoint = str(held_fs)
         assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs") == 1
         assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs") == allocated
+        assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs",
+                     container=ctr.short_id) == 1
+        assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs",
+                     container=ctr.short_id) == contained_allocated
+        assert value(fams, "frelink_orphans_by_kind", kind="fd", container=ctr.short_id) == 1
         assert value(fams, "frelink_filesystem_free_bytes", mountpoint=mountpoint, fstype="tmpfs") > 0
         assert '\\"mnt\\" \\\\ x' in text
         # the scan is partial on hosts where even root cannot inspect some process (warnings say which)
@@ -247,3 +302,109 @@ def test_audit_refuses_missing_textfile_dir(tmp_path):
     assert not missing.exists()
     assert (tmp_path / "report" / "audit.json").exists()  # the report is still written
     shutil.rmtree(tmp_path / "report")
+
+
+# -- containers: a real scan ----------------------------------------------------
+
+def _opens(*paths):
+    return "out['fds'] = [os.open(p, os.O_RDONLY) for p in %r]\n" % (list(paths),)
+
+
+def _maps(path):
+    """Holder code: a shared mapping of PATH, its fd closed (libc mmap: Python's mmap keeps a dup of the fd)."""
+    return ("import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.mmap.restype = ctypes.c_void_p\n"
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
+            " ctypes.c_long]\n"
+            "fd = os.open(%r, os.O_RDONLY)\n"
+            "addr = libc.mmap(None, os.fstat(fd).st_size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)\n"
+            "assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()\n"
+            "os.close(fd)\n" % path)
+
+
+def test_container_series_from_a_real_scan(tmp_path):
+    """Six deleted files on one tmpfs, held by the host, a process in its own mount namespace (no container),
+    a Docker container and a Podman one; the real scan's facts through the filter, with every orphan listed
+    and with two."""
+    require_root()
+    sizes = {"host.dat": 8 << 10, "c1.dat": 16 << 10, "shared.dat": 32 << 10, "both.dat": 64 << 10,
+             "mapped.dat": 128 << 10, "ns.dat": 256 << 10}
+    with tmpfs(tmp_path / WEIRD) as fs, container_cgroup("docker") as c1, container_cgroup("podman") as c2:
+        paths = dict((name, str(fs / name)) for name in sizes)
+        allocated = {}
+        for name, size in sizes.items():
+            Path(paths[name]).write_bytes(os.urandom(size))
+            allocated[name] = os.stat(paths[name]).st_blocks * 512
+        with holder(_opens(paths["host.dat"], paths["shared.dat"])), \
+                holder(_opens(paths["ns.dat"]), argv=["unshare", "-m", PYTHON]), \
+                c1.holder(_opens(paths["c1.dat"], paths["shared.dat"], paths["both.dat"])), \
+                c2.holder(_opens(paths["both.dat"]) + _maps(paths["mapped.dat"])):
+            for path in paths.values():
+                os.unlink(path)
+            include = [glob.escape(str(fs)) + "/*"]
+            # through JSON, as Ansible hands the facts to the filter
+            facts = json.loads(json.dumps(scan(include=include, limit=0)))
+            truncated = json.loads(json.dumps(scan(include=include, limit=2)))
+
+    # what the collector reports: the containers by their cgroups, the plain namespace as no container
+    places = dict((entry["path"].rsplit("/", 1)[1], sorted(h.get("container", {}).get("short_id", "host")
+                                                           for h in entry["holders"])) for entry in facts["orphans"])
+    assert places == {"host.dat": ["host"], "ns.dat": ["host"], "c1.dat": [c1.short_id],
+                      "shared.dat": sorted(["host", c1.short_id]), "both.dat": sorted([c1.short_id, c2.short_id]),
+                      "mapped.dat": [c2.short_id]}, places
+    runtimes = set((h["container"]["runtime"], h["container"]["short_id"])
+                   for entry in facts["orphans"] for h in entry["holders"] if "container" in h)
+    assert runtimes == {("docker", c1.short_id), ("podman", c2.short_id)}
+    assert facts["summary"]["count"] == facts["summary"]["listed"] == 6
+
+    text = prometheus_textfile(facts, timestamp=1)
+    fams = families(text)
+    on_fs = dict(mountpoint=str(fs), fstype="tmpfs")
+
+    def held(*names):
+        return sum(allocated[name] for name in names)
+
+    # the headline counts each orphan once
+    assert value(fams, "frelink_orphans") == 6 and value(fams, "frelink_pinned_bytes") == held(*sizes)
+    # each place counts what it holds; the host (no label) includes the namespace without a container
+    expected = {None: ("host.dat", "shared.dat", "ns.dat"), c1.short_id: ("c1.dat", "shared.dat", "both.dat"),
+                c2.short_id: ("both.dat", "mapped.dat")}
+    for place, names in expected.items():
+        labels = dict(on_fs, **({"container": place} if place else {}))
+        assert value(fams, "frelink_filesystem_orphans", **labels) == len(names), place
+        assert value(fams, "frelink_filesystem_pinned_bytes", **labels) == held(*names), place
+    assert set(s.labels.get("container") for s in fams["frelink_filesystem_orphans"].samples) == {
+        None, c1.short_id, c2.short_id}
+    # per kind: both.dat has fd holders only in containers, mapped.dat only a mapping in c2
+    kinds = {None: {"fd": ("host.dat", "shared.dat", "ns.dat"), "mmap": ()},
+             c1.short_id: {"fd": ("c1.dat", "shared.dat", "both.dat"), "mmap": ()},
+             c2.short_id: {"fd": ("both.dat",), "mmap": ("mapped.dat",)}}
+    for place, by_kind in kinds.items():
+        extra = {"container": place} if place else {}
+        for kind, names in by_kind.items():
+            assert value(fams, "frelink_orphans_by_kind", kind=kind, **extra) == len(names), (place, kind)
+            assert value(fams, "frelink_pinned_bytes_by_kind", kind=kind, **extra) == held(*names), (place, kind)
+        assert value(fams, "frelink_orphans_by_kind", kind="loop", **extra) == 0  # every kind for every place
+    # summed over container: once per place, so the two files held from two places count twice
+    assert sum(s.value for s in fams["frelink_filesystem_orphans"].samples
+               if s.labels["mountpoint"] == str(fs)) == 6 + 2
+    assert [s.labels for s in fams["frelink_filesystem_free_bytes"].samples if "container" in s.labels] == []
+    assert 'container="%s"' % c1.short_id in text and '\\"mnt\\" \\\\ x' in text
+    if os.access(PROMTOOL, os.X_OK):  # test_audit_writes_textfile_metrics fails without it
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
+                               check=False)
+        assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
+
+    # limit=2 lists the two largest (ns.dat on the host, mapped.dat in c2): what is not listed stays the host's
+    assert sorted(e["path"].rsplit("/", 1)[1] for e in truncated["orphans"]) == ["mapped.dat", "ns.dat"]
+    cut = families(prometheus_textfile(truncated, timestamp=1))
+    assert value(cut, "frelink_orphans") == 6
+    assert value(cut, "frelink_filesystem_orphans", **on_fs) == 5
+    assert value(cut, "frelink_filesystem_pinned_bytes", **on_fs) == held(*sizes) - held("mapped.dat")
+    assert value(cut, "frelink_filesystem_orphans", container=c2.short_id, **on_fs) == 1
+    assert value(cut, "frelink_orphans_by_kind", kind="fd") == 5
+    assert value(cut, "frelink_orphans_by_kind", kind="mmap") == 0
+    assert value(cut, "frelink_orphans_by_kind", kind="mmap", container=c2.short_id) == 1
+    assert value(cut, "frelink_orphans_by_kind", kind="fd", container=c2.short_id) == 0
+    assert c1.short_id not in set(s.labels.get("container") for s in cut["frelink_orphans_by_kind"].samples)
