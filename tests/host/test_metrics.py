@@ -122,7 +122,6 @@ def test_filter_registered_results():
         prometheus_textfile(FACTS, prefix="9bad")
 
 
-
 def test_filter_container_edge_cases():
     """Facts of an older module (no bytes_by_kind), a container without short_id, a label value that needs escaping."""
     odd = {"runtime": "docker", "id": 'c"\\\n' + "0" * 61}  # no short_id: the id's first 12 characters
