@@ -7,9 +7,10 @@ SUITES, prepare(), chroot_run(), build_module(), Guest, debug_kernel().
 from .chroot import CommandError, build_module, chroot_run
 from .debian import SUITES
 from .debug_kernel import DebugKernel, debug_kernel
+from .debug_kernel import build_in_background as debug_kernel_build_in_background
 from .guest import Guest, GuestCommandError
 from .image import Env, prepare
 from .util import HarnessError
 
 __all__ = ["SUITES", "CommandError", "DebugKernel", "Env", "Guest", "GuestCommandError", "HarnessError",
-           "build_module", "chroot_run", "debug_kernel", "prepare"]
+           "build_module", "chroot_run", "debug_kernel", "debug_kernel_build_in_background", "prepare"]

@@ -17,11 +17,15 @@ Cached under the suite's build dir (the chroot's /build):
                                  version and the compiler, so a change rebuilds
 """
 
+import ctypes
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +193,25 @@ def debug_kernel(suite=SUITE) -> DebugKernel:
     return DebugKernel(suite=suite, release=release, source_version=version, bzimage=top / "bzImage",
                        tree=f"/build/{name}/linux", host_tree=top / "linux",
                        build_seconds=meta["built_seconds"])
+
+
+def build_in_background(suite=SUITE):
+    """Start debug_kernel(SUITE) in a niced child process and return it (it exits at once
+    when the kernel is cached). A test session calls this first, so that a one-time build
+    overlaps the tests that wait on downloads and guests instead of adding its whole
+    time; debug_kernel() in the test then waits for it (the build lock) or builds itself
+    if the child died. The child dies with its parent; its output goes to a log file."""
+    log = build_root(suite) / "debug-kernel-background.log"
+
+    def die_with_parent():
+        os.nice(10)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    repo = Path(__file__).resolve().parents[1]
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-c", f"import harness; harness.debug_kernel({suite!r})"],
+                                cwd=repo, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
 
 
 def _built_seconds(top: Path) -> float:

@@ -103,10 +103,13 @@ class Guest:
         self.cmdline = " ".join(filter(None, [self.env.cmdline, self.kernel_cmdline_extra]))
         self.boot_timeout = boot_timeout
         self.detached = detached
-        if snapshot is None:
-            snapshot = os.environ.get("FRELINK_SNAPSHOT", "1") != "0"
+        # snapshot: None saves and restores a booted state for the default configuration
+        # only; a name (e.g. "debug") does it for this configuration under that name
         default_config = self.mem_mb == DEFAULT_MEM_MB and not self.kernel_cmdline_extra and kernel is None
-        self.use_snapshot = bool(snapshot) and default_config
+        self.snapshot_name = "snapshot" if snapshot is None else (
+            f"snapshot-{snapshot}" if isinstance(snapshot, str) else "snapshot")
+        enabled = os.environ.get("FRELINK_SNAPSHOT", "1") != "0"
+        self.use_snapshot = enabled and (isinstance(snapshot, str) or (snapshot in (None, True) and default_config))
         self._own_dir = instance_dir is None
         self.dir = Path(instance_dir or tempfile.mkdtemp(prefix=f"frelink-{suite}-")).resolve()
         self.ssh_key = self.env.ssh_key
@@ -145,7 +148,7 @@ class Guest:
         self.dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         if self.use_snapshot:
-            snap = _ensure_snapshot(self.env, self.cmdline, self.mem_mb)
+            snap = _ensure_snapshot(self)
             if snap is not None:
                 try:
                     self._launch(snap / "disk.qcow2", incoming=f"exec:cat {shlex.quote(str(snap / 'state'))}")
@@ -155,7 +158,7 @@ class Guest:
                     self.restored = True
                 except HarnessError as error:
                     progress(self.suite, f"restoring the saved state failed, booting cold: {error}")
-                    _invalidate_snapshot(self.env)
+                    _invalidate_snapshot(self)
                     self._kill()
         if not self.restored:
             self._launch(self.env.disk)
@@ -455,29 +458,32 @@ def _qemu_argv(env, mem_mb, cmdline, overlay, port, console, qmp, pidfile, incom
 
 # ---- saved booted state ---------------------------------------------------
 
-def _snapshot_dir(env) -> Path:
-    return suite_dir(env.suite) / "snapshot"
+def _snapshot_dir(guest) -> Path:
+    return suite_dir(guest.suite) / guest.snapshot_name
 
 
-def _snapshot_key(env, cmdline, mem_mb) -> str:
-    recipe = [env.key, cmdline, mem_mb, SMP, _qemu_version(), 1]
+def _snapshot_key(guest) -> str:
+    kernel = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in (guest.vmlinuz, guest.initrd)
+              if path] if (guest.vmlinuz, guest.initrd) != (guest.env.vmlinuz, guest.env.initrd) else []
+    recipe = [guest.env.key, guest.cmdline, guest.mem_mb, SMP, _qemu_version(), 1] + kernel
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
-def _invalidate_snapshot(env):
-    ready = _snapshot_dir(env).with_name("snapshot.ready")
+def _invalidate_snapshot(guest):
+    ready = _snapshot_dir(guest).with_name(guest.snapshot_name + ".ready")
     if ready.exists():
         ready.unlink()
 
 
-def _ensure_snapshot(env, cmdline, mem_mb):
-    """The directory of a saved booted state for this configuration, made if missing.
+def _ensure_snapshot(guest):
+    """The directory of a saved booted state for GUEST's configuration, made if missing.
 
     Returns None (cold boot) when it cannot be made.
     """
-    snap = _snapshot_dir(env)
-    ready = snap.with_name("snapshot.ready")
-    key = _snapshot_key(env, cmdline, mem_mb)
+    env, mem_mb = guest.env, guest.mem_mb
+    snap = _snapshot_dir(guest)
+    ready = snap.with_name(guest.snapshot_name + ".ready")
+    key = _snapshot_key(guest)
 
     def valid():
         try:
@@ -488,7 +494,7 @@ def _ensure_snapshot(env, cmdline, mem_mb):
 
     if valid():
         return snap
-    with file_lock(suite_dir(env.suite) / "snapshot.lock", env.suite,
+    with file_lock(suite_dir(env.suite) / f"{guest.snapshot_name}.lock", env.suite,
                    "waiting for another process that is saving a booted state"):
         if valid():
             return snap
@@ -497,12 +503,13 @@ def _ensure_snapshot(env, cmdline, mem_mb):
         remove_tree(snap)
         progress(env.suite, "first boot of this image: booting cold, then saving the booted "
                             "state for fast restores (one time, ~1 min)")
-        maker = Guest(env.suite, mem_mb=mem_mb, instance_dir=snap, snapshot=False)
+        maker = Guest(env.suite, mem_mb=mem_mb, kernel_cmdline_extra=guest.kernel_cmdline_extra, instance_dir=snap,
+                      snapshot=False, boot_timeout=guest.boot_timeout, kernel=(guest.vmlinuz, guest.initrd))
         try:
             maker._launch(env.disk)
             maker._wait_ssh(maker.boot_timeout)
             # let boot finish so restored guests are quiet, and close every ssh session
-            maker._probe("systemctl is-system-running --wait >/dev/null; sync", timeout=120)
+            maker._probe("systemctl is-system-running --wait >/dev/null; sync", timeout=maker.boot_timeout)
             time.sleep(1)
             qmp = QMP(maker._qmp_path)
             qmp.execute("stop")

@@ -37,11 +37,15 @@
 #include "uapi/frelink.h"
 
 /*
- * Serialises relinks.  Correctness does not depend on it (the link count is
- * checked under the inode lock, see frelink_link()); it keeps the btrfs
- * commit and the relink of one request together and relinks rare and
- * orderly.  Taken inside the directory lock, never while waiting for a
- * frozen filesystem (see frelink_relink_dentry()).
+ * Serialises relinks: it keeps the btrfs commit and the link of one request
+ * together, and it makes "exactly one of two relinks of one inode wins"
+ * hold.  frelink_link() calls vfs_link() first, which links any inode that
+ * has a name, so the link count must be known to be 0 before: checked under
+ * this mutex, it cannot become 1 meanwhile, since nothing but a relink
+ * names an inode with link count 0 (the link count check of frelink_link()
+ * under the inode lock is what keeps a concurrent linkat() out).  Taken
+ * inside the directory lock, never while waiting for a frozen filesystem
+ * (see frelink_relink_dentry()).
  */
 static DEFINE_MUTEX(frelink_mutex);
 
@@ -417,9 +421,14 @@ retry:
 	err = mutex_lock_killable(&frelink_mutex);
 	if (err)
 		goto out_end;
-	err = frelink_flush_delayed_unlink(sb);
-	if (!err)
-		err = frelink_link(old_dentry, &dir_path, new_dentry, &deleg);
+	/* final: only a relink, under this mutex, names a link count 0 inode */
+	err = -EMLINK;
+	if (!READ_ONCE(inode->i_nlink)) {
+		err = frelink_flush_delayed_unlink(sb);
+		if (!err)
+			err = frelink_link(old_dentry, &dir_path, new_dentry,
+					   &deleg);
+	}
 	mutex_unlock(&frelink_mutex);
 out_end:
 	frelink_end_creating_path(&dir_path, new_dentry);
@@ -470,6 +479,7 @@ static struct dentry *frelink_src_dentry(struct file *src_file)
 
 static int frelink_relink(const struct frelink_relink *req)
 {
+	struct file *src_file = NULL;
 	struct dentry *old_dentry;
 	struct file *dir_file;
 	struct path old_path;
@@ -488,8 +498,14 @@ static int frelink_relink(const struct frelink_relink *req)
 		goto out_dir;
 
 	if (req->flags == FRELINK_BY_FD) {
-		struct file *src_file = fget_raw(req->src_fd);
-
+		/*
+		 * Kept until the end: its mount pins the superblock of
+		 * old_dentry, which may be another one than dir_fd's (refused
+		 * below, but only after looking at it).  A dentry without its
+		 * mount outlives a lazily unmounted filesystem ("Dentry still
+		 * in use" at its shutdown, found by the hostile fuzzer).
+		 */
+		src_file = fget_raw(req->src_fd);
 		err = -EBADF;
 		if (!src_file)
 			goto out_dir;
@@ -497,7 +513,6 @@ static int frelink_relink(const struct frelink_relink *req)
 		if (frelink_mnt_writable(src_file->f_path.mnt))
 			err = 0;
 		old_dentry = frelink_src_dentry(src_file);
-		fput(src_file);
 		if (err)
 			goto out_old;
 	} else {
@@ -533,6 +548,8 @@ static int frelink_relink(const struct frelink_relink *req)
 		err = frelink_relink_dentry(req, dir_file, old_dentry);
 out_old:
 	dput(old_dentry);
+	if (src_file)
+		fput(src_file);
 out_dir:
 	fput(dir_file);
 	return err;

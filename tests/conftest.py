@@ -12,6 +12,16 @@ if str(REPO) not in sys.path:
 import harness  # noqa: E402  (needs the path above)
 
 
+def pytest_collection_finish(session):
+    """A test on the debug kernel is selected: start its one-time build now, in the
+    background (harness.debug_kernel.build_in_background), not when that test comes."""
+    if session.config.option.collectonly:
+        return
+    if any(getattr(item, "callspec", None) and item.callspec.params.get("kmod_guest") == "debug"
+           for item in session.items):
+        session.config.debug_kernel_build = harness.debug_kernel_build_in_background()
+
+
 @pytest.fixture(scope="session")
 def guest_env():
     """guest_env(suite) -> harness.Env: the suite's cached image, built once when missing."""

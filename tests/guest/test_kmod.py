@@ -6,6 +6,7 @@ runs every scenario there once and returns JSON; the tests below assert on
 exact results.  See docs/kmod.md.
 """
 
+import dataclasses
 import json
 import re
 import shlex
@@ -26,43 +27,107 @@ RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
 STRESS = {"ext4": 240, "btrfs": 60}
 OVERLAY_BASES = ("ext4", "xfs")
 RACE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
+FREEZE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
 RACE_ROUNDS, RACE_LOCKED_ROUNDS = 800, 200  # 1000 rounds per filesystem
 FUZZ_REQUESTS = 3000
-OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|UBSAN|"
-                  r"possible circular locking|blocked for more than|Kernel panic|RIP:")
+DEBUG_MEM_MB = 3072
+# kasan_multi_shot: every KASAN report, not only the first (a negative control runs
+# after the suite); no5lvl: with QEMU's -cpu max the kernel switches to 5-level paging
+# during boot, and KASAN 7.2 then reports every access to the direct map as a wild
+# access (seen at 0.0098 s, before the module exists): 4-level paging, as on most hosts;
+# log_buf_len: the boot messages stay in dmesg of a restored guest (checked below)
+DEBUG_CMDLINE = "kasan_multi_shot no5lvl log_buf_len=8M"
+# any report of the kernel's own checkers (lockdep, KASAN, KFENCE, DEBUG_LIST and
+# DEBUG_OBJECTS, refcount_t, the hung-task and soft-lockup detectors)
+OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|KFENCE:|UBSAN|refcount_t:|"
+                  r"ODEBUG:|list_add corruption|list_del corruption|possible circular locking|"
+                  r"possible recursive locking|inconsistent lock state|suspicious RCU usage|"
+                  r"blocked for more than|soft lockup|Kernel panic|RIP:")
 
 
-@pytest.fixture(scope="module", params=harness.SUITES)
+# lockdep and KASAN slow a TCG guest down several times: fewer rounds there
+DEBUG_ROUNDS = {"stress": {"ext4": 60, "btrfs": 30}, "race": (120, 40)}
+HOSTILE_REQUESTS = 10000
+
+
+@dataclasses.dataclass
+class KmodGuest:
+    """A guest with the module loaded and every payload scenario run once."""
+
+    label: str                # the suite, or "debug" for the debug kernel
+    suite: str                # whose image and chroot
+    guest: harness.Guest
+    results: dict
+    stress: dict
+    race: tuple
+    kernel_tree: str = None   # the debug kernel's tree (chroot path), else the suite's headers
+
+    def build(self, source, make_args=()):
+        return harness.build_module(self.suite, source, make_args=make_args, kernel_tree=self.kernel_tree)
+
+
+def _boot(label):
+    """(guest, kernel_tree, stress, race) for LABEL, not started yet."""
+    if label != "debug":
+        return harness.Guest(label), None, STRESS, (RACE_ROUNDS, RACE_LOCKED_ROUNDS)
+    kernel = harness.debug_kernel()
+    print("\n[debug] kernel %s (built from linux-source %s, one-time build %.0f s)" % (
+        kernel.release, kernel.source_version, kernel.build_seconds))
+    # its boot takes ~6 min under TCG: a saved booted state of its own after the first
+    guest = harness.Guest(kernel.suite, mem_mb=DEBUG_MEM_MB, kernel=(kernel.bzimage, None),
+                          kernel_cmdline_extra=DEBUG_CMDLINE, snapshot="debug")
+    return guest, kernel.tree, DEBUG_ROUNDS["stress"], DEBUG_ROUNDS["race"]
+
+
+@pytest.fixture(scope="module", params=harness.SUITES + ("debug",))
 def kmod_guest(request):
-    """(suite, guest, results): module loaded, every payload scenario run once."""
-    suite = request.param
-    module = harness.build_module(suite, REPO / "kmod")
-    with harness.Guest(suite) as guest:
+    label = request.param
+    guest, kernel_tree, stress, race = _boot(label)
+    suite = guest.suite
+    module = harness.build_module(suite, REPO / "kmod", kernel_tree=kernel_tree)
+    with guest:
         guest.run("mkdir -p %s" % REMOTE)
         for local in (module, PAYLOAD, KMOD_ABI):
             guest.put(str(local), "%s/%s" % (REMOTE, local.name))
+        if label == "debug":
+            _assert_judges_live(guest, "before the module is loaded")
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe"]
-        scenarios += ["stress:%s:%d" % item for item in STRESS.items()]
+        scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
-        scenarios += ["race:%s:%d:%d" % (fs, RACE_ROUNDS, RACE_LOCKED_ROUNDS) for fs in RACE_FILESYSTEMS]
+        scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
+        scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
         scenarios += ["fuzz"]
-        proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d" % (
-            REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS), timeout=1800)
+        if label == "debug":
+            scenarios += ["hostile"]
+        proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d --hostile %d" % (
+            REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS, HOSTILE_REQUESTS),
+            timeout=3600)
         try:
             results = json.loads(proc.stdout)
         except ValueError:
-            pytest.fail("%s: the payload printed no JSON:\n%s\n%s" % (suite, proc.stdout[-3000:], proc.stderr[-3000:]))
-        print("\n[%s] scenario seconds: %s" % (suite, {k: v.get("seconds") for k, v in results.items()}))
-        yield suite, guest, results
+            pytest.fail("%s: the payload printed no JSON:\n%s\n%s" % (label, proc.stdout[-3000:], proc.stderr[-3000:]))
+        print("\n[%s] scenario seconds: %s" % (label, {k: v.get("seconds") for k, v in results.items()}))
+        yield KmodGuest(label, suite, guest, results, stress, race, kernel_tree)
+
+
+def _assert_judges_live(guest, when):
+    """On the debug kernel: lockdep still on (one splat turns it off for good) and KASAN
+    and KFENCE initialised, so that their silence means something."""
+    stats = guest.run("cat /proc/lockdep_stats").stdout
+    assert re.search(r"debug_locks:\s+1$", stats, re.M), "lockdep is off %s:\n%s\n%s" % (
+        when, stats, guest.console_log()[-6000:])
+    dmesg = guest.run("dmesg").stdout + guest.console_log()
+    assert "KernelAddressSanitizer initialized" in dmesg, when
+    assert "kfence: initialized" in dmesg, when
+    assert not OOPS.findall(dmesg), "a kernel report %s:\n%s" % (when, dmesg[-6000:])
 
 
 def scenario(kmod_guest, name):
-    suite, results = kmod_guest[0], kmod_guest[2]
-    res = results[name]
-    assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (suite, name, res["exception"])
+    res = kmod_guest.results[name]
+    assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (kmod_guest.label, name, res["exception"])
     return res
 
 
@@ -168,7 +233,7 @@ def test_non_root_is_refused(kmod_guest):
         "open_0666": "EPERM",
         "listing_unchanged": True,
     }
-    guest = kmod_guest[1]
+    guest = kmod_guest.guest
     proc = guest.run("python3 -c 'import os; os.open(\"/dev/frelink\", os.O_RDWR)'", user="tester", check=False)
     assert proc.returncode != 0 and "PermissionError" in proc.stderr
 
@@ -226,12 +291,27 @@ def test_logged_name_is_escaped(kmod_guest):
     assert res["forged_lines"] == []
 
 
+@pytest.mark.parametrize("fs", FREEZE_FILESYSTEMS)
+def test_frozen_filesystem_is_refused_at_once(kmod_guest, fs):
+    """A relink on a frozen filesystem neither sleeps until the thaw nor holds
+    the module's lock: EBUSY at once, while a relink elsewhere goes through."""
+    res = scenario(kmod_guest, "freeze:" + fs)
+    assert res["frozen_by_fd"] == "EBUSY"
+    assert res["frozen_by_inode"] == "EBUSY"
+    assert res["other_fs_while_frozen"] == "OK"
+    assert res["still_deleted"] == 0
+    assert res["listing_unchanged"] is True
+    assert res["after_thaw_by_fd"] == "OK"
+    assert res["content_equal"] is True
+    assert res["fsck"] == CLEAN_FSCK
+
+
 @pytest.mark.parametrize("fs", RACE_FILESYSTEMS)
 def test_race_with_the_holders_own_linkat(kmod_guest, fs):
-    res = scenario(kmod_guest, "race:%s:%d:%d" % (fs, RACE_ROUNDS, RACE_LOCKED_ROUNDS))
-    print("\n[%s] race %s: %s in %s s" % (kmod_guest[0], fs, res["outcomes"], res["race_seconds"]))
+    res = scenario(kmod_guest, "race:%s:%d:%d" % ((fs,) + kmod_guest.race))
+    print("\n[%s] race %s: %s in %s s" % (kmod_guest.label, fs, res["outcomes"], res["race_seconds"]))
     assert res["violations"] == []
-    assert sum(res["outcomes"].values()) == RACE_ROUNDS + RACE_LOCKED_ROUNDS
+    assert sum(res["outcomes"].values()) == sum(kmod_guest.race)
     assert res["leftover"] == []
     if fs != "tmpfs":
         assert res["fsck"] == CLEAN_FSCK
@@ -266,12 +346,13 @@ def test_mapped_only_and_deleted_exe(kmod_guest):
 
 @pytest.mark.parametrize("fs", sorted(STRESS))
 def test_stress(kmod_guest, fs):
-    res = scenario(kmod_guest, "stress:%s:%d" % (fs, STRESS[fs]))
+    cycles = kmod_guest.stress[fs]
+    res = scenario(kmod_guest, "stress:%s:%d" % (fs, cycles))
     outcomes = res["outcomes"]
-    print("\n[%s] stress %s outcomes: %s" % (kmod_guest[0], fs, outcomes))
+    print("\n[%s] stress %s outcomes: %s" % (kmod_guest.label, fs, outcomes))
     assert res["violations"] == []
-    assert sum(outcomes.values()) == STRESS[fs]
-    thirds = {mode: -(-(STRESS[fs] - i) // 3) for i, mode in enumerate(("closed_before", "held", "racing"))}
+    assert sum(outcomes.values()) == cycles
+    thirds = {mode: -(-(cycles - i) // 3) for i, mode in enumerate(("closed_before", "held", "racing"))}
     # deterministic modes have exactly one possible outcome
     assert outcomes.get("closed_before:ENOENT") == thirds["closed_before"]
     assert outcomes.get("held:relinked") == thirds["held"]
@@ -284,13 +365,13 @@ def test_stress(kmod_guest, fs):
     assert res["fsck"] == CLEAN_FSCK
 
 
-ALLOWED_FUZZ_RESULTS = {"OK", "EINVAL", "ENAMETOOLONG", "EILSEQ", "EBADF", "ENOTDIR", "EMEDIUMTYPE", "EMLINK",
+ALLOWED_FUZZ_RESULTS = {"OK", "EBUSY", "EINVAL", "ENAMETOOLONG", "EILSEQ", "EBADF", "ENOTDIR", "EMEDIUMTYPE", "EMLINK",
                         "EXDEV", "ENOENT", "EEXIST", "EFAULT", "ENOTTY"}
 
 
 def test_ioctl_fuzz(kmod_guest):
     res = scenario(kmod_guest, "fuzz")
-    print("\n[%s] ioctl fuzz: %d requests, results %s" % (kmod_guest[0], res["requests"], res["results"]))
+    print("\n[%s] ioctl fuzz: %d requests, results %s" % (kmod_guest.label, res["requests"], res["results"]))
     assert sum(res["results"].values()) == FUZZ_REQUESTS
     assert set(res["results"]) <= ALLOWED_FUZZ_RESULTS
     for expected in ("EFAULT", "ENOTTY", "EINVAL", "EBADF", "EXDEV", "EMEDIUMTYPE", "EMLINK"):
@@ -298,7 +379,7 @@ def test_ioctl_fuzz(kmod_guest):
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):
-    guest = kmod_guest[1]
+    guest = kmod_guest.guest
     busy = guest.run(
         "python3 -c 'import os, subprocess; fd = os.open(\"/dev/frelink\", os.O_RDWR); "
         "r = subprocess.run([\"rmmod\", \"frelink\"]); print(\"rc\", r.returncode)'", check=False)
@@ -313,7 +394,7 @@ def test_unload_refused_while_in_use_then_idle(kmod_guest):
 
 def test_no_oops_or_warning(kmod_guest):
     """Last: nothing in dmesg or on the serial console after all of the above."""
-    guest = kmod_guest[1]
+    guest = kmod_guest.guest
     dmesg = guest.run("dmesg").stdout
     assert not OOPS.findall(dmesg), dmesg[-6000:]
     console = guest.console_log()
@@ -321,13 +402,57 @@ def test_no_oops_or_warning(kmod_guest):
     assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log
 
 
+def test_kernel_checkers_were_on(kmod_guest):
+    """The silence above means something: on the debug kernel lockdep is still on
+    after the whole suite (a single splat turns it off) and KASAN and KFENCE ran;
+    on Debian's kernels KFENCE sampled (Debian builds it in with sampling off)."""
+    guest = kmod_guest.guest
+    if kmod_guest.label == "debug":
+        _assert_judges_live(guest, "after the kmod suite")
+    else:
+        assert guest.run("cat /sys/module/kfence/parameters/sample_interval").stdout.strip() == "100"
+        assert "kfence: initialized" in guest.run("dmesg").stdout + guest.console_log()
+
+
+ALLOWED_HOSTILE_RESULTS = ALLOWED_FUZZ_RESULTS | {"EOPNOTSUPP", "EROFS", "device:ENOENT", "device:ENODEV", "device:ENXIO"}
+
+
+def _debug_kernel_only(kmod_guest):
+    if kmod_guest.label != "debug":
+        pytest.skip("runs on the debug kernel only (lockdep, KASAN, KFENCE judge it there)")
+
+
+def test_hostile_fuzzer(kmod_guest):
+    """>= 10,000 requests from three threads while others close and dup2 their
+    descriptors, unlink and re-create the names, freeze the filesystems,
+    lazily unmount a tmpfs and unload the module; no kernel report (see
+    test_no_oops_or_warning), no stuck thread, nothing replaced, fsck clean,
+    and the module unloads cleanly at the end."""
+    _debug_kernel_only(kmod_guest)
+    res = scenario(kmod_guest, "hostile")
+    print("\n[debug] hostile fuzzer: %d requests in %s s\n  outcomes %s\n  kinds %s\n  other threads %s" % (
+        res["requests"], res["seconds_fuzzing"], res["outcomes"], res["kinds"], res["acts"]))
+    assert res["thread_errors"] == []
+    assert res["stuck_threads"] == []
+    assert res["requests"] >= 10000
+    assert set(res["outcomes"]) <= ALLOWED_HOSTILE_RESULTS, res["outcomes"]
+    for expected in ("OK", "EMLINK", "EEXIST", "EBADF", "EBUSY", "EINVAL", "EFAULT", "ENOTTY", "EXDEV"):
+        assert res["outcomes"].get(expected, 0) > 0, expected
+    for act in ("close", "dup2", "unlink", "create", "freeze", "umount_lazy", "unload:EAGAIN"):
+        assert res["acts"].get(act, 0) > 0, act
+    assert res["sentinels_replaced"] == []
+    assert res["fsck"] == {fs: CLEAN_FSCK for fs in ("ext4", "xfs", "btrfs")}
+    assert res["module_refcnt"] == "0"
+    assert res["rmmod"] == 0 and res["unloaded_at_end"] is True
+
+
 def _run_with_variant(kmod_guest, tmp_path, name, flag, scenario):
     """Result of payload SCENARIO with the module built with -DFLAG=1 loaded in place of the
     real one (a negative control), which is loaded again afterwards."""
-    suite, guest = kmod_guest[0], kmod_guest[1]
+    guest = kmod_guest.guest
     source = tmp_path / ("kmod-" + name)
     shutil.copytree(REPO / "kmod", source)
-    module = harness.build_module(suite, source, make_args=("KCFLAGS=-D%s=1" % flag,))
+    module = kmod_guest.build(source, make_args=("KCFLAGS=-D%s=1" % flag,))
     guest.run("mkdir -p %s/%s" % (REMOTE, name))
     guest.put(str(module), "%s/%s/frelink.ko" % (REMOTE, name))
     guest.run("rmmod frelink && insmod %s/%s/frelink.ko" % (REMOTE, name))
@@ -354,7 +479,7 @@ def test_race_test_catches_an_unlocked_linkable(kmod_guest, tmp_path):
     0.1.0 (I_LINKABLE set before vfs_link(), outside the inode lock, window
     widened to 2 ms) lets the holder's linkat() name a file that frelink then
     fails to relink.  Runs after the oops check on purpose."""
-    suite = kmod_guest[0]
+    suite = kmod_guest.label
     res = _run_with_variant(kmod_guest, tmp_path, "negative-race", "FRELINK_TEST_UNLOCKED_LINKABLE",
                             "race:ext4:20:50")
     print("\n[%s] negative control race outcomes: %s" % (suite, res["outcomes"]))
@@ -362,3 +487,34 @@ def test_race_test_catches_an_unlocked_linkable(kmod_guest, tmp_path):
     locked_named = sum(v for k, v in res["outcomes"].items() if k.startswith("locked:") and "linkat=OK" in k)
     assert locked_named > 0, res["outcomes"]
     assert res["violations"], res
+
+
+def _new_console(kmod_guest, since):
+    return kmod_guest.guest.console_log()[since:]
+
+
+def test_lockdep_catches_a_lock_order_inversion(kmod_guest, tmp_path):
+    """Negative control for lockdep: the module built to take the source inode's
+    lock, then frelink_mutex, after a relink (the reverse of a relink's order).
+    Before the KASAN control: a KASAN report taints the kernel, which turns
+    lockdep off, as does this splat (KASAN keeps working)."""
+    _debug_kernel_only(kmod_guest)
+    stats = kmod_guest.guest.run("cat /proc/lockdep_stats").stdout
+    assert re.search(r"debug_locks:\s+1$", stats, re.M), "lockdep was turned off before its control:\n" + stats
+    since = len(kmod_guest.guest.console_log())
+    res = _run_with_variant(kmod_guest, tmp_path, "negative-lockdep", "FRELINK_TEST_LOCK_INVERSION", "log_escape")
+    assert res["by_fd"] == "OK", res
+    report = _new_console(kmod_guest, since)
+    assert "WARNING: possible circular locking dependency detected" in report, report[-6000:]
+    assert "frelink_mutex" in report and "frelink_test_judges" in report, report[-6000:]
+
+
+def test_kasan_catches_a_use_after_free(kmod_guest, tmp_path):
+    """Negative control for KASAN: the module built to read a freed copy of the
+    name after a relink.  Last of all (see the lockdep control)."""
+    _debug_kernel_only(kmod_guest)
+    since = len(kmod_guest.guest.console_log())
+    res = _run_with_variant(kmod_guest, tmp_path, "negative-kasan", "FRELINK_TEST_USE_AFTER_FREE", "log_escape")
+    assert res["by_fd"] == "OK", res
+    report = _new_console(kmod_guest, since)
+    assert "BUG: KASAN: slab-use-after-free in frelink_test_judges" in report, report[-6000:]

@@ -23,6 +23,7 @@ import random
 import select
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -924,6 +925,297 @@ def scenario_fuzz(count, seed=7):
     return {"requests": count, "results": dict(counts), "kinds": dict(kinds)}
 
 
+# --- issue #11: a fuzzer that tries to break the module ------------------
+
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+SYS_DELETE_MODULE, SYS_FINIT_MODULE = 176, 313
+MNT_DETACH = 2
+LIBC.syscall.restype = ctypes.c_long
+LIBC.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+LIBC.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+LIBC.epoll_create1.argtypes = (ctypes.c_int,)
+HOSTILE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs", "vfat")
+FREEZABLE = ("ext4", "xfs", "btrfs")
+NAMES = ["r%d" % i for i in range(12)]
+SENTINELS = ["s%d" % i for i in range(3)]
+MODULE_KO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frelink.ko")
+
+
+class Hostile:
+    """Shared state of scenario_hostile's threads."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.counts = collections.Counter()   # request outcomes
+        self.kinds = collections.Counter()    # request kinds
+        self.acts = collections.Counter()     # what the other threads did
+        self.errors = []                      # unexpected Python exceptions
+        self.templates = []                   # fds never closed: what slots are made of
+        self.slots = []                       # fd numbers the churner closes and dup2()s over
+        self.dirs = []                        # directory fds (O_PATH and O_RDONLY)
+        self.inodes = []                      # (st_dev, st_ino) of deleted files
+        self.held = []                        # (fd of a deleted file, fd of its directory)
+        self.quiet = threading.Event()        # set: requesters open no device, so that an unload can succeed
+        self.lazy = []                        # fds on a lazily unmounted tmpfs, replaced each cycle
+
+    def count(self, counter, key, n=1):
+        with self.lock:
+            counter[key] += n
+
+    def guard(self, name, body):
+        """Run body() in a loop until stopped; record anything it raises."""
+        def loop():
+            rng = random.Random("%s-%s" % (self.seed, name))
+            while not self.stop.is_set():
+                try:
+                    body(rng)
+                except OSError:
+                    self.count(self.acts, name + ":oserror")
+                except Exception:  # pylint: disable=broad-except
+                    with self.lock:
+                        self.errors.append("%s: %s" % (name, traceback.format_exc()))
+                    return
+        return threading.Thread(target=loop, name=name, daemon=True)
+
+
+def hostile_request(h, rng, buf, bad_pointers):
+    """One request: (cmd, pointer), its kind counted."""
+    pick_fd = lambda: rng.choice(h.slots + h.templates + h.dirs + h.lazy + [-1, 9999])  # noqa: E731
+    name = rng.choice(NAMES * 3 + SENTINELS + ["", ".", "..", "a/b", "x" * 255])
+    kind = rng.choice(("by_fd", "by_fd_dir", "plausible", "plausible", "by_inode", "by_inode", "random_bytes",
+                       "bad_pointer", "wrong_cmd"))
+    h.count(h.kinds, kind)
+    cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
+    if kind == "plausible":  # a deleted file into its own directory: reaches the link itself
+        src_fd, dir_fd = rng.choice(h.held)
+        request = abi.pack_request(abi.BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=rng.choice(NAMES).encode())
+    elif kind in ("by_fd", "by_fd_dir"):
+        dir_fd = rng.choice(h.dirs + h.lazy) if kind == "by_fd_dir" else pick_fd()
+        request = abi.pack_request(abi.BY_FD, src_fd=pick_fd(), dir_fd=dir_fd, name=name.encode())
+    elif kind == "by_inode":
+        dev, ino = rng.choice(h.inodes) if rng.random() < 0.8 else (rng.getrandbits(32) or 1, rng.getrandbits(64))
+        request = abi.pack_request(abi.BY_INODE, dir_fd=rng.choice(h.dirs + h.lazy), dev=dev, ino=ino,
+                                   name=name.encode())
+    elif kind == "random_bytes":
+        request = rng.getrandbits(8 * abi.RELINK_STRUCT_SIZE).to_bytes(abi.RELINK_STRUCT_SIZE, "little")
+    else:
+        request = b""
+        if kind == "bad_pointer":
+            ptr = rng.choice(bad_pointers)
+        else:
+            cmd = rng.choice((rng.getrandbits(32), abi.IOC_RELINK ^ (1 << rng.randrange(32))))
+    if request:
+        ctypes.memmove(buf, request, len(request))
+    return cmd, ptr
+
+
+def scenario_hostile(count, seed=11):
+    """>= count requests from three threads while other threads close and dup2()
+    the descriptors they use, unlink and re-create the names they ask for,
+    freeze and thaw the filesystems, mount and lazily unmount a tmpfs under
+    them, and try to unload (and reload) the module.  Afterwards: every
+    thread stopped, names that existed never replaced, fsck clean, and the
+    module unloads cleanly."""
+    h = Hostile(seed)
+    filesystems = {kind: Fs("h-" + kind, kind) for kind in HOSTILE_FILESYSTEMS}
+    sentinel_ids = {}
+    for kind, fs in filesystems.items():
+        os.mkdir(fs.mnt + "/d")
+        for name in SENTINELS:
+            write_file("%s/d/%s" % (fs.mnt, name), ("sentinel %s %s\n" % (kind, name)).encode())
+            st = os.stat("%s/d/%s" % (fs.mnt, name))
+            sentinel_ids[(kind, name)] = (st.st_dev, st.st_ino)
+        h.dirs += [fs.open_dir(fs.mnt + "/d"), os.open(fs.mnt + "/d", os.O_RDONLY | os.O_DIRECTORY)]
+        fs.fds.append(h.dirs[-1])
+        for i in range(3):
+            path = "%s/d/held%d" % (fs.mnt, i)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            os.write(fd, b"held %s %d\n" % (kind.encode(), i))
+            os.unlink(path)
+            h.templates.append(fd)
+            h.held.append((fd, h.dirs[-1 - i % 2]))
+            st = os.fstat(fd)
+            h.inodes.append((st.st_dev, st.st_ino))
+        h.templates.append(os.open(fs.mnt + "/d/" + SENTINELS[0], os.O_RDONLY))
+        h.templates.append(os.open(fs.mnt + "/d/" + SENTINELS[1], os.O_PATH))
+    h.templates += list(os.pipe()) + [sock.detach() for sock in socket.socketpair()]
+    # (not the device itself: a descriptor of it that never closes would pin the module)
+    h.templates += [os.memfd_create("hostile"), os.eventfd(0), os.open("/", os.O_PATH), os.open("/dev/null", os.O_RDWR),
+                    LIBC.epoll_create1(0)]
+    h.slots = [os.dup(random.Random(seed).choice(h.templates)) for dummy in range(16)]
+
+    page = mmap.PAGESIZE
+    guard = mmap.mmap(-1, 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(guard))
+    LIBC.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    LIBC.mprotect(base + page, page, 0)
+    bad_pointers = [0, 1, base + page - abi.RELINK_STRUCT_SIZE // 2, 0xffff888000000000, (1 << 47) - 8]
+
+    def requester(index):
+        def body(rng):
+            buf = ctypes.create_string_buffer(abi.RELINK_STRUCT_SIZE)
+            # requester 0 keeps the device open for 500 requests, then lets go
+            # for a moment, so that an unload attempt can also succeed
+            while h.quiet.is_set() and not h.stop.is_set():
+                time.sleep(0.001)
+            dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR) if index == 0 else -1
+            try:
+                for dummy in range(500):
+                    with h.lock:
+                        if sum(h.counts.values()) >= count:
+                            h.stop.set()
+                    if h.stop.is_set() or h.quiet.is_set():
+                        break
+                    cmd, ptr = hostile_request(h, rng, buf, bad_pointers)
+                    fd = dev_fd
+                    if fd < 0:
+                        try:
+                            fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+                        except OSError as exc:
+                            h.count(h.counts, "device:" + name_of(exc.errno))
+                            continue
+                    rc = LIBC.ioctl(fd, cmd, ptr)
+                    h.count(h.counts, name_of(ctypes.get_errno()) if rc else "OK")
+                    if fd != dev_fd:
+                        os.close(fd)
+            finally:
+                if dev_fd >= 0:
+                    os.close(dev_fd)
+            time.sleep(0.02 if index == 0 else 0)
+        return body
+
+    def churner(rng):
+        slot = rng.randrange(len(h.slots))
+        if rng.random() < 0.3:
+            os.close(h.slots[slot])
+            h.count(h.acts, "close")
+            time.sleep(0.0005)
+        os.dup2(rng.choice(h.templates), h.slots[slot])
+        h.count(h.acts, "dup2")
+        time.sleep(0.0005)
+
+    def namer(rng):
+        fs = filesystems[rng.choice(HOSTILE_FILESYSTEMS)]
+        path = "%s/d/%s" % (fs.mnt, rng.choice(NAMES))
+        if os.path.lexists(path):
+            os.unlink(path)  # a relinked inode is deleted again: relinkable again
+            h.count(h.acts, "unlink")
+        elif rng.random() < 0.3:
+            write_file(path, b"squatter\n")
+            h.count(h.acts, "create")
+        time.sleep(0.001)
+
+    def thaw_all():
+        # the churner may have swapped the descriptor FIFREEZE went to: thaw
+        # every filesystem through fresh ones, whichever was frozen
+        for kind in FREEZABLE:
+            fd = os.open(filesystems[kind].mnt, os.O_RDONLY)
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def freezer(rng):
+        fd = os.open(filesystems[rng.choice(FREEZABLE)].mnt, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+            h.count(h.acts, "freeze")
+            time.sleep(rng.uniform(0.005, 0.03))
+        finally:
+            os.close(fd)
+            thaw_all()
+        time.sleep(rng.uniform(0.01, 0.05))
+
+    lazy_dir = "/mnt/frelink-h-lazy"
+    os.makedirs(lazy_dir, exist_ok=True)
+
+    def mounter(rng):
+        if LIBC.mount(b"tmpfs", lazy_dir.encode(), b"tmpfs", 0, b"size=8m") != 0:
+            raise OSError(ctypes.get_errno(), "mount tmpfs")
+        path = lazy_dir + "/held"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        os.unlink(path)
+        new = [fd, os.open(lazy_dir, os.O_PATH | os.O_DIRECTORY)]
+        old, h.lazy = h.lazy, new
+        for stale in old:
+            os.close(stale)
+        time.sleep(rng.uniform(0.01, 0.05))
+        LIBC.umount2(lazy_dir.encode(), MNT_DETACH)  # the fds stay, the mount is gone
+        h.count(h.acts, "umount_lazy")
+        time.sleep(rng.uniform(0.01, 0.05))
+
+    def unloader(rng):
+        time.sleep(rng.uniform(0.05, 0.2))
+        # mostly while requests fly; now and then once the device is let go
+        quiet = rng.random() < 0.2
+        if quiet:
+            h.quiet.set()
+            time.sleep(0.05)
+        rc = LIBC.syscall(SYS_DELETE_MODULE, b"frelink", os.O_NONBLOCK)
+        h.quiet.clear()
+        if rc != 0:
+            h.count(h.acts, "unload:" + name_of(ctypes.get_errno()))
+            return
+        h.count(h.acts, "unload:OK")
+        time.sleep(0.01)
+        for dummy in range(5):  # the churner may swap the descriptor of the .ko
+            fd = os.open(MODULE_KO, os.O_RDONLY)
+            try:
+                rc = LIBC.syscall(SYS_FINIT_MODULE, fd, b"", 0)
+            finally:
+                os.close(fd)
+            h.count(h.acts, "reload:" + (name_of(ctypes.get_errno()) if rc else "OK"))
+            if not rc:
+                break
+
+    threads = [h.guard("requester%d" % i, requester(i)) for i in range(3)]
+    threads += [h.guard(name, body) for name, body in (("churner", churner), ("namer", namer),
+                                                        ("freezer", freezer), ("mounter", mounter),
+                                                        ("unloader", unloader))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads[:3]:
+        thread.join(1800)
+    h.stop.set()
+    for thread in threads:
+        thread.join(120)
+    res = {"seconds_fuzzing": round(time.monotonic() - started, 1),
+           "stuck_threads": [t.name for t in threads if t.is_alive()],
+           "thread_errors": h.errors, "requests": sum(h.counts.values()),
+           "outcomes": dict(h.counts), "kinds": dict(h.kinds), "acts": dict(h.acts)}
+    thaw_all()
+    if not os.path.exists("/sys/module/frelink"):
+        run("insmod", MODULE_KO)
+    res["sentinels_replaced"] = []
+    for (kind, name), ids in sorted(sentinel_ids.items()):
+        st = os.stat("%s/d/%s" % (filesystems[kind].mnt, name))
+        if (st.st_dev, st.st_ino) != ids:
+            res["sentinels_replaced"].append("%s/%s" % (kind, name))
+    for fd in set(h.slots + h.templates + h.lazy) - set(h.dirs):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    guard.close()
+    res["fsck"] = {}
+    for kind, fs in filesystems.items():
+        if fs.type in fs.FSCK:
+            os.sync()
+            fs.umount()
+            res["fsck"][kind] = fs.fsck()
+        fs.destroy()
+    res["module_refcnt"] = open("/sys/module/frelink/refcnt").read().strip()
+    res["rmmod"] = run("rmmod", "frelink", check=False).returncode
+    res["unloaded_at_end"] = not os.path.exists("/sys/module/frelink") and not os.path.exists(abi.DEVICE_PATH)
+    run("insmod", MODULE_KO)
+    return res
+
+
 # --- issue #9: allowlist, overlayfs, read-only source mounts, races --------
 
 class ReadHolder:
@@ -1094,6 +1386,64 @@ def scenario_ro_source():
     return res
 
 
+def in_thread(call, timeout=60):
+    """refusal(call) in a thread: its result, or "BLOCKED" if it has not
+    returned after timeout seconds (it is then left to finish on its own)."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(refusal(call)), daemon=True)
+    thread.start()
+    return thread, lambda: (thread.join(timeout), out[0] if out else "BLOCKED")[1]
+
+
+def scenario_freeze(kind):
+    """fsfreeze: a relink on a frozen filesystem is refused at once with EBUSY
+    (both forms) while the filesystem stays frozen, changes nothing, and does
+    not stall a relink on another filesystem meanwhile; after the thaw the
+    same inode relinks and fsck is clean."""
+    fs = Fs("freeze-" + kind, kind)
+    other = Fs("freeze-other", "tmpfs")
+    res = {}
+    os.mkdir(fs.mnt + "/dir")
+    dir_fd = fs.open_dir(fs.mnt + "/dir")
+    data = seeded_bytes(5, 128 << 10)
+    holder, unused = deleted_file(fs.mnt + "/dir/victim", data)
+    other_holder, unused = deleted_file(other.mnt + "/victim", b"other filesystem\n")
+    other_dir = other.open_dir(other.mnt)
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    other_src = os.open(other_holder.proc_path, os.O_PATH)
+    src = os.fstat(src_fd)
+    before = listing(fs.mnt + "/dir")
+    run("fsfreeze", "--freeze", fs.mnt)
+    thawed = []
+
+    def thaw():
+        if not thawed:
+            run("fsfreeze", "--unfreeze", fs.mnt, check=False)
+            thawed.append(True)
+    CLEANUP.append(thaw)
+    unused, frozen_by_fd = in_thread(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    unused, frozen_by_inode = in_thread(lambda: abi.relink_by_inode(src.st_dev, src.st_ino, dir_fd, "restored"))
+    unused, other_by_fd = in_thread(lambda: abi.relink_by_fd(other_src, other_dir, "restored"))
+    # all three return before the thaw below
+    res["frozen_by_fd"], res["frozen_by_inode"] = frozen_by_fd(), frozen_by_inode()
+    res["other_fs_while_frozen"] = other_by_fd()
+    res["still_deleted"] = os.fstat(src_fd).st_nlink
+    thaw()
+    res["listing_unchanged"] = listing(fs.mnt + "/dir") == before
+    res["after_thaw_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    res["content_equal"] = sha(fs.mnt + "/dir/restored") == hashlib.sha256(data).hexdigest()
+    os.close(src_fd)
+    os.close(other_src)
+    holder.stop()
+    other_holder.stop()
+    os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    other.destroy()
+    return res
+
+
 def scenario_log_escape():
     """The name is logged escaped: a newline in it cannot forge a log line."""
     fs = Fs("logesc", "tmpfs")
@@ -1215,6 +1565,7 @@ def main():
     parser.add_argument("scenarios", nargs="+")
     parser.add_argument("--stress", type=int, default=240)
     parser.add_argument("--fuzz", type=int, default=3000)
+    parser.add_argument("--hostile", type=int, default=10000)
     args = parser.parse_args()
     os.makedirs(WORK, exist_ok=True)
     results = {}
@@ -1226,6 +1577,8 @@ def main():
             elif scenario.startswith("stress:"):
                 kind, cycles = (scenario.split(":", 2)[1:] + [""])[:2]
                 results[scenario] = scenario_stress(kind, int(cycles or args.stress))
+            elif scenario.startswith("freeze:"):
+                results[scenario] = scenario_freeze(scenario.split(":", 1)[1])
             elif scenario.startswith("overlay:"):
                 results[scenario] = scenario_overlay(scenario.split(":", 1)[1])
             elif scenario.startswith("race:"):
@@ -1233,6 +1586,8 @@ def main():
                 results[scenario] = scenario_race(kind, int(rounds), int(locked))
             elif scenario == "fuzz":
                 results[scenario] = scenario_fuzz(args.fuzz)
+            elif scenario == "hostile":
+                results[scenario] = scenario_hostile(args.hostile)
             else:
                 results[scenario] = globals()["scenario_" + scenario]()
         except Exception:  # pylint: disable=broad-except
