@@ -982,7 +982,9 @@ class Hostile:
 
 def hostile_request(h, rng, buf, bad_pointers):
     """One request: (cmd, pointer), its kind counted."""
-    pick_fd = lambda: rng.choice(h.slots + h.templates + h.dirs + h.lazy + [-1, 9999])  # noqa: E731
+    def pick_fd():
+        return rng.choice(h.slots + h.templates + h.dirs + h.lazy + [-1, 9999])
+
     name = rng.choice(NAMES * 3 + SENTINELS + ["", ".", "..", "a/b", "x" * 255])
     kind = rng.choice(("by_fd", "by_fd_dir", "plausible", "plausible", "by_inode", "by_inode", "random_bytes",
                        "bad_pointer", "wrong_cmd"))
@@ -1173,9 +1175,9 @@ def scenario_hostile(count, seed=11):
                 break
 
     threads = [h.guard("requester%d" % i, requester(i)) for i in range(3)]
-    threads += [h.guard(name, body) for name, body in (("churner", churner), ("namer", namer),
-                                                        ("freezer", freezer), ("mounter", mounter),
-                                                        ("unloader", unloader))]
+    helpers = (("churner", churner), ("namer", namer), ("freezer", freezer), ("mounter", mounter),
+               ("unloader", unloader))
+    threads += [h.guard(name, body) for name, body in helpers]
     started = time.monotonic()
     for thread in threads:
         thread.start()
