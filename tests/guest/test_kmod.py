@@ -46,7 +46,7 @@ OOPS = re.compile(r"Oops|BUG:|WARNING:|Call Trace|general protection|KASAN|KFENC
 
 
 # lockdep and KASAN slow a TCG guest down several times: fewer rounds there
-DEBUG_ROUNDS = {"stress": {"ext4": 60, "btrfs": 30}, "race": (120, 40)}
+DEBUG_ROUNDS = {"stress": {"ext4": 30, "btrfs": 15}, "race": (60, 20)}
 HOSTILE_REQUESTS = 10000
 
 
