@@ -307,17 +307,19 @@ def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=None)
                 if name == "e2e_facts":
                     e2e_stdout = out
         # The default listing is cut at DEFAULT_LIMIT by design: it is scored on what it lists
-        # (precision) and on its summary count (every orphan counted, listed or not).
+        # (precision) and on its summary count (every orphan counted, listed or not). The count
+        # is read from a default scan limited to the workload's directory: a busy host's own
+        # orphans (a compiler's temporary files, say) come and go between any two scans.
         listed = scan_found(facts, workload)
         outside = len(baseline["orphans"]) - len(scan_found(baseline, workload))
-        counted = facts["summary"]["count"] - outside
+        counted = run_scan(include=[os.path.join(workload.workdir, "*")])[2]["summary"]["count"]
         worst["scan"] = (min(counted, len(workload.truth)) / len(workload.truth) if workload.truth else 1.0,
                          score(listed, set(workload.truth))[1])
         info = {
             "processes": procs, "fds_per_process": fds, "loops": loops, "rounds": rounds,
             "fds_scanned": facts["scan"]["fds"], "orphans": len(workload.truth),
             "truth": {kind: sum(1 for k, _p in workload.truth.values() if k == kind) for kind in ("fd", "mmap", "loop")},
-            "host_orphans_outside_workload": outside,
+            "host_orphans_outside_workload": outside, "workload_count": counted,
             "default_listed": facts["summary"]["listed"], "default_count": facts["summary"]["count"],
             "facts_json_bytes": len(json.dumps(facts, separators=(",", ":"))),
             "facts_values": count_values(facts),
@@ -352,10 +354,11 @@ def report(result, out=None):
             row["label"], row["min_wall"], row["min_cpu"], row["min_wall"] / floor["min_wall"],
             row["min_wall"] / lsof["min_wall"], recall, precision), file=out)
     print("(recall and precision: the worst of the rounds. The default scan lists %d of the %d orphans it counts"
-          " (limit %d): its recall is its summary count (%d, of which %d held outside the workload),"
+          " (limit %d): its recall is the summary count of the same scan limited to the workload's directory (%d; the"
+          " host held %d orphans outside the workload at the start),"
           " its precision that of what it lists. The fd-only floor is scored on paths, every other tool on"
           " (dev, ino).)" % (info["default_listed"], info["default_count"], scan_mod.DEFAULT_LIMIT,
-                             info["default_count"], info["host_orphans_outside_workload"]), file=out)
+                             info["workload_count"], info["host_orphans_outside_workload"]), file=out)
     print("default facts: %.1f KB of JSON (%d values)%s" % (
         info["facts_json_bytes"] / 1000.0, info["facts_values"],
         "; ansible's stdout for it %.1f KB" % (info["e2e_facts_stdout_bytes"] / 1000.0)
