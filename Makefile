@@ -3,6 +3,9 @@
 SHELL := /bin/bash
 VENV = $(shell bash scripts/bootstrap.sh $(BOOTSTRAP) | tail -n 1)
 PYTEST_ARGS ?=
+# Two workers: a guest test keeps about one core busy (the emulated guest and the
+# controller take turns), so two at once use both; TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
 
 .PHONY: demo test test-upgrade bench install
 
@@ -13,7 +16,7 @@ demo:
 
 test:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
-		python -m pytest $(PYTEST_ARGS)
+		python -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The role across kernel and module upgrades in real VMs; too long for every run.
 test-upgrade:

@@ -7,7 +7,10 @@ is ever left mounted on the host.
 """
 
 import hashlib
+import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from .image import prepare
@@ -98,9 +101,28 @@ def build_module(suite, src_dir, make_args=(), kernel_tree=None):
         argv = ["make", "-j2", *kbuild, f"M=/build/{name}", *make_args]
         chroot_run(suite, argv, cwd=f"/build/{name}")
         modules = sorted(host_dir.rglob("*.ko"))
-    if not modules:
-        raise HarnessError(f"{suite}: make succeeded but produced no .ko in {host_dir}")
-    if len(modules) > 1:
-        wanted = [m for m in modules if m.stem == src.name]
-        modules = wanted or modules
-    return modules[0]
+        if not modules:
+            raise HarnessError(f"{suite}: make succeeded but produced no .ko in {host_dir}")
+        if len(modules) > 1:
+            wanted = [m for m in modules if m.stem == src.name]
+            modules = wanted or modules
+        return _keep(suite, modules[0])
+
+
+def _keep(suite, module: Path) -> Path:
+    """A copy of MODULE that no later build replaces (the next build of the same source,
+    by a test running in parallel, empties the build dir while this one is still loading
+    it), under build_root(suite)/built/<hash>/; copies older than a day are removed."""
+    built = build_root(suite) / "built"
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()[:16]
+    kept = built / digest / module.name
+    if not kept.exists():
+        for old in built.glob("*"):
+            if old.is_dir() and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(kept.name + ".tmp")
+        shutil.copyfile(module, tmp)
+        os.replace(tmp, kept)
+    os.utime(kept.parent)
+    return kept

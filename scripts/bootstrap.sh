@@ -78,5 +78,6 @@ fi
 # The collection as Ansible finds it: a link from a per-checkout collections dir.
 coll=$here/.build/collections/ansible_collections/frelink
 mkdir -p "$coll"
-ln -sfn "$here" "$coll/frelink"
+# replaced only when it points elsewhere: tests running in parallel read it
+[ "$(readlink "$coll/frelink" 2>/dev/null)" = "$here" ] || ln -sfn "$here" "$coll/frelink"
 echo "$venv"

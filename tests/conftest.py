@@ -1,5 +1,8 @@
-"""Shared test setup: the repo root on sys.path (for `import harness`) and guest fixtures."""
+"""Shared test setup: the repo root on sys.path (for `import harness`), guest fixtures, and
+the work units of the parallel run (`make test` runs pytest-xdist with --dist loadgroup)."""
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,11 +14,87 @@ if str(REPO) not in sys.path:
 
 import harness  # noqa: E402  (needs the path above)
 
+# seconds each work unit took in the last run, for the order of the next (longest first)
+UNIT_SECONDS = harness.util.cache_root() / "test-unit-seconds.json"
+# a unit no run has timed yet: guess by its marks (guest tests take minutes, host seconds)
+UNTIMED_SECONDS = {"slow": 3600, "guest": 1800}
+
+
+def _work_unit(item):
+    """Tests that share a module-scoped parametrized fixture (one guest per suite) run in
+    one worker, and so do a test file's tests (its module fixtures are set up once): the
+    unit is the file plus the values of its module-scoped parameters."""
+    unit = item.nodeid.split("::", 1)[0]
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        scopes = getattr(callspec, "_arg2scope", {})
+        shared = [str(value) for name, value in callspec.params.items()
+                  if getattr(scopes.get(name), "value", "function") != "function"]
+        if shared:
+            unit += "[%s]" % "-".join(shared)
+    return unit
+
+
+def _timed_units():
+    try:
+        return json.loads(UNIT_SECONDS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """One xdist_group per work unit (marked before xdist reads the marks), then the units
+    longest first, as the last run timed them: greedy scheduling in that order keeps both
+    workers busy until the end."""
+    for item in items:
+        unit = _work_unit(item)
+        item.add_marker(pytest.mark.xdist_group(unit))
+        item.user_properties.append(("work_unit", unit))
+    yield
+    timed = _timed_units()
+    estimate, first = {}, {}
+    for index, item in enumerate(items):
+        unit = dict(item.user_properties)["work_unit"]
+        first.setdefault(unit, index)
+        guess = max([UNTIMED_SECONDS.get(mark.name, 0) for mark in item.iter_markers()], default=0)
+        estimate[unit] = timed.get(unit, max(guess, estimate.get(unit, 0)))
+
+    def order(pair):
+        index, item = pair
+        unit = dict(item.user_properties)["work_unit"]
+        return (-estimate[unit], first[unit], index)
+
+    items[:] = [item for _index, item in sorted(enumerate(items), key=order)]
+
+
+def pytest_runtest_logreport(report):
+    """Each unit's time (setup, call and teardown) as the controller receives the reports."""
+    unit = dict(report.user_properties).get("work_unit")
+    if unit is not None:
+        _seconds_this_run[unit] = _seconds_this_run.get(unit, 0.0) + (report.duration or 0.0)
+
+
+_seconds_this_run = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The controller (or a run without workers) keeps the units' times for the next run."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _seconds_this_run:
+        return
+    timed = _timed_units()
+    timed.update({unit: round(value, 1) for unit, value in _seconds_this_run.items()})
+    try:
+        harness.util.write_atomic(UNIT_SECONDS, json.dumps(timed, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
 
 def pytest_collection_finish(session):
     """A test on the debug kernel is selected: start its one-time build now, in the
-    background (harness.debug_kernel.build_in_background), not when that test comes."""
-    if session.config.option.collectonly:
+    background (harness.debug_kernel.build_in_background), not when that test comes.
+    In a parallel run the first worker starts it (the build lock serialises the rest)."""
+    if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
         return
     if any(getattr(item, "callspec", None) and item.callspec.params.get("kmod_guest") == "debug"
            for item in session.items):

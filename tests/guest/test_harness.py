@@ -111,8 +111,8 @@ def test_guest_kernel_loads_module_built_in_chroot(suite, hello_src, tmp_path):
     ko = harness.build_module(suite, hello_src)
     assert ko.name == "hello.ko" and ko.is_file()
     assert not list(hello_src.glob("*.ko")), "build_module must not build in the source tree"
-    vermagic = harness.chroot_run(suite, ["modinfo", "-F", "vermagic", "/build/" + ko.parent.name
-                                          + "/hello.ko"]).stdout
+    in_chroot = "/build/%s" % ko.relative_to(harness.chroot.build_root(suite))
+    vermagic = harness.chroot_run(suite, ["modinfo", "-F", "vermagic", in_chroot]).stdout
     assert vermagic.split()[0] == env.kernel_release
 
     with harness.Guest(suite) as guest:

@@ -6,7 +6,9 @@ run in each suite's chroot with that kernel's headers and gcc.
 """
 
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,16 +61,21 @@ def test_checkpatch_strict():
 
 @pytest.mark.parametrize("suite", harness.SUITES)
 def test_sparse_and_extra_warnings_clean(suite):
-    module = harness.build_module(suite, KMOD)
     if harness.chroot_run(suite, ["sh", "-c", "command -v sparse"], check=False).returncode:
         harness.chroot_run(suite, ["apt-get", "install", "-y", "--no-install-recommends", "sparse"])
     release = harness.prepare(suite).kernel_release
-    make = ["make", "-C", "/lib/modules/%s/build" % release, "M=/build/" + module.parent.name]
-    harness.chroot_run(suite, make + ["clean"], cwd="/build/" + module.parent.name)
-    # KBUILD_CHECKSRC=1 on the command line: Debian's 7.x headers lack
-    # scripts/checker-valid.sh, so kbuild would otherwise switch C=1 off.
-    proc = harness.chroot_run(suite, make + ["C=1", "KBUILD_CHECKSRC=1", "W=1", "modules"],
-                              cwd="/build/" + module.parent.name)
+    # a tree of its own: every file compiled and checked, and no other test's build touched
+    build_root = harness.chroot.build_root(suite)
+    tree = Path(tempfile.mkdtemp(prefix="sparse-", dir=build_root)) / "frelink"
+    shutil.copytree(KMOD, tree, ignore=shutil.ignore_patterns(*harness.chroot.KBUILD_PRODUCTS))
+    in_chroot = "/build/%s" % tree.relative_to(build_root)
+    try:
+        # KBUILD_CHECKSRC=1 on the command line: Debian's 7.x headers lack
+        # scripts/checker-valid.sh, so kbuild would otherwise switch C=1 off.
+        proc = harness.chroot_run(suite, ["make", "-C", "/lib/modules/%s/build" % release, "M=" + in_chroot,
+                                          "C=1", "KBUILD_CHECKSRC=1", "W=1", "modules"], cwd=in_chroot)
+    finally:
+        harness.util.remove_tree(tree.parent)
     output = proc.stdout + proc.stderr
     assert re.search(r"CHECK +\S*frelink\.c", output), "sparse did not run:\n" + output
     assert "frelink.ko" in output

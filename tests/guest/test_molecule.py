@@ -23,7 +23,8 @@ SEQUENCE_STEPS = 9  # actions in each scenario's test_sequence
 
 @pytest.mark.guest
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["bookworm", "sid"])
+# module scope: each scenario is a work unit of its own for the parallel run (tests/conftest.py)
+@pytest.mark.parametrize("suite", ["bookworm", "sid"], scope="module")
 def test_molecule_scenario(suite):
     molecule = BIN / "molecule"
     if not molecule.exists():
