@@ -1,9 +1,17 @@
 """Shared test setup: the repo root on sys.path (for `import harness`), guest fixtures, and
-the work units of the parallel run (`make test` runs pytest-xdist with --dist loadgroup)."""
+the work units of the parallel run.
+
+`make test` runs two pytest-xdist workers. A work unit runs whole in one worker: a test
+file, or, where its tests share a module-scoped parametrized fixture (one guest per
+suite), the file and that parameter. xdist's own --dist loadgroup cannot say that under
+pytest 9 (it renames items, which pytest 9 ignores), so the controller schedules with
+WorkUnitScheduling below, from the units the workers report as they collect.
+"""
 
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,12 +26,11 @@ import harness  # noqa: E402  (needs the path above)
 UNIT_SECONDS = harness.util.cache_root() / "test-unit-seconds.json"
 # a unit no run has timed yet: guess by its marks (guest tests take minutes, host seconds)
 UNTIMED_SECONDS = {"slow": 3600, "guest": 1800}
+# where the workers leave {nodeid: unit} for the controller's scheduler
+UNITS_DIR_ENV = "FRELINK_WORK_UNITS_DIR"
 
 
 def _work_unit(item):
-    """Tests that share a module-scoped parametrized fixture (one guest per suite) run in
-    one worker, and so do a test file's tests (its module fixtures are set up once): the
-    unit is the file plus the values of its module-scoped parameters."""
     unit = item.nodeid.split("::", 1)[0]
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
@@ -42,30 +49,57 @@ def _timed_units():
         return {}
 
 
-@pytest.hookimpl(wrapper=True)
+def pytest_configure(config):
+    """The controller of a parallel run makes the directory its workers report units to
+    (they inherit its environment)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "numprocesses", None):
+        os.environ[UNITS_DIR_ENV] = config.units_dir = tempfile.mkdtemp(prefix="frelink-units-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "units_dir", None):
+        harness.util.remove_tree(Path(config.units_dir))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """One xdist_group per work unit (marked before xdist reads the marks), then the units
-    longest first, as the last run timed them: greedy scheduling in that order keeps both
-    workers busy until the end."""
+    """Each test's work unit, then the units longest first, as the last run timed them:
+    greedy scheduling in that order keeps both workers busy until the end."""
+    units = {item.nodeid: _work_unit(item) for item in items}
     for item in items:
-        unit = _work_unit(item)
-        item.add_marker(pytest.mark.xdist_group(unit))
-        item.user_properties.append(("work_unit", unit))
-    yield
+        item.user_properties.append(("work_unit", units[item.nodeid]))
     timed = _timed_units()
     estimate, first = {}, {}
     for index, item in enumerate(items):
-        unit = dict(item.user_properties)["work_unit"]
+        unit = units[item.nodeid]
         first.setdefault(unit, index)
         guess = max([UNTIMED_SECONDS.get(mark.name, 0) for mark in item.iter_markers()], default=0)
         estimate[unit] = timed.get(unit, max(guess, estimate.get(unit, 0)))
+    items[:] = [item for _index, item in sorted(
+        enumerate(items), key=lambda pair: (-estimate[units[pair[1].nodeid]], first[units[pair[1].nodeid]], pair[0]))]
+    worker, units_dir = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(UNITS_DIR_ENV)
+    if worker and units_dir:
+        harness.util.write_atomic(Path(units_dir) / ("%s.json" % worker), json.dumps(units))
 
-    def order(pair):
-        index, item = pair
-        unit = dict(item.user_properties)["work_unit"]
-        return (-estimate[unit], first[unit], index)
 
-    items[:] = [item for _index, item in sorted(enumerate(items), key=order)]
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling, with the work units the workers reported as scopes."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        units = None
+
+        def _split_scope(self, nodeid):
+            if self.units is None:  # first called once every worker has collected
+                self.units = {}
+                for reported in Path(os.environ[UNITS_DIR_ENV]).glob("*.json"):
+                    self.units.update(json.loads(reported.read_text()))
+            return self.units.get(nodeid, nodeid)
+
+    return WorkUnitScheduling(config, log)
 
 
 def pytest_runtest_logreport(report):
