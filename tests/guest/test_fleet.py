@@ -67,16 +67,16 @@ def _inventory(path, guests):
 
 
 def _ansible(tool, argv, cwd):
-    """Run an Ansible command line; (CompletedProcess-like dict, controller CPU seconds)."""
+    """Run an Ansible command line: its exit code, output and controller CPU seconds."""
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
                ANSIBLE_PIPELINING="1", ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False",
                ANSIBLE_LOCALHOST_WARNING="false")
     proc = subprocess.Popen([str(BIN / tool)] + argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
+    status, usage = os.wait4(proc.pid, 0)[1:]
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "out": output}, usage.ru_utime + usage.ru_stime
+    return {"rc": proc.returncode, "out": output, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 @pytest.fixture(scope="module")
@@ -102,23 +102,22 @@ def fleet(tmp_path_factory):
         inventory = _inventory(tmp / "inventory.ini", guests)
         runs = {}
         report = tmp / "audit"
-        runs["audit"], _ = _ansible("ansible-playbook", ["-i", str(inventory), str(REPO / "playbooks" / "audit.yml"),
-                                                         "-e", "frelink_audit_dir=%s" % report], tmp)
+        audit = ["-i", str(inventory), str(REPO / "playbooks" / "audit.yml"), "-e", "frelink_audit_dir=%s" % report]
+        runs["audit"] = _ansible("ansible-playbook", audit, tmp)
         recover = ["-i", str(inventory), str(REPO / "playbooks" / "recover.yml"),
                    "-e", json.dumps({"frelink_recover_paths": [HELD]})]
-        runs["recover"], _ = _ansible("ansible-playbook", recover, tmp)
+        runs["recover"] = _ansible("ansible-playbook", recover, tmp)
         after = {}
         for suite, guest in guests.items():
             guest.run("kill -USR1 %d" % held[suite]["pid"])
             after[suite] = guest.run("for i in $(seq 50); do grep -q 'after the restore' %(p)s 2>/dev/null && break; "
                                      "sleep 0.1; done; stat -c '%%d %%i %%h' %(p)s; tail -n 1 %(p)s"
                                      % {"p": HELD}, check=False).stdout.splitlines()
-        runs["rerun"], _ = _ansible("ansible-playbook", recover, tmp)
-        cpu = {}
+        runs["rerun"] = _ansible("ansible-playbook", recover, tmp)
         for module in ("frelink.frelink.frelink_facts", "ansible.builtin.ping"):
-            runs[module], cpu[module] = _ansible("ansible", ["-i", str(inventory), "fleet:!%s" % UNREACHABLE,
-                                                             "-m", module], tmp)
-        per_host = {module: seconds / len(guests) for module, seconds in cpu.items()}
+            runs[module] = _ansible("ansible", ["-i", str(inventory), "fleet:!%s" % UNREACHABLE, "-m", module], tmp)
+        per_host = {module: runs[module]["cpu"] / len(guests)
+                    for module in ("frelink.frelink.frelink_facts", "ansible.builtin.ping")}
         print("\n[fleet] controller CPU per host: %s" % ", ".join(
             "%s %.2f s" % (module.rsplit(".", 1)[1], seconds) for module, seconds in per_host.items()))
         yield {"held": held, "runs": runs, "report": report, "after": after, "cpu_per_host": per_host}
