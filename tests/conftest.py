@@ -75,8 +75,9 @@ def pytest_collection_modifyitems(config, items):
         first.setdefault(unit, index)
         guess = max([UNTIMED_SECONDS.get(mark.name, 0) for mark in item.iter_markers()], default=0)
         estimate[unit] = timed.get(unit, max(guess, estimate.get(unit, 0)))
-    items[:] = [item for _index, item in sorted(
-        enumerate(items), key=lambda pair: (-estimate[units[pair[1].nodeid]], first[units[pair[1].nodeid]], pair[0]))]
+    order = {item.nodeid: (-estimate[units[item.nodeid]], first[units[item.nodeid]], index)
+             for index, item in enumerate(items)}
+    items.sort(key=lambda item: order[item.nodeid])
     worker, units_dir = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(UNITS_DIR_ENV)
     if worker and units_dir:
         harness.util.write_atomic(Path(units_dir) / ("%s.json" % worker), json.dumps(units))

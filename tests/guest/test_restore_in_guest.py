@@ -32,38 +32,7 @@ FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
 BIN = Path(sys.executable).parent
 WORK = "/root/frelink-restore"
 
-HOLDER = r"""
-import json, os, signal, sys, time
-path, size, mode, info = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-block = os.urandom(1 << 16)
-left = size
-while left > 0:
-    left -= os.write(fd, block[:min(left, len(block))])
-os.fsync(fd)
-st = os.fstat(fd)
-os.unlink(path)
-if mode == "appendonly":  # FS_IOC_SETFLAGS FS_APPEND_FL on the deleted inode: vfs_link() refuses it
-    import fcntl, struct
-    flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]
-    fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x20))
-def later(signum, frame):
-    os.pwrite(fd, b"LATER-WRITE", 0)
-    os.fsync(fd)
-signal.signal(signal.SIGUSR1, later)
-with open(info + ".tmp", "w") as f:
-    json.dump({"pid": os.getpid(), "fd": fd, "path": path, "dev": st.st_dev, "ino": st.st_ino,
-               "device": "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev)),
-               "mntns": os.readlink("/proc/self/ns/mnt")}, f)
-os.rename(info + ".tmp", info)
-n = 0
-while mode == "append" and n < 20000:
-    os.write(fd, (b"%08d" % n) * 512)
-    n += 1
-    time.sleep(0.001)
-while True:
-    signal.pause()
-"""
+HOLDER = (Path(__file__).parent / "payload" / "holder.py").read_text()
 
 SETUP = r"""
 set -eu
