@@ -9,7 +9,9 @@
 
 #include <linux/dcache.h>
 #include <linux/fs.h>
+#include <linux/mm_types.h>
 #include <linux/mount.h>
+#include <linux/rcupdate.h>
 #include <linux/namei.h>
 
 #include "compat-config.h"
@@ -109,5 +111,25 @@ static inline bool frelink_is_delegated(struct frelink_deleg *d)
 	try_break_deleg(inode, frelink_deleg_arg(d))
 #endif
 #define frelink_break_deleg_wait(d)	break_deleg_wait(frelink_deleg_arg(d))
+
+/*
+ * mm->exe_file with a reference, as get_mm_exe_file() (not exported) takes
+ * it: 6.12 and 7.2 give get_file_rcu() the __rcu pointer, 6.1 the file.
+ */
+static inline struct file *frelink_mm_exe_file(struct mm_struct *mm)
+{
+	struct file *exe;
+
+	rcu_read_lock();
+#ifdef FRELINK_HAVE_GET_FILE_RCU_PTR
+	exe = get_file_rcu(&mm->exe_file);
+#else
+	exe = rcu_dereference(mm->exe_file);
+	if (exe && !get_file_rcu(exe))
+		exe = NULL;
+#endif
+	rcu_read_unlock();
+	return exe;
+}
 
 #endif /* FRELINK_COMPAT_H */

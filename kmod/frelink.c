@@ -13,19 +13,30 @@
 
 #include <linux/capability.h>
 #include <linux/dcache.h>
+#include <linux/cred.h>
 #include <linux/err.h>
+#include <linux/fdtable.h>
 #include <linux/file.h>
 #include <linux/delay.h>
 #include <linux/fs.h>
+#include <linux/fs_struct.h>
 #include <linux/fsnotify.h>
 #include <linux/kdev_t.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mount.h>
 #include <linux/mutex.h>
 #include <linux/namei.h>
 #include <linux/path.h>
+#include <linux/pid.h>
+#include <linux/pid_namespace.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/stat.h>
@@ -555,6 +566,373 @@ out_dir:
 	return err;
 }
 
+/*
+ * FRELINK_IOC_HELD: the handles on deleted files of every process, found in
+ * the kernel.  A complete scan from userspace costs a readlink() of every
+ * /proc/PID/fd entry and a read of every /proc/PID/maps; this looks at the
+ * same fd tables and mappings without formatting anything but the few
+ * deleted ones.  Nothing is changed, so no lock is held longer than one
+ * process's fd table or mappings take to look at.
+ */
+
+/* larger than any sane request; keeps @used and rec_len arithmetic small */
+#define FRELINK_HELD_MAX_BUF	SZ_1G
+
+/* one handle of the current process on a candidate file */
+struct frelink_handle {
+	struct path path;
+	u16 kind;
+	s32 fd;
+	u64 start;
+	u64 end;
+};
+
+struct frelink_held_walk {
+	struct frelink_handle *handles;
+	unsigned int count;
+	unsigned int cap;
+	unsigned int fds;
+	u32 kinds;
+	char *pathbuf;
+};
+
+/*
+ * What readlink() of the handle would end in " (deleted)", or name an NFS
+ * silly rename: an unlinked dentry of a real filesystem.  Pipes, sockets and
+ * anonymous inodes have unlinked dentries too, but a d_dname() name
+ * ("pipe:[N]"), never a path.
+ */
+static bool frelink_held_candidate(const struct dentry *dentry)
+{
+	if (dentry->d_op && dentry->d_op->d_dname)
+		return false;
+	return d_unlinked(dentry) ||
+	       (READ_ONCE(dentry->d_flags) & DCACHE_NFSFS_RENAMED);
+}
+
+static int frelink_held_grow(struct frelink_held_walk *walk)
+{
+	unsigned int cap = walk->cap ? walk->cap * 2 : 16;
+	struct frelink_handle *handles;
+
+	handles = kvmalloc_array(cap, sizeof(*handles), GFP_KERNEL);
+	if (!handles)
+		return -ENOMEM;
+	if (walk->count)
+		memcpy(handles, walk->handles, walk->count * sizeof(*handles));
+	kvfree(walk->handles);
+	walk->handles = handles;
+	walk->cap = cap;
+	return 0;
+}
+
+/* Called under a spinlock: takes references, never sleeps or allocates. */
+static void frelink_held_add(struct frelink_held_walk *walk,
+			     const struct path *path, u16 kind, s32 fd,
+			     u64 start, u64 end)
+{
+	struct frelink_handle *handle = &walk->handles[walk->count++];
+
+	handle->path = *path;
+	path_get(path);
+	handle->kind = kind;
+	handle->fd = fd;
+	handle->start = start;
+	handle->end = end;
+}
+
+/*
+ * iterate_fd() callback, under the fd table's lock.  Returns fd + 1 to stop
+ * the walk when the handle array is full: the caller grows it and resumes
+ * at fd, as net/core/netclassid_cgroup.c does.
+ */
+static int frelink_held_fd(const void *arg, struct file *file, unsigned int fd)
+{
+	struct frelink_held_walk *walk = (struct frelink_held_walk *)arg;
+
+	if (!frelink_held_candidate(file->f_path.dentry)) {
+		walk->fds++;
+		return 0;
+	}
+	if (walk->count == walk->cap)
+		return fd + 1;
+	walk->fds++;
+	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, 0, 0);
+	return 0;
+}
+
+static int frelink_held_fds(struct frelink_held_walk *walk,
+			    struct task_struct *task)
+{
+	unsigned int next = 0;
+	int err;
+
+	for (;;) {
+		task_lock(task);
+		next = iterate_fd(task->files, next, frelink_held_fd, walk);
+		task_unlock(task);
+		if (!next)
+			return 0;
+		next--;
+		err = frelink_held_grow(walk);
+		if (err)
+			return err;
+	}
+}
+
+static int frelink_held_reserve(struct frelink_held_walk *walk)
+{
+	if (walk->count < walk->cap)
+		return 0;
+	return frelink_held_grow(walk);
+}
+
+static int frelink_held_mm(struct frelink_held_walk *walk,
+			   struct task_struct *task)
+{
+	struct mm_struct *mm = get_task_mm(task);
+	struct vm_area_struct *vma;
+	struct file *exe;
+	int err = 0;
+
+	if (!mm)
+		return 0;
+
+	if (walk->kinds & FRELINK_HELD_EXE) {
+		exe = frelink_mm_exe_file(mm);
+		if (exe) {
+			if (frelink_held_candidate(exe->f_path.dentry)) {
+				err = frelink_held_reserve(walk);
+				if (!err)
+					frelink_held_add(walk, &exe->f_path,
+							 FRELINK_HELD_EXE, -1,
+							 0, 0);
+			}
+			fput(exe);
+		}
+	}
+
+	if (!err && (walk->kinds & FRELINK_HELD_MMAP)) {
+		VMA_ITERATOR(vmi, mm, 0);
+
+		err = mmap_read_lock_killable(mm);
+		if (!err) {
+			for_each_vma(vmi, vma) {
+				if (!vma->vm_file ||
+				    !frelink_held_candidate(vma->vm_file->f_path.dentry))
+					continue;
+				err = frelink_held_reserve(walk);
+				if (err)
+					break;
+				frelink_held_add(walk, &vma->vm_file->f_path,
+						 FRELINK_HELD_MMAP, -1,
+						 vma->vm_start, vma->vm_end);
+			}
+			mmap_read_unlock(mm);
+		}
+	}
+	mmput(mm);
+	return err;
+}
+
+static int frelink_held_fs(struct frelink_held_walk *walk,
+			   struct task_struct *task)
+{
+	static const u16 kinds[] = { FRELINK_HELD_CWD, FRELINK_HELD_ROOT };
+	struct path path;
+	bool found;
+	int i, err;
+
+	for (i = 0; i < ARRAY_SIZE(kinds); i++) {
+		if (!(walk->kinds & kinds[i]))
+			continue;
+		found = false;
+		task_lock(task);
+		if (task->fs) {
+			if (kinds[i] == FRELINK_HELD_CWD)
+				get_fs_pwd(task->fs, &path);
+			else
+				get_fs_root(task->fs, &path);
+			found = true;
+		}
+		task_unlock(task);
+		if (!found)
+			continue;
+		err = 0;
+		if (frelink_held_candidate(path.dentry)) {
+			err = frelink_held_reserve(walk);
+			if (!err)
+				frelink_held_add(walk, &path, kinds[i], -1, 0, 0);
+		}
+		path_put(&path);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/*
+ * Write the record of @handle at @at in the user buffer, if it fits before
+ * @limit.  Returns its length, 0 if the handle went away meanwhile (as a
+ * failing stat() does in a /proc scan), or -EOVERFLOW / an error.
+ */
+static int frelink_held_write(struct frelink_held_walk *walk,
+			      const struct frelink_handle *handle,
+			      pid_t pid, char __user *at, size_t room)
+{
+	struct frelink_held_record rec = { };
+	struct kstat stat;
+	size_t path_len, rec_len;
+	char *path;
+	int err;
+
+	err = vfs_getattr(&handle->path, &stat, STATX_BASIC_STATS,
+			  AT_STATX_SYNC_AS_STAT);
+	if (err)
+		return err == -EINTR ? err : 0;
+	path = d_path(&handle->path, walk->pathbuf, PATH_MAX);
+	if (IS_ERR(path))
+		return 0;
+	path_len = strlen(path) + 1;
+	rec_len = ALIGN(sizeof(rec) + path_len, 8);
+	if (rec_len > room)
+		return -EOVERFLOW;
+
+	rec.rec_len = rec_len;
+	rec.kind = handle->kind;
+	rec.pid = pid;
+	rec.fd = handle->fd;
+	if (READ_ONCE(handle->path.dentry->d_flags) & DCACHE_NFSFS_RENAMED)
+		rec.flags = FRELINK_HELD_NFS_RENAMED;
+	rec.start = handle->start;
+	rec.end = handle->end;
+	rec.dev = huge_encode_dev(stat.dev);
+	rec.ino = stat.ino;
+	rec.mode = stat.mode;
+	rec.nlink = stat.nlink;
+	rec.uid = from_kuid_munged(current_user_ns(), stat.uid);
+	rec.gid = from_kgid_munged(current_user_ns(), stat.gid);
+	rec.size = stat.size;
+	rec.blocks = stat.blocks;
+	rec.mtime_sec = stat.mtime.tv_sec;
+	rec.mtime_nsec = stat.mtime.tv_nsec;
+
+	if (copy_to_user(at, &rec, sizeof(rec)) ||
+	    copy_to_user(at + sizeof(rec), path, path_len) ||
+	    clear_user(at + sizeof(rec) + path_len,
+		       rec_len - sizeof(rec) - path_len))
+		return -EFAULT;
+	return rec_len;
+}
+
+static void frelink_held_release(struct frelink_held_walk *walk)
+{
+	while (walk->count)
+		path_put(&walk->handles[--walk->count].path);
+}
+
+/*
+ * Collect the candidate handles of @task, then, with no lock held (the
+ * copy to the caller may fault, and the caller may be @task), write their
+ * records at @buf + *used.  All or nothing: -EOVERFLOW leaves *used as it
+ * was.
+ */
+static int frelink_held_process(struct frelink_held_walk *walk,
+				struct task_struct *task, pid_t pid,
+				char __user *buf, u32 buf_size, u32 *used)
+{
+	u32 at = *used;
+	int i, len, err = 0;
+
+	walk->fds = 0;
+	if (walk->kinds & FRELINK_HELD_FD)
+		err = frelink_held_fds(walk, task);
+	if (!err && (walk->kinds & (FRELINK_HELD_EXE | FRELINK_HELD_MMAP)))
+		err = frelink_held_mm(walk, task);
+	if (!err)
+		err = frelink_held_fs(walk, task);
+
+	for (i = 0; !err && i < walk->count; i++) {
+		len = frelink_held_write(walk, &walk->handles[i], pid,
+					 buf + at, buf_size - at);
+		if (len < 0)
+			err = len;
+		else
+			at += len;
+	}
+	frelink_held_release(walk);
+	if (!err)
+		*used = at;
+	return err;
+}
+
+/* The next thread group leader from pid @nr on, with a reference, or NULL. */
+static struct task_struct *frelink_next_tgid(struct pid_namespace *ns,
+					     pid_t *nr)
+{
+	struct task_struct *task = NULL;
+	struct pid *pid;
+
+	rcu_read_lock();
+	while ((pid = find_ge_pid(*nr, ns))) {
+		*nr = pid_nr_ns(pid, ns);
+		task = pid_task(pid, PIDTYPE_TGID);
+		if (task) {
+			get_task_struct(task);
+			break;
+		}
+		(*nr)++;
+	}
+	rcu_read_unlock();
+	return task;
+}
+
+static int frelink_held(struct frelink_held *req)
+{
+	struct pid_namespace *ns = task_active_pid_ns(current);
+	char __user *buf = u64_to_user_ptr(req->buf);
+	struct frelink_held_walk walk = { .kinds = req->kinds };
+	struct task_struct *task;
+	pid_t nr = req->next_pid;
+	int i, err = 0;
+
+	for (i = 0; i < ARRAY_SIZE(req->reserved); i++)
+		if (req->reserved[i])
+			return -EINVAL;
+	if (!req->kinds || (req->kinds & ~FRELINK_HELD_ALL) || nr < 0 ||
+	    req->buf_size > FRELINK_HELD_MAX_BUF)
+		return -EINVAL;
+
+	walk.pathbuf = __getname();
+	if (!walk.pathbuf)
+		return -ENOMEM;
+	req->used = 0;
+	req->processes = 0;
+	req->fds = 0;
+	while ((task = frelink_next_tgid(ns, &nr))) {
+		err = frelink_held_process(&walk, task, nr, buf,
+					   req->buf_size, &req->used);
+		put_task_struct(task);
+		if (err)
+			break;
+		req->processes++;
+		req->fds += walk.fds;
+		nr++;
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			break;
+		}
+		cond_resched();
+	}
+	/* a full buffer after whole processes: the caller resumes at @nr */
+	if (err == -EOVERFLOW && req->used)
+		err = 0;
+	req->next_pid = task ? nr : 0;
+	__putname(walk.pathbuf);
+	kvfree(walk.handles);
+	return err;
+}
+
 static int frelink_open(struct inode *inode, struct file *file)
 {
 	if (!capable(CAP_SYS_ADMIN))
@@ -562,23 +940,54 @@ static int frelink_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
-static long frelink_ioctl(struct file *file, unsigned int cmd,
-			  unsigned long arg)
+static long frelink_ioctl_relink(void __user *arg)
 {
 	struct frelink_relink req;
 	int err;
 
-	if (!capable(CAP_SYS_ADMIN))
-		return -EPERM;
-	if (cmd != FRELINK_IOC_RELINK)
-		return -ENOTTY;
-	if (copy_from_user(&req, (void __user *)arg, sizeof(req)))
+	if (copy_from_user(&req, arg, sizeof(req)))
 		return -EFAULT;
-
 	err = frelink_check_request(&req);
 	if (err)
 		return err;
 	return frelink_relink(&req);
+}
+
+/*
+ * Reading /proc/PID/fd and map_files needs ptrace read access to PID, which
+ * CAP_SYS_PTRACE grants for every process; the LSM hook of that check
+ * (ptrace_may_access()) is not exported to modules.
+ */
+static long frelink_ioctl_held(void __user *arg)
+{
+	struct frelink_held req;
+	int err;
+
+	if (!capable(CAP_SYS_PTRACE))
+		return -EPERM;
+	if (copy_from_user(&req, arg, sizeof(req)))
+		return -EFAULT;
+	err = frelink_held(&req);
+	/* the counts and the resume point are the caller's on overflow too */
+	if ((!err || err == -EOVERFLOW) &&
+	    copy_to_user(arg, &req, sizeof(req)))
+		return -EFAULT;
+	return err;
+}
+
+static long frelink_ioctl(struct file *file, unsigned int cmd,
+			  unsigned long arg)
+{
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	switch (cmd) {
+	case FRELINK_IOC_RELINK:
+		return frelink_ioctl_relink((void __user *)arg);
+	case FRELINK_IOC_HELD:
+		return frelink_ioctl_held((void __user *)arg);
+	default:
+		return -ENOTTY;
+	}
 }
 
 static const struct file_operations frelink_fops = {

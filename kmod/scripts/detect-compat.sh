@@ -51,6 +51,10 @@ has linux/filelock.h 'try_break_deleg\(' && define FRELINK_HAVE_FILELOCK_H
 has linux/filelock.h 'try_break_deleg\(struct inode \*inode, unsigned int flags' &&
 	define FRELINK_HAVE_TRY_BREAK_DELEG_FLAGS
 
+# 6.12, 7.2 (not 6.1): get_file_rcu() takes the __rcu pointer to the file
+has linux/fs.h 'struct file \*get_file_rcu\(struct file __rcu' &&
+	define FRELINK_HAVE_GET_FILE_RCU_PTR
+
 # 6.1 exported __iget() from fs/inode.c, later it is an inline in fs.h;
 # both are callable, nothing to detect.
 

@@ -94,8 +94,100 @@ struct frelink_relink {
 	char	name[FRELINK_NAME_SIZE];
 };
 
+/* Which holders FRELINK_IOC_HELD reports: held.kinds, held records' kind */
+#define FRELINK_HELD_FD		0x01U	/* an open file descriptor */
+#define FRELINK_HELD_MMAP	0x02U	/* a file mapping (one record per VMA) */
+#define FRELINK_HELD_EXE	0x04U	/* the process's executable */
+#define FRELINK_HELD_CWD	0x08U	/* its working directory */
+#define FRELINK_HELD_ROOT	0x10U	/* its root directory */
+#define FRELINK_HELD_ALL	0x1fU
+
+/* record flags */
+#define FRELINK_HELD_NFS_RENAMED 0x1U	/* NFS "silly rename": .nfsXXXX, live */
+
+/**
+ * struct frelink_held_record - one holder of a deleted file, in the buffer
+ * @rec_len:	bytes of this record including @path and padding (a multiple
+ *		of 8): the next record starts @rec_len bytes further
+ * @kind:	one FRELINK_HELD_* bit
+ * @pid:	the process (thread group) as the caller's pid namespace sees it
+ * @fd:		FRELINK_HELD_FD: the descriptor number; else -1
+ * @flags:	FRELINK_HELD_NFS_RENAMED or 0
+ * @start:	FRELINK_HELD_MMAP: first address of the mapping; else 0
+ * @end:	FRELINK_HELD_MMAP: the address after it; else 0
+ * @dev, @ino, @mode, @nlink, @uid, @gid, @size, @blocks, @mtime_sec,
+ * @mtime_nsec:	what fstat(2) of the handle reports (vfs_getattr(); @dev
+ *		in glibc makedev() encoding, ids in the caller's user
+ *		namespace)
+ * @path:	the handle's path as readlink(2) of /proc/PID/fd/N (or
+ *		map_files, exe, cwd, root) gives it to the caller, ending in
+ *		" (deleted)" for an unlinked file; NUL-terminated
+ *
+ * A record is written for every handle whose dentry is unlinked or, on NFS,
+ * silly-renamed: @nlink says whether the file is deleted (0) or still named.
+ */
+struct frelink_held_record {
+	__u16	rec_len;
+	__u16	kind;
+	__s32	pid;
+	__s32	fd;
+	__u32	flags;
+	__u64	start;
+	__u64	end;
+	__u64	dev;
+	__u64	ino;
+	__u32	mode;
+	__u32	nlink;
+	__u32	uid;
+	__u32	gid;
+	__u64	size;
+	__u64	blocks;
+	__s64	mtime_sec;
+	__u32	mtime_nsec;
+	__u32	reserved;
+	char	path[];
+};
+
+/**
+ * struct frelink_held - argument of FRELINK_IOC_HELD
+ * @buf:	user address of the buffer that receives the records
+ * @buf_size:	its size in bytes
+ * @kinds:	FRELINK_HELD_* bits of the holders to report, at least one
+ * @next_pid:	in: the first pid to look at (0: from the start); out: the
+ *		pid to pass next time, 0 when every process was seen
+ * @used:	out: bytes of records written
+ * @processes:	out: processes (thread groups) looked at
+ * @fds:	out: open descriptors looked at
+ * @reserved:	must be zero
+ *
+ * Walks the processes of the caller's pid namespace from @next_pid on, in
+ * pid order, and writes a record for each handle on a deleted file: no
+ * per-descriptor text or system call in userspace.  The buffer receives
+ * whole processes only; when the next one does not fit, the call returns
+ * with @next_pid set to it.  Like a read of /proc, it is no snapshot:
+ * processes may come and go meanwhile.  Memory-less processes (kernel
+ * threads, zombies) have no mappings and no executable.
+ *
+ * Errors: EPERM (the caller lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE), EINVAL
+ * (no or unknown kinds, non-zero reserved fields, @next_pid negative, a
+ * buffer over 1 GiB), EOVERFLOW (the records of process @next_pid alone do
+ * not fit in @buf_size: retry with a larger buffer), EFAULT, EINTR (killed),
+ * ENOMEM.
+ */
+struct frelink_held {
+	__u64	buf;
+	__u32	buf_size;
+	__u32	kinds;
+	__s32	next_pid;
+	__u32	used;
+	__u32	processes;
+	__u32	fds;
+	__u64	reserved[4];
+};
+
 /* 0xF4 is unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst */
 #define FRELINK_IOC_MAGIC	0xF4
 #define FRELINK_IOC_RELINK	_IOW(FRELINK_IOC_MAGIC, 0x01, struct frelink_relink)
+#define FRELINK_IOC_HELD	_IOWR(FRELINK_IOC_MAGIC, 0x02, struct frelink_held)
 
 #endif /* _UAPI_LINUX_FRELINK_H */

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) frelink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Python mirror of kmod/uapi/frelink.h: the /dev/frelink relink ioctl.
+"""Python mirror of kmod/uapi/frelink.h: the /dev/frelink relink and listing ioctls.
 
 Standard library only.  tests/unit/test_kmod_abi.py compiles the C header
 and checks every constant and the structure layout below against it.  The
@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -39,13 +40,36 @@ _IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
 _IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
 _IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
 _IOC_WRITE = 1
+_IOC_READ = 2
 
 
-def _iow(magic, nr, size):
-    return (_IOC_WRITE << _IOC_DIRSHIFT) | (magic << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+def _ioc(direction, magic, nr, size):
+    return (direction << _IOC_DIRSHIFT) | (magic << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
 
 
-IOC_RELINK = _iow(IOC_MAGIC, 0x01, RELINK_STRUCT_SIZE)
+IOC_RELINK = _ioc(_IOC_WRITE, IOC_MAGIC, 0x01, RELINK_STRUCT_SIZE)
+
+# FRELINK_IOC_HELD: the kernel lists the handles on deleted files of every process.
+HELD_FD = 0x01  # FRELINK_HELD_FD
+HELD_MMAP = 0x02  # FRELINK_HELD_MMAP
+HELD_EXE = 0x04  # FRELINK_HELD_EXE
+HELD_CWD = 0x08  # FRELINK_HELD_CWD
+HELD_ROOT = 0x10  # FRELINK_HELD_ROOT
+HELD_ALL = 0x1F  # FRELINK_HELD_ALL
+HELD_KINDS = {"fd": HELD_FD, "mmap": HELD_MMAP, "exe": HELD_EXE, "cwd": HELD_CWD, "root": HELD_ROOT}
+HELD_KIND_NAMES = {bit: name for name, bit in HELD_KINDS.items()}
+HELD_NFS_RENAMED = 0x1  # FRELINK_HELD_NFS_RENAMED
+
+# struct frelink_held: buf, buf_size, kinds, next_pid, used, processes, fds, reserved[4]
+HELD_STRUCT = struct.Struct("=QIIiIII4Q")
+HELD_STRUCT_SIZE = HELD_STRUCT.size  # 64
+# struct frelink_held_record: rec_len, kind, pid, fd, flags, start, end, dev, ino, mode,
+# nlink, uid, gid, size, blocks, mtime_sec, mtime_nsec, reserved; then path[]
+HELD_RECORD_STRUCT = struct.Struct("=HHiiIQQQQIIIIQQqII")
+HELD_RECORD_SIZE = HELD_RECORD_STRUCT.size  # 96
+IOC_HELD = _ioc(_IOC_READ | _IOC_WRITE, IOC_MAGIC, 0x02, HELD_STRUCT_SIZE)
+HELD_BUF_START = 1 << 20
+HELD_BUF_MAX = 1 << 30  # FRELINK_HELD_MAX_BUF
 
 # The filesystems the module relinks on, by superblock magic: exactly those the
 # suite proves (kmod/frelink.c has the same table; test_kmod_abi compares).
@@ -207,3 +231,77 @@ def relink_by_fd(src_fd, dir_fd, name):
 def relink_by_inode(st_dev, st_ino, dir_fd, name):
     """Give the deleted in-memory inode (st_dev, st_ino) the name `name` in directory dir_fd."""
     _ioctl(BY_INODE, pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))
+
+
+class HeldStat:
+    """What fstat(2) of a handle reports, as the kernel listed it (the os.stat_result fields used)."""
+
+    __slots__ = ("st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
+                 "st_mtime")
+
+    def __init__(self, dev, ino, mode, nlink, uid, gid, size, blocks, mtime):
+        self.st_dev = dev
+        self.st_ino = ino
+        self.st_mode = mode
+        self.st_nlink = nlink
+        self.st_uid = uid
+        self.st_gid = gid
+        self.st_size = size
+        self.st_blocks = blocks
+        self.st_mtime = mtime
+
+
+def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
+    """Build the raw struct frelink_held bytes (also used by tests for malformed requests)."""
+    return HELD_STRUCT.pack(buf, buf_size, kinds, next_pid, 0, 0, 0, *reserved)
+
+
+def parse_held_records(data, used):
+    """[(kind name, pid, fd, (start, end), flags, HeldStat, path)] of the first USED bytes."""
+    records = []
+    unpack_from = HELD_RECORD_STRUCT.unpack_from
+    offset = 0
+    while offset < used:
+        (rec_len, kind, pid, fd, flags, start, end, dev, ino, mode, nlink, uid, gid, size, blocks,
+         mtime_sec, mtime_nsec, _reserved) = unpack_from(data, offset)
+        if rec_len < HELD_RECORD_SIZE or offset + rec_len > used:
+            raise ValueError("malformed record at offset %d (rec_len %d of %d bytes)" % (offset, rec_len, used))
+        raw = data[offset + HELD_RECORD_SIZE:offset + rec_len]
+        path = os.fsdecode(raw[:raw.index(b"\0")])
+        st = HeldStat(dev, ino, mode, nlink, uid, gid, size, blocks, mtime_sec + mtime_nsec / 1e9)
+        records.append((HELD_KIND_NAMES.get(kind, kind), pid, fd, (start, end), flags, st, path))
+        offset += rec_len
+    return records
+
+
+def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
+    """Every handle on a deleted (or NFS silly-renamed) file, listed by the kernel.
+
+    Returns (records, processes, fds) as parse_held_records() and the counts of
+    processes and descriptors looked at.  Raises OSError: ENOENT without the module,
+    ENOTTY from a module without this ioctl, EPERM without CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    """
+    dev_fd = os.open(DEVICE_PATH, os.O_RDONLY | os.O_CLOEXEC)
+    records = []
+    processes = fds = 0
+    next_pid = 0
+    try:
+        buf = ctypes.create_string_buffer(buf_size)
+        while True:
+            request = bytearray(pack_held(ctypes.addressof(buf), buf_size, kinds, next_pid))
+            try:
+                fcntl.ioctl(dev_fd, IOC_HELD, request, True)
+            except OSError as exc:
+                if exc.errno != errno.EOVERFLOW or buf_size >= HELD_BUF_MAX:
+                    raise
+                buf_size = min(buf_size * 4, HELD_BUF_MAX)  # one process's records need more room
+                buf = ctypes.create_string_buffer(buf_size)
+                continue
+            _buf, _size, _kinds, next_pid, used, seen, seen_fds = HELD_STRUCT.unpack(bytes(request))[:7]
+            records.extend(parse_held_records(ctypes.string_at(ctypes.addressof(buf), used), used))
+            processes += seen
+            fds += seen_fds
+            if next_pid == 0:
+                return records, processes, fds
+    finally:
+        os.close(dev_fd)

@@ -93,7 +93,7 @@ def kmod_guest(request):
             _assert_judges_live(guest, "before the module is loaded", boot=True)
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
-        scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe"]
+        scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
@@ -379,7 +379,7 @@ def test_stress(kmod_guest, fs):
 
 
 ALLOWED_FUZZ_RESULTS = {"OK", "EBUSY", "EINVAL", "ENAMETOOLONG", "EILSEQ", "EBADF", "ENOTDIR", "EMEDIUMTYPE", "EMLINK",
-                        "EXDEV", "ENOENT", "EEXIST", "EFAULT", "ENOTTY"}
+                        "EXDEV", "ENOENT", "EEXIST", "EFAULT", "ENOTTY", "EOVERFLOW"}
 
 
 def test_ioctl_fuzz(kmod_guest):
@@ -389,6 +389,35 @@ def test_ioctl_fuzz(kmod_guest):
     assert set(res["results"]) <= ALLOWED_FUZZ_RESULTS
     for expected in ("EFAULT", "ENOTTY", "EINVAL", "EBADF", "EXDEV", "EMEDIUMTYPE", "EMLINK"):
         assert res["results"].get(expected, 0) > 0, expected
+    # the listing's requests reached every outcome it has, and no other
+    assert set(res["held_results"]) == {"OK", "EINVAL", "EFAULT", "EOVERFLOW"}, res["held_results"]
+
+
+def test_listing_of_held_deleted_files(kmod_guest):
+    """FRELINK_IOC_HELD lists exactly what an independent /proc reader finds (fds on ext4, xfs,
+    btrfs and tmpfs, shared mappings only, deleted cwd and root, O_TMPFILE; every stat field
+    and the path), and nothing that is not a deleted file; small buffers resume; each
+    refusal has its errno; nothing changes."""
+    res = scenario(kmod_guest, "held")
+    print("\n[%s] held listing: %d deleted handles of the holders, %d records in all, %d processes, %d fds" % (
+        kmod_guest.label, res["kernel_deleted"], res["records_total"], res["processes"], res["fds"]))
+    assert res["missing"] == [] and res["extra"] == []
+    # 3 holders: 4 filesystems + 1 O_TMPFILE by fd, 2 mappings, cwd, root
+    assert res["kinds"] == {"fd": 15, "mmap": 6, "cwd": 3, "root": 3}
+    assert res["kernel_deleted"] == res["oracle_deleted"] == 27
+    assert res["paths_named_deleted_not_listed"] == [] and res["pseudo_files_listed"] == []
+    assert res["second_name_listed_nlink"] == [1]  # the name it was opened by is gone, another is not
+    assert abs(res["processes"] - res["proc_pids"]) <= 3, (res["processes"], res["proc_pids"])
+    assert abs(res["fds"] - res["proc_fds"]) <= 20, (res["fds"], res["proc_fds"])
+    assert res["small_buffer_same"] is True and res["kinds_fd_only"] == ["fd"]
+    assert res["tiny_buffer"][0] == "EOVERFLOW" and res["tiny_buffer_next_pid_is_holder"] is True
+    assert res["past_last_pid"] == ["OK", 0, 0, 0, 0]
+    assert res["null_buffer"] == "EFAULT"
+    assert res["refusals"] == {"no_kinds": "EINVAL", "unknown_kind": "EINVAL", "reserved": "EINVAL",
+                               "negative_pid": "EINVAL", "huge_buffer": "EINVAL", "bad_request_pointer": "EFAULT"}
+    assert res["without_cap_sys_ptrace"] == "EPERM"
+    assert res["unchanged"] is True and res["after_exit"] == 0
+    assert res["fsck"] == {"ext4": 0, "xfs": 0, "btrfs": 0}
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):
@@ -456,15 +485,18 @@ def test_hostile_fuzzer(kmod_guest):
     and the module unloads cleanly at the end."""
     _debug_kernel_only(kmod_guest)
     res = scenario(kmod_guest, "hostile")
-    print("\n[debug] hostile fuzzer: %d requests in %s s\n  outcomes %s\n  kinds %s\n  other threads %s" % (
-        res["requests"], res["seconds_fuzzing"], res["outcomes"], res["kinds"], res["acts"]))
+    print("\n[debug] hostile fuzzer: %d requests in %s s\n  outcomes %s\n  kinds %s\n  listings %s\n"
+          "  other threads %s" % (res["requests"], res["seconds_fuzzing"], res["outcomes"], res["kinds"],
+                                  res["held_outcomes"], res["acts"]))
     assert res["thread_errors"] == []
     assert res["stuck_threads"] == []
     assert res["requests"] >= 10000
     assert set(res["outcomes"]) <= ALLOWED_HOSTILE_RESULTS, res["outcomes"]
     for expected in ("OK", "EMLINK", "EEXIST", "EBADF", "EBUSY", "EINVAL", "EFAULT", "ENOTTY", "EXDEV"):
         assert res["outcomes"].get(expected, 0) > 0, expected
-    for act in ("close", "dup2", "unlink", "create", "freeze", "umount_lazy", "unload:EAGAIN"):
+    # listings that walked every process while those processes closed, exited and unmounted
+    assert res["held_outcomes"].get("OK", 0) > 0, res["held_outcomes"]
+    for act in ("close", "dup2", "unlink", "create", "freeze", "umount_lazy", "unload:EAGAIN", "spawn"):
         assert res["acts"].get(act, 0) > 0, act
     assert res["sentinels_replaced"] == []
     assert res["fsck"] == {fs: CLEAN_FSCK for fs in ("ext4", "xfs", "btrfs")}

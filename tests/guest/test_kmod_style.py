@@ -83,12 +83,18 @@ def test_sparse_and_extra_warnings_clean(suite):
 
 
 @pytest.mark.parametrize("suite", harness.SUITES)
-def test_do_linkat_hooks_the_module_cannot_call_are_still_not_exported(suite):
-    """do_linkat() calls security_path_link() (AppArmor, TOMOYO); modules cannot, because no
-    kernel exports it.  If a kernel starts exporting it, this fails: then call it (docs/kmod.md)."""
+def test_kernel_checks_the_module_cannot_call_are_still_not_exported(suite):
+    """do_linkat() calls security_path_link() (AppArmor, TOMOYO), /proc calls ptrace_may_access();
+    modules cannot, because no kernel exports them.  If a kernel starts exporting one, this fails:
+    then call it (docs/kmod.md)."""
     release = harness.prepare(suite).kernel_release
     symvers = harness.chroot_run(suite, ["cat", "/lib/modules/%s/build/Module.symvers" % release]).stdout
     exported = {line.split("\t")[1] for line in symvers.splitlines() if line.count("\t") >= 3}
     assert "vfs_link" in exported, "Module.symvers of %s lists no vfs_link: not a symbol table" % release
     assert "security_path_link" not in exported, (
         "%s exports security_path_link: call it in frelink_relink_dentry() like do_linkat()" % release)
+    # /proc/PID/fd and map_files check ptrace_may_access(); FRELINK_IOC_HELD requires
+    # CAP_SYS_PTRACE instead, which passes that check for every process but for its LSM hook
+    for symbol in ("ptrace_may_access", "security_ptrace_access_check", "mm_access"):
+        assert symbol not in exported, (
+            "%s exports %s: call it per process in frelink_held_process() like /proc does" % (release, symbol))

@@ -6,6 +6,7 @@ documented in the header are compared with the mirror's hints.
 """
 
 import errno
+import os
 import re
 import shutil
 import subprocess
@@ -200,3 +201,83 @@ def test_missing_device_says_how_to_load_the_module(tmp_path, monkeypatch):
         kmod_abi.relink_by_fd(0, 0, "x")
     assert info.value.errno == errno.ENODEV
     assert "modprobe frelink" in info.value.hint
+
+
+HELD_PROBE = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include "frelink.h"
+#define OFF(s, f) printf("%s.%s %zu %zu\n", #s, #f, offsetof(struct s, f), sizeof(((struct s *)0)->f))
+int main(void)
+{
+    printf("held %zu\n", sizeof(struct frelink_held));
+    printf("record %zu\n", sizeof(struct frelink_held_record));
+    printf("ioc_held %lu\n", (unsigned long)FRELINK_IOC_HELD);
+    printf("kinds %u %u %u %u %u %u\n", FRELINK_HELD_FD, FRELINK_HELD_MMAP, FRELINK_HELD_EXE, FRELINK_HELD_CWD,
+           FRELINK_HELD_ROOT, FRELINK_HELD_ALL);
+    printf("nfs_renamed %u\n", FRELINK_HELD_NFS_RENAMED);
+%s
+    return 0;
+}
+"""
+HELD_FIELDS = ("buf", "buf_size", "kinds", "next_pid", "used", "processes", "fds", "reserved")
+RECORD_FIELDS = ("rec_len", "kind", "pid", "fd", "flags", "start", "end", "dev", "ino", "mode", "nlink", "uid", "gid",
+                 "size", "blocks", "mtime_sec", "mtime_nsec", "reserved", "path")
+
+
+def _layout(fmt, fields):
+    """{field: (offset, size)} of a packed struct.Struct format, one field per code ('4Q' is one)."""
+    import struct  # pylint: disable=import-outside-toplevel
+    codes = re.findall(r"\d*[A-Za-z]", fmt.lstrip("="))
+    out, offset = {}, 0
+    for field, code in zip(fields, codes):
+        size = struct.calcsize("=" + code)
+        out[field] = (offset, size)
+        offset += size
+    return out
+
+
+def test_listing_abi_matches_header(tmp_path):
+    """struct frelink_held, struct frelink_held_record, FRELINK_IOC_HELD and the kind bits."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is needed to compile kmod/uapi/frelink.h: apt-get install gcc (scripts/bootstrap.sh does)")
+    body = "\n".join(["\tOFF(frelink_held, %s);" % f for f in HELD_FIELDS] +
+                     ["\tOFF(frelink_held_record, %s);" % f for f in RECORD_FIELDS[:-1]] +
+                     ['\tprintf("frelink_held_record.path %zu 0\\n", offsetof(struct frelink_held_record, path));'])
+    (tmp_path / "probe.c").write_text(HELD_PROBE.replace("%s\n", body + "\n", 1))
+    subprocess.run([gcc, "-Wall", "-Werror", "-I", str(HEADER.parent), "-o", str(tmp_path / "probe"),
+                    str(tmp_path / "probe.c")], check=True)
+    out = dict(line.split(" ", 1) for line in subprocess.run(
+        [str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout.splitlines())
+    assert int(out["held"]) == kmod_abi.HELD_STRUCT_SIZE == 64
+    assert int(out["record"]) == kmod_abi.HELD_RECORD_SIZE == 96
+    assert int(out["ioc_held"]) == kmod_abi.IOC_HELD
+    bits = [kmod_abi.HELD_FD, kmod_abi.HELD_MMAP, kmod_abi.HELD_EXE, kmod_abi.HELD_CWD, kmod_abi.HELD_ROOT]
+    assert [int(v) for v in out["kinds"].split()] == bits + [kmod_abi.HELD_ALL]
+    assert sorted(kmod_abi.HELD_KINDS.values()) == bits
+    assert int(out["nfs_renamed"]) == kmod_abi.HELD_NFS_RENAMED
+    for struct_name, fmt, fields in (("frelink_held", kmod_abi.HELD_STRUCT.format, HELD_FIELDS),
+                                     ("frelink_held_record", kmod_abi.HELD_RECORD_STRUCT.format, RECORD_FIELDS[:-1])):
+        for field, (offset, size) in _layout(fmt, fields).items():
+            assert out["%s.%s" % (struct_name, field)] == "%d %d" % (offset, size), (struct_name, field)
+    assert out["frelink_held_record.path"] == "%d 0" % kmod_abi.HELD_RECORD_SIZE
+
+
+def test_records_are_parsed_by_their_length():
+    def record(kind, pid, fd, path, nlink=0):
+        raw = os.fsencode(path) + b"\0"
+        rec_len = (kmod_abi.HELD_RECORD_SIZE + len(raw) + 7) // 8 * 8
+        head = kmod_abi.HELD_RECORD_STRUCT.pack(rec_len, kind, pid, fd, 0, 0x1000, 0x2000, 2049, 12, 0o100644,
+                                                nlink, 0, 0, 5, 8, 1700000000, 500000000, 0)
+        return (head + raw).ljust(rec_len, b"\0")
+
+    data = record(kmod_abi.HELD_FD, 42, 3, "/var/log/a (deleted)") + record(kmod_abi.HELD_MMAP, 43, -1, "/x\u00e9")
+    parsed = kmod_abi.parse_held_records(data, len(data))
+    assert [(r[0], r[1], r[2], r[3], r[6]) for r in parsed] == [
+        ("fd", 42, 3, (0x1000, 0x2000), "/var/log/a (deleted)"), ("mmap", 43, -1, (0x1000, 0x2000), "/x\u00e9")]
+    st = parsed[0][5]
+    assert (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_blocks, st.st_mtime) == (
+        2049, 12, 0o100644, 5, 8, 1700000000.5)
+    with pytest.raises(ValueError):
+        kmod_abi.parse_held_records(data, len(data) - 8)  # a record that runs past the end

@@ -852,6 +852,20 @@ def concurrent_relinks(fs, dir_fd, rounds):
             "violations": bad}
 
 
+def fuzz_held_request(rng, kind, records, straddling, bad_pointers):
+    """A FRELINK_IOC_HELD request: random bytes, or plausible fields with odd values."""
+    if kind == "held_random":
+        return rng.getrandbits(8 * abi.HELD_STRUCT_SIZE).to_bytes(abi.HELD_STRUCT_SIZE, "little")
+    pointer = rng.choice([ctypes.addressof(records)] * 4 + [straddling] + bad_pointers)
+    size = rng.choice((0, 1, 95, 96, 200, 4096, 8192, 1 << 30, (1 << 30) + 1, 0xffffffff))
+    if pointer == ctypes.addressof(records):
+        size = min(size, 8192) if rng.random() < 0.9 else size  # mostly the true size, sometimes a lie
+    return abi.pack_held(pointer, size, rng.choice((abi.HELD_ALL, abi.HELD_FD, abi.HELD_MMAP, 0, 0x20, 0x3f,
+                                                    rng.getrandbits(32))),
+                         rng.choice((0, 0, 1, os.getpid(), rng.getrandbits(31), -1, -2 ** 31)),
+                         tuple(rng.choice((0, 0, 0, 0, 1)) for dummy in range(4)))
+
+
 def scenario_fuzz(count, seed=7):
     """Random and malformed requests, bad fds, bad pointers, odd sizes."""
     fs = Fs("fuzz", "tmpfs")
@@ -873,11 +887,17 @@ def scenario_fuzz(count, seed=7):
     kinds = collections.Counter()
     dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
     buf = ctypes.create_string_buffer(8192)
+    records = ctypes.create_string_buffer(8192)
+    held_counts = collections.Counter()
     for dummy in range(count):
-        kind = rng.choice(("random_bytes", "random_fields", "plausible", "bad_pointer", "wrong_cmd", "odd_size"))
+        kind = rng.choice(("random_bytes", "random_fields", "plausible", "bad_pointer", "wrong_cmd", "odd_size",
+                           "held_random", "held_plausible"))
         kinds[kind] += 1
         cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
-        if kind == "random_bytes":
+        if kind.startswith("held_"):
+            cmd = abi.IOC_HELD
+            ctypes.memmove(buf, fuzz_held_request(rng, kind, records, straddling, bad_pointers), abi.HELD_STRUCT_SIZE)
+        elif kind == "random_bytes":
             ctypes.memmove(buf, rng.getrandbits(8 * abi.RELINK_STRUCT_SIZE).to_bytes(abi.RELINK_STRUCT_SIZE,
                                                                                      "little"),
                            abi.RELINK_STRUCT_SIZE)
@@ -916,13 +936,232 @@ def scenario_fuzz(count, seed=7):
             size = rng.choice((0, 1, abi.RELINK_STRUCT_SIZE - 1, abi.RELINK_STRUCT_SIZE + 1, 4096, (1 << 14) - 1))
             cmd = (abi.IOC_RELINK & ~(0x3fff << 16)) | (size << 16)
         rc = LIBC.ioctl(dev_fd, cmd, ptr)
-        counts[name_of(ctypes.get_errno()) if rc else "OK"] += 1
+        outcome = name_of(ctypes.get_errno()) if rc else "OK"
+        counts[outcome] += 1
+        if kind.startswith("held_"):
+            held_counts[outcome] += 1
     os.close(dev_fd)
     guard.close()
     for fd in (dir_fd, file_fd, deleted_fd, fds[-1]):
         os.close(fd)
     fs.destroy()
-    return {"requests": count, "results": dict(counts), "kinds": dict(kinds)}
+    return {"requests": count, "results": dict(counts), "kinds": dict(kinds), "held_results": dict(held_counts)}
+
+
+# --- issue #12: the kernel lists the handles on deleted files ---------------
+
+HELD_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
+CAP_SYS_PTRACE = 19
+O_TMPFILE = 0o20200000
+
+
+def held_key(record):
+    """A listing record as a comparable tuple (kind, pid, fd, range, stat fields, path)."""
+    kind, pid, fd, rng, _flags, st, path = record
+    return (kind, pid, fd, rng, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
+            st.st_size, st.st_blocks, path)
+
+
+def proc_oracle(pids):
+    """What a /proc reader sees of PIDS: held_key() tuples of every fd, mapping, exe, cwd
+    and root whose readlink ends in ' (deleted)' and whose stat says st_nlink 0, except
+    the files of the kernel's internal shmem mount (memfd, SysV shm), which never had a name."""
+    found = set()
+    probe = os.memfd_create("oracle-probe")
+    shm_dev = os.fstat(probe).st_dev
+    os.close(probe)
+
+    def add(kind, pid, fd, rng, handle, target):
+        if not target.endswith(" (deleted)"):
+            return
+        st = os.stat(handle)
+        if st.st_nlink == 0 and st.st_dev != shm_dev:
+            found.add((kind, pid, fd, rng, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
+                       st.st_size, st.st_blocks, target))
+
+    for pid in pids:
+        base = "/proc/%d" % pid
+        for name in os.listdir(base + "/fd"):
+            add("fd", pid, int(name), (0, 0), "%s/fd/%s" % (base, name), os.readlink("%s/fd/%s" % (base, name)))
+        with open(base + "/maps") as maps:
+            for line in maps:
+                fields = line.rstrip("\n").split(None, 5)
+                if len(fields) == 6 and fields[5].startswith("/"):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    handle = "%s/map_files/%x-%x" % (base, start, end)
+                    add("mmap", pid, -1, (start, end), handle, fields[5])
+        for kind in ("exe", "cwd", "root"):
+            add(kind, pid, -1, (0, 0), "%s/%s" % (base, kind), os.readlink("%s/%s" % (base, kind)))
+    return found
+
+
+def held_request(buf_ptr, buf_size, kinds=abi.HELD_ALL, next_pid=0, reserved=(0, 0, 0, 0)):
+    """(errno name, next_pid, used, processes, fds) of one raw FRELINK_IOC_HELD."""
+    request = ctypes.create_string_buffer(abi.pack_held(buf_ptr, buf_size, kinds, next_pid, reserved),
+                                          abi.HELD_STRUCT_SIZE)
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    try:
+        rc = LIBC.ioctl(dev_fd, abi.IOC_HELD, ctypes.addressof(request))
+        err = ctypes.get_errno()
+    finally:
+        os.close(dev_fd)
+    out = abi.HELD_STRUCT.unpack(request.raw)
+    return (name_of(err) if rc else "OK",) + out[3:7]
+
+
+def capset_without(cap):
+    """Drop CAP from the effective set of the calling (single-threaded, forked) process."""
+    header = struct.pack("=Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = ctypes.create_string_buffer(24)
+    hdr = ctypes.create_string_buffer(header, 8)
+    if LIBC.syscall(125, hdr, data) != 0:  # capget
+        raise OSError(ctypes.get_errno(), "capget")
+    words = list(struct.unpack("=6I", data.raw))
+    words[0] &= ~(1 << cap)  # effective, low word
+    data = ctypes.create_string_buffer(struct.pack("=6I", *words), 24)
+    if LIBC.syscall(126, hdr, data) != 0:  # capset
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def in_child(call):
+    """call() in a forked child; its JSON-able result."""
+    read_r, read_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(read_w, json.dumps(call()).encode())
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.close(read_w)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_r, "rb") as out:
+        return json.loads(out.read().decode() or "null")
+
+
+class HeldProcess:
+    """A forked child holding deleted files by fd, by a shared mapping only, as its
+    working directory and as its root, beside decoys that are not deleted files:
+    a pipe, a socket, an eventfd, a memfd, an O_TMPFILE, a live file named
+    'live (deleted)' and a file with a second name."""
+
+    def __init__(self, filesystems, scratch, index):
+        ready_r, ready_w = os.pipe()
+        self.quit_r, self.quit_w = os.pipe()
+        scratch = "%s/%d" % (scratch, index)
+        os.mkdir(scratch)
+        paths = ["%s/held-%s-%d" % (fs.mnt, fs.kind, index) for fs in filesystems]
+        for i, path in enumerate(paths):
+            write_file(path, seeded_bytes(i, 4096 * (i + 1)))
+        mapped = "%s/mapped-only-%d" % (filesystems[0].mnt, index)
+        write_file(mapped, seeded_bytes(9, 65536))
+        live = scratch + "/live (deleted)"
+        write_file(live, b"live\n")
+        twice = scratch + "/twice"
+        write_file(twice, b"two names\n")
+        os.link(twice, scratch + "/twice-other")
+        for name in ("cwd", "root"):
+            os.mkdir("%s/%s" % (scratch, name))
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                LIBC.mmap.restype = ctypes.c_void_p
+                LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_long)
+                keep = [os.open(path, os.O_RDWR) for path in paths]
+                fd = os.open(mapped, os.O_RDWR)
+                LIBC.mmap(None, 65536, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+                LIBC.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 8192)
+                os.close(fd)
+                keep += list(os.pipe()) + [sock.detach() for sock in socket.socketpair()]
+                keep += [os.eventfd(0), os.memfd_create("held-decoy"), os.open(live, os.O_RDONLY),
+                         os.open(twice, os.O_RDONLY), os.open(scratch, os.O_RDWR | O_TMPFILE, 0o600)]
+                cwd_fd = os.open(scratch + "/cwd", os.O_RDONLY | os.O_DIRECTORY)
+                os.chroot(scratch + "/root")
+                os.fchdir(cwd_fd)  # a working directory outside the root is allowed
+                os.close(cwd_fd)
+                os.write(ready_w, b"k")
+                os.read(self.quit_r, 1)
+            finally:
+                os._exit(0)  # pylint: disable=protected-access
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        os.close(ready_w)
+        for path in paths + [mapped, scratch + "/twice"]:
+            os.unlink(path)
+        for name in ("cwd", "root"):
+            os.rmdir("%s/%s" % (scratch, name))
+        CLEANUP.append(self.stop)
+
+    def stop(self):
+        if self.pid is not None:
+            os.write(self.quit_w, b"q")
+            os.waitpid(self.pid, 0)
+            self.pid = None
+
+
+def scenario_held():
+    """FRELINK_IOC_HELD against an independent /proc reader, its resumption with small
+    buffers, and its refusals."""
+    res = {}
+    filesystems = [Fs("held-" + kind, kind) for kind in HELD_FILESYSTEMS]
+    scratch = filesystems[-1].mnt + "/scratch"
+    os.mkdir(scratch)
+    holders = [HeldProcess(filesystems, scratch, index) for index in range(3)]
+    pids = {h.pid for h in holders}
+    before = {p: os.stat(p) for p in ["/proc/%d/fd/3" % h.pid for h in holders]}
+
+    records, processes, fds = abi.list_held()
+    proc_pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    mine = [r for r in records if r[1] in pids]
+    got = {held_key(r) for r in mine if r[5].st_nlink == 0}
+    want = proc_oracle(sorted(pids))
+    res["records_total"] = len(records)
+    res["kernel_deleted"] = len(got)
+    res["oracle_deleted"] = len(want)
+    res["missing"] = sorted(map(str, want - got))[:5]
+    res["extra"] = sorted(map(str, got - want))[:5]
+    res["kinds"] = dict(collections.Counter(r[0] for r in mine if r[5].st_nlink == 0))
+    res["paths_named_deleted_not_listed"] = [r[6] for r in mine if "live (deleted)" in r[6]]
+    res["second_name_listed_nlink"] = sorted({r[5].st_nlink for r in mine if r[6].endswith("/twice (deleted)")})
+    res["pseudo_files_listed"] = [r[6] for r in mine if not r[6].startswith("/")]
+    res["processes"] = processes
+    res["proc_pids"] = len(proc_pids)
+    res["fds"] = fds
+    res["proc_fds"] = sum(len(os.listdir("/proc/%d/fd" % p)) for p in proc_pids if os.path.exists("/proc/%d" % p))
+
+    small, small_processes, _fds = abi.list_held(buf_size=512)
+    res["small_buffer_same"] = {held_key(r) for r in small if r[1] in pids} == {held_key(r) for r in mine}
+    res["small_buffer_processes"] = small_processes
+    only_fd = abi.list_held(kinds=abi.HELD_FD)[0]
+    res["kinds_fd_only"] = sorted({r[0] for r in only_fd if r[1] in pids})
+
+    first = min(pids)
+    buf = ctypes.create_string_buffer(4096)
+    res["tiny_buffer"] = held_request(ctypes.addressof(buf), 64, next_pid=first)
+    res["tiny_buffer_next_pid_is_holder"] = res["tiny_buffer"][1] == first
+    res["past_last_pid"] = held_request(ctypes.addressof(buf), 4096, next_pid=2 ** 31 - 1)
+    res["null_buffer"] = held_request(0, 1 << 20, next_pid=first)[0]
+    res["refusals"] = {
+        "no_kinds": held_request(ctypes.addressof(buf), 4096, kinds=0)[0],
+        "unknown_kind": held_request(ctypes.addressof(buf), 4096, kinds=0x20)[0],
+        "reserved": held_request(ctypes.addressof(buf), 4096, reserved=(0, 0, 1, 0))[0],
+        "negative_pid": held_request(ctypes.addressof(buf), 4096, next_pid=-1)[0],
+        "huge_buffer": held_request(ctypes.addressof(buf), (1 << 30) + 1)[0],
+        "bad_request_pointer": raw_cmd(abi.IOC_HELD, 0xdeadbeef),
+    }
+    res["without_cap_sys_ptrace"] = in_child(
+        lambda: (capset_without(CAP_SYS_PTRACE), held_request(ctypes.addressof(buf), 4096)[0])[1])
+    res["unchanged"] = all(os.stat(p) == st for p, st in before.items())
+    for holder in holders:
+        holder.stop()
+    res["after_exit"] = len([r for r in abi.list_held()[0] if r[1] in pids])
+    for fs in filesystems:
+        if fs.type in fs.FSCK:
+            os.sync()
+            fs.umount()
+            res.setdefault("fsck", {})[fs.kind] = fs.fsck()["rc"]
+        fs.destroy()
+    return res
 
 
 # --- issue #11: a fuzzer that tries to break the module ------------------
@@ -949,6 +1188,7 @@ class Hostile:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.counts = collections.Counter()   # request outcomes
+        self.held_outcomes = collections.Counter()  # of the FRELINK_IOC_HELD ones
         self.kinds = collections.Counter()    # request kinds
         self.acts = collections.Counter()     # what the other threads did
         self.errors = []                      # unexpected Python exceptions
@@ -959,6 +1199,7 @@ class Hostile:
         self.held = []                        # (fd of a deleted file, fd of its directory)
         self.quiet = threading.Event()        # set: requesters open no device, so that an unload can succeed
         self.lazy = []                        # fds on a lazily unmounted tmpfs, replaced each cycle
+        self.records = [ctypes.create_string_buffer(1 << 16) for dummy in range(3)]  # FRELINK_IOC_HELD's
 
     def count(self, counter, key, n=1):
         with self.lock:
@@ -987,10 +1228,16 @@ def hostile_request(h, rng, buf, bad_pointers):
 
     name = rng.choice(NAMES * 3 + SENTINELS + ["", ".", "..", "a/b", "x" * 255])
     kind = rng.choice(("by_fd", "by_fd_dir", "plausible", "plausible", "by_inode", "by_inode", "random_bytes",
-                       "bad_pointer", "wrong_cmd"))
+                       "bad_pointer", "wrong_cmd", "held", "held"))
     h.count(h.kinds, kind)
     cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
-    if kind == "plausible":  # a deleted file into its own directory: reaches the link itself
+    if kind == "held":  # lists every process while the others close, exit and unmount
+        cmd = abi.IOC_HELD
+        records = rng.choice(h.records)
+        request = abi.pack_held(ctypes.addressof(records), rng.choice((len(records), 512, 4096)),
+                                rng.choice((abi.HELD_ALL, abi.HELD_FD, abi.HELD_MMAP | abi.HELD_EXE)),
+                                rng.choice((0, 0, os.getpid(), rng.randrange(1, 4096))))
+    elif kind == "plausible":  # a deleted file into its own directory: reaches the link itself
         src_fd, dir_fd = rng.choice(h.held)
         request = abi.pack_request(abi.BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=rng.choice(NAMES).encode())
     elif kind in ("by_fd", "by_fd_dir"):
@@ -1079,7 +1326,10 @@ def scenario_hostile(count, seed=11):
                             h.count(h.counts, "device:" + name_of(exc.errno))
                             continue
                     rc = LIBC.ioctl(fd, cmd, ptr)
-                    h.count(h.counts, name_of(ctypes.get_errno()) if rc else "OK")
+                    outcome = name_of(ctypes.get_errno()) if rc else "OK"
+                    h.count(h.counts, outcome)
+                    if cmd == abi.IOC_HELD:
+                        h.count(h.held_outcomes, outcome)
                     if fd != dev_fd:
                         os.close(fd)
             finally:
@@ -1165,19 +1415,34 @@ def scenario_hostile(count, seed=11):
             return
         h.count(h.acts, "unload:OK")
         time.sleep(0.01)
-        for dummy in range(5):  # the churner may swap the descriptor of the .ko
-            fd = os.open(MODULE_KO, os.O_RDONLY)
+        for dummy in range(50):  # the churner may swap or close the descriptor of the .ko
             try:
-                rc = LIBC.syscall(SYS_FINIT_MODULE, fd, b"", 0)
-            finally:
-                os.close(fd)
-            h.count(h.acts, "reload:" + (name_of(ctypes.get_errno()) if rc else "OK"))
-            if not rc:
+                fd = os.open(MODULE_KO, os.O_RDONLY)
+                try:
+                    rc = LIBC.syscall(SYS_FINIT_MODULE, fd, b"", 0)
+                    err = ctypes.get_errno()
+                finally:
+                    os.close(fd)
+            except OSError:
+                rc, err = -1, None
+            if os.path.exists("/sys/module/frelink"):
+                h.count(h.acts, "reload:OK")
                 break
+            h.count(h.acts, "reload:" + (name_of(err) if err else "oserror"))
+
+    def spawner(rng):
+        # short-lived processes holding a deleted file: listings race with their exit
+        fs = filesystems[rng.choice(("ext4", "tmpfs"))]
+        path = "%s/d/spawned%d" % (fs.mnt, rng.randrange(4))
+        # posix_spawn: no pipe of subprocess's own for the churner to dup2() over
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", 'exec 3<>"$1" && rm -f "$1" && sleep 0.0%d'
+                                         % rng.randrange(1, 9), "sh", path], os.environ)
+        os.waitpid(pid, 0)
+        h.count(h.acts, "spawn")
 
     threads = [h.guard("requester%d" % i, requester(i)) for i in range(3)]
     helpers = (("churner", churner), ("namer", namer), ("freezer", freezer), ("mounter", mounter),
-               ("unloader", unloader))
+               ("unloader", unloader), ("spawner", spawner))
     threads += [h.guard(name, body) for name, body in helpers]
     started = time.monotonic()
     for thread in threads:
@@ -1190,7 +1455,8 @@ def scenario_hostile(count, seed=11):
     res = {"seconds_fuzzing": round(time.monotonic() - started, 1),
            "stuck_threads": [t.name for t in threads if t.is_alive()],
            "thread_errors": h.errors, "requests": sum(h.counts.values()),
-           "outcomes": dict(h.counts), "kinds": dict(h.kinds), "acts": dict(h.acts)}
+           "outcomes": dict(h.counts), "kinds": dict(h.kinds), "acts": dict(h.acts),
+           "held_outcomes": dict(h.held_outcomes)}
     thaw_all()
     if not os.path.exists("/sys/module/frelink"):
         run("insmod", MODULE_KO)
