@@ -20,11 +20,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import fnmatch
 import os
 import re
 
 from ansible_collections.frelink.frelink.plugins.module_utils.kernel_holders import scan_loops, scan_swaps
+from ansible_collections.frelink.frelink.plugins.module_utils.kernel_scan import collect_from_kernel, kinds_mask
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
     MountTable,
     parse_mountinfo,
@@ -35,6 +37,9 @@ from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELE
 
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
 PROCESS_KINDS = ("fd", "mmap", "cwd", "root", "exe")
+# How processes are inspected: "kernel" asks the frelink module (kernel_scan.py), "proc"
+# reads /proc; "auto" asks the module when it is loaded and can list, else reads /proc.
+BACKENDS = ("auto", "kernel", "proc")
 
 _SUFFIX_LEN = len(DELETED_SUFFIX)
 # fs/nfs/unlink.c: an NFS client renames a file removed while open to
@@ -44,6 +49,16 @@ NFS_FSTYPES = frozenset(("nfs", "nfs4"))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # Names the kernel gives files it creates on its internal mounts (never linked anywhere).
 _INTERNAL_NAME_PREFIXES = ("memfd:", "SYSV", "[aio]", "drm mm object", "dev/zero")
+
+
+_KERNEL_LISTING_HINTS = {
+    errno.ENOENT: "/dev/frelink does not exist: the frelink module is not loaded; install and load it with "
+                  "the frelink.frelink.frelink_kmod role, or use backend=auto",
+    errno.ENOTTY: "the loaded frelink module is older and cannot list held files; update it with the "
+                  "frelink.frelink.frelink_kmod role, or use backend=auto",
+    errno.EPERM: "listing held files needs CAP_SYS_ADMIN and CAP_SYS_PTRACE: run as root (become: true)",
+    errno.EACCES: "/dev/frelink is not accessible: run as root (become: true)",
+}
 
 
 def internal_shm_dev():
@@ -90,14 +105,22 @@ class Orphan:
         return self.st.st_blocks * 512 if self.st is not None else None
 
 
-class Scanner:
-    """One pass over /proc, loop devices and swaps: collect(), then select()."""
+class KernelListingError(OSError):
+    """backend=kernel, and the frelink module cannot list (not loaded, too old, no privilege)."""
 
-    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block"):
+
+class Scanner:
+    """One pass over processes, loop devices and swaps: collect(), then select()."""
+
+    def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block", backend="auto"):
         self.kinds = frozenset(kinds or KINDS)
         unknown = self.kinds - frozenset(KINDS)
         if unknown:
             raise ValueError("unknown kinds %s; choose from %s" % (", ".join(sorted(unknown)), ", ".join(KINDS)))
+        if backend not in BACKENDS:
+            raise ValueError("unknown backend %s; choose from %s" % (backend, ", ".join(BACKENDS)))
+        self.backend = backend
+        self.backend_used = None
         self.proc = proc
         self.sys_block = sys_block
         self._proc_fd = None
@@ -119,15 +142,12 @@ class Scanner:
     # -- discovery -------------------------------------------------------
 
     def collect(self):
-        proc_fd = self._proc_fd = os.open(self.proc, _DIR_FLAGS)
-        try:
-            pids = [name for name in os.listdir(proc_fd) if name.isdigit()]
-            if self.kinds.intersection(PROCESS_KINDS):
-                for pid in pids:
-                    self._apply(self._read_process(proc_fd, pid))
-        finally:
-            self._proc_fd = None
-            os.close(proc_fd)
+        process_kinds = self.kinds.intersection(PROCESS_KINDS)
+        if process_kinds and self.backend != "proc" and self._collect_from_kernel(process_kinds):
+            self.backend_used = "kernel"
+        elif process_kinds:
+            self.backend_used = "proc"
+            self._collect_from_proc()
         if "loop" in self.kinds:
             scan_loops(self)
         if "swap" in self.kinds:
@@ -145,6 +165,29 @@ class Scanner:
                          "CAP_SYS_ADMIN; run as root (become: true)" % self.unconfirmed_mappings)
         return self
 
+    def _collect_from_kernel(self, process_kinds):
+        """True when the frelink module listed the processes' handles; False (auto) to read /proc."""
+        try:
+            collect_from_kernel(self, kinds_mask(process_kinds))
+        except OSError as exc:
+            if self.backend == "kernel":
+                raise KernelListingError(exc.errno, _KERNEL_LISTING_HINTS.get(
+                    exc.errno, "the frelink module could not list held files: %s" % exc.strerror))
+            return False
+        return True
+
+    def _collect_from_proc(self):
+        proc_fd = self._proc_fd = os.open(self.proc, _DIR_FLAGS)
+        try:
+            for pid in [name for name in os.listdir(proc_fd) if name.isdigit()]:
+                self.apply_process(self._read_process(proc_fd, pid))
+        finally:
+            self._proc_fd = None
+            os.close(proc_fd)
+
+    def is_silly_rename(self, path):
+        return SILLY_RENAME.search(path) is not None
+
     def new_orphan(self, key, dev, ino, st, path):
         orphan = self.orphans[key] = Orphan(key, dev, ino, st, path)
         return orphan
@@ -153,7 +196,7 @@ class Scanner:
         self.complete = False
         self.warnings.append(message)
 
-    def _nameless(self, path, st):
+    def is_nameless(self, path, st):
         """True for files that never had a name: memfd, SysV shm, shared anonymous maps, O_TMPFILE."""
         if st.st_dev == self.shm_dev:
             return True
@@ -288,14 +331,14 @@ class Scanner:
             hits.append((name, st, target))
         return len(names)
 
-    def _apply(self, record):
-        """Merge what _read_process found for one process."""
+    def apply_process(self, record):
+        """Merge what _read_process (or kernel_scan) found for one process."""
         pid, links, fd_count, fd_hits, maps, denied = record
         self.processes += 1
         self.fds += fd_count
         for kind, st, target in links:
             path = target[:-_SUFFIX_LEN]
-            if not self._nameless(path, st):
+            if not self.is_nameless(path, st):
                 self._add(st, path, (kind, pid, None))
         orphans = self.orphans
         for name, st, target in fd_hits:
@@ -304,7 +347,7 @@ class Scanner:
             if orphan is None:
                 silly = not target.endswith(DELETED_SUFFIX)
                 path = target if silly else target[:-_SUFFIX_LEN]
-                if not silly and self._nameless(path, st):
+                if not silly and self.is_nameless(path, st):
                     continue
                 orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
                 orphan.silly_renamed = silly
@@ -338,7 +381,7 @@ class Scanner:
                 except OSError:
                     seen_here[mkey] = None
                     continue
-                if st.st_nlink != 0 or self._nameless(path, st):
+                if st.st_nlink != 0 or self.is_nameless(path, st):
                     self._maps_seen[mkey] = None
                     orphan = None
                 else:

@@ -20,7 +20,7 @@ __metaclass__ = type
 import os
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, overlay
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, Scanner
+from ansible_collections.frelink.frelink.plugins.module_utils.discovery import BACKENDS, KINDS, KernelListingError, Scanner
 from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report
 from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_status
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import parse_device_string
@@ -28,7 +28,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils.mounts import pars
 # The summary counts every orphan; the entries list the largest DEFAULT_LIMIT
 # (about 50 KB of facts): large host facts slow every later task of a play.
 DEFAULT_LIMIT = 100
-__all__ = ["DEFAULT_LIMIT", "KINDS", "SelectorError", "find_orphan", "resolve_selector", "resolve_selector_and_scan", "scan"]
+__all__ = ["BACKENDS", "DEFAULT_LIMIT", "KINDS", "KernelListingError", "SelectorError", "find_orphan", "resolve_selector", "resolve_selector_and_scan", "scan"]
 
 
 def _relink_available():
@@ -49,18 +49,21 @@ def _facts(scanner, selected, limit):
             "fds": scanner.fds,
             "kinds": sorted(scanner.kinds, key=KINDS.index),
             "euid": scanner.euid,
+            "backend": scanner.backend_used,
         },
     }
 
 
-def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT):
+def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT, backend="auto"):
     """Scan the host and return the facts dict (see docs/facts.md and the module's RETURN).
 
     include/exclude: fnmatch globs on the original path ('*' also matches '/').
     min_size: bytes.  kinds: subset of KINDS to look for.  limit: max orphans listed,
     largest allocated first (None or 0 for all); the summary counts all that match.
+    backend: one of BACKENDS (discovery.py); "kernel" raises KernelListingError when the
+    frelink module cannot list.
     """
-    scanner = Scanner(kinds).collect()
+    scanner = Scanner(kinds, backend=backend).collect()
     selected = scanner.select(include, exclude, min_size)
     return _facts(scanner, selected, limit or None)
 

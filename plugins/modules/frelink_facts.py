@@ -26,6 +26,8 @@ description:
     reported with C(path_free=false).
   - Only candidates are statted, so a dead NFS mount does not block the scan unless
     a deleted-and-held candidate lives on it.
+  - With the frelink kernel module loaded, the module lists the handles on deleted files itself
+    (see O(backend)), which is several times faster than reading C(/proc) on a busy host.
   - Without root the scan is partial; C(complete) in RV(ansible_facts.frelink.scan) is
     V(false) and its C(warnings) say what could not be seen.
   - Needs only the Python standard library on the managed node and runs no subprocess.
@@ -66,6 +68,18 @@ options:
         C(playbooks/recover.yml) ask for all.
     type: int
     default: 100
+  backend:
+    description:
+      - How processes are inspected; loop devices and swaps are read from C(/sys) and C(/proc/swaps) either way.
+      - V(auto) asks the frelink kernel module when it is loaded and can list (one request returns every handle
+        on a deleted file, so no C(/proc/PID/fd) entry is read one by one), and reads C(/proc) otherwise.
+      - V(kernel) only asks the module, and fails when it cannot list (not loaded, older than this collection,
+        or no root).
+      - V(proc) always reads C(/proc).
+      - Both give the same facts; RV(ansible_facts.frelink.scan) says in C(backend) which one ran.
+    type: str
+    choices: [auto, kernel, proc]
+    default: auto
 attributes:
   check_mode:
     support: full
@@ -232,7 +246,8 @@ ansible_facts:
           description:
             - V(complete) (V(false) when something could not be inspected, e.g. without root),
               V(warnings) (what and how to fix it), V(processes) and V(fds) inspected,
-              V(kinds) looked for, V(euid) of the scan.
+              V(kinds) looked for, V(euid) of the scan, V(backend) (V(kernel) or V(proc), see O(backend);
+              V(null) when no process kind was asked for).
           returned: always
           type: dict
           sample:
@@ -242,13 +257,14 @@ ansible_facts:
             fds: 2120
             kinds: [fd, mmap, cwd, root, exe, loop, swap]
             euid: 0
+            backend: kernel
 """
 
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.frelink.frelink.plugins.module_utils.scan import DEFAULT_LIMIT, KINDS, scan
+from ansible_collections.frelink.frelink.plugins.module_utils.scan import BACKENDS, DEFAULT_LIMIT, KINDS, KernelListingError, scan
 
 
 def main():
@@ -259,6 +275,7 @@ def main():
             min_size=dict(type="int", default=0),
             kinds=dict(type="list", elements="str", choices=list(KINDS), default=list(KINDS)),
             limit=dict(type="int", default=DEFAULT_LIMIT),
+            backend=dict(type="str", choices=list(BACKENDS), default="auto"),
         ),
         supports_check_mode=True,
     )
@@ -274,7 +291,10 @@ def main():
             min_size=params["min_size"],
             kinds=params["kinds"],
             limit=params["limit"],
+            backend=params["backend"],
         )
+    except KernelListingError as exc:
+        module.fail_json(msg="backend=kernel: %s" % exc.strerror, errno=exc.errno)
     except OSError as exc:
         module.fail_json(msg="scanning /proc failed: %s; is /proc mounted (Linux only)?" % exc)
     except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback

@@ -214,6 +214,9 @@ def _main_playbook(h, results_file):
     def src(held):
         return "/proc/%d/fd/%d" % (held["pid"], held["fd"])
 
+    for backend in ("kernel", "proc"):  # before anything is restored: the same orphans both ways
+        add({"name": "facts-" + backend, "frelink.frelink.frelink_facts": {"backend": backend, "limit": 0},
+             "register": "r_facts_" + backend})
     add(_restore_task("check", {"paths": ["/mnt/*/check.dat"]}, check_mode=True))
     add(_shell_task("check-after", "ls /mnt/ext4/check.dat /mnt/xfs/check.dat /mnt/btrfs/check.dat "
                                    "/mnt/tmpfs/check.dat 2>&1 | grep -c 'No such file'"))
@@ -288,6 +291,10 @@ def _main_playbook(h, results_file):
         add(_restore_task("ov-again-" + fs, {"src": src(held), "dest": rescue}))
     add(_shell_task("rmmod", "rmmod frelink && test ! -e /sys/module/frelink && echo unloaded"))
     add(_restore_task("not-loaded", {"path": h["notloaded"]["path"]}))
+    add({"name": "facts-kernel-unloaded", "frelink.frelink.frelink_facts": {"backend": "kernel"},
+         "register": "r_facts_kernel_unloaded", "ignore_errors": True})
+    add({"name": "facts-auto-unloaded", "frelink.frelink.frelink_facts": {"include": [h["notloaded"]["path"]]},
+         "register": "r_facts_auto_unloaded"})
     save = {"name": "save results", "delegate_to": "localhost", "check_mode": False,
             "ansible.builtin.copy": {"dest": str(results_file), "mode": "0600",
                                      "content": "{{ %s | to_json }}" % (
@@ -515,6 +522,44 @@ def test_overlay_container_file_is_relinked_on_its_upper_layer(restored, fs):
     assert after[2:] == ["clean"], "the upper layer changed: %s" % after  # no name inside the layer dirs
     again = _ok(r["r_ov_again_" + fs])
     assert again["changed"] is False and again["status"] == "already_restored", again
+
+
+# what changes between two scans of a live host: the growing file's size, and file positions
+_VOLATILE = ("size", "allocated", "mtime")
+
+
+def _comparable(facts):
+    entries = []
+    for entry in facts["orphans"]:
+        entry = {k: v for k, v in entry.items() if k not in _VOLATILE}
+        entry["holders"] = [{k: v for k, v in holder.items() if k != "pos"} for holder in entry["holders"]]
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (e["dev"] or 0, e["ino"] or 0, e["path"]))
+
+
+def test_kernel_listing_gives_the_facts_a_proc_scan_gives(restored):
+    """backend=kernel (the module lists the handles) and backend=proc (/proc is read) agree on
+    every orphan of this guest: fds on ext4, xfs, btrfs, tmpfs, FUSE, vfat, an NFS silly rename,
+    an overlay in another mount and pid namespace, a loop image, every field but sizes."""
+    kernel = _ok(restored["r"]["r_facts_kernel"])["ansible_facts"]["frelink"]
+    proc = _ok(restored["r"]["r_facts_proc"])["ansible_facts"]["frelink"]
+    assert kernel["scan"]["backend"] == "kernel" and proc["scan"]["backend"] == "proc"
+    assert kernel["scan"]["complete"] is True and kernel["scan"]["warnings"] == []
+    assert kernel["summary"]["count"] == proc["summary"]["count"] >= 30, (kernel["summary"], proc["summary"])
+    for key in ("by_kind", "mapped_only", "deliberate", "truncated"):
+        assert kernel["summary"][key] == proc["summary"][key], key
+    assert _comparable(kernel) == _comparable(proc)
+    kinds = {h["kind"] for o in kernel["orphans"] for h in o["holders"]}
+    assert {"fd", "loop"} <= kinds, kinds
+    assert any(o.get("nfs_silly_rename") for o in kernel["orphans"])
+    assert any(o["fstype"] == "overlay" for o in kernel["orphans"])
+    assert abs(kernel["scan"]["processes"] - proc["scan"]["processes"]) <= 3
+
+
+def test_kernel_backend_without_the_module(restored):
+    _failed(restored["r"]["r_facts_kernel_unloaded"], "backend=kernel", "not loaded", "frelink.frelink.frelink_kmod")
+    auto = _ok(restored["r"]["r_facts_auto_unloaded"])["ansible_facts"]["frelink"]
+    assert auto["scan"]["backend"] == "proc" and auto["summary"]["count"] == 1
 
 
 def test_module_not_loaded_error(restored):

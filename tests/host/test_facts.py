@@ -428,3 +428,20 @@ def test_a_semaphore_its_creator_unlinked_is_marked_deliberate_and_still_counted
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_backend_without_the_module(workdir):
+    """This host cannot load the module: auto reads /proc and says so, kernel refuses with what
+    to do, an unknown backend is a ValueError (the module's choices stop it earlier)."""
+    assert not os.path.exists(kmod_abi.DEVICE_PATH), "this test needs a host without /dev/frelink"
+    with deleted_open_file(workdir, name="backend.dat") as held:
+        path = str(held.path)
+        facts = scanmod.scan(include=[path])
+        assert facts["scan"]["backend"] == "proc" and facts["summary"]["count"] == 1
+        assert scanmod.scan(include=[path], backend="proc")["orphans"] == facts["orphans"]
+    with pytest.raises(scanmod.KernelListingError) as info:
+        scanmod.scan(backend="kernel")
+    assert "not loaded" in info.value.strerror and "frelink_kmod" in info.value.strerror
+    with pytest.raises(ValueError):
+        scanmod.scan(backend="fast")
+    assert scanmod.scan(kinds=["loop"])["scan"]["backend"] is None  # no process was looked at
