@@ -5,7 +5,9 @@ One workload (bench/facts/workload.py: forked processes holding their own delete
 files, mapped-only deleted files, decoys, deleted images on loop devices when root
 can attach them), then N interleaved rounds (the order rotates each round) of:
 
-- frelink scan() in-process, default options (limit 100), and limit=0 (all listed)
+- frelink scan() in-process reading /proc, default options (limit 100), and limit=0 (all listed)
+- with the frelink module loaded (bench/facts/guest.py runs this in a guest that has it), the
+  same two with the kernel's listing (FRELINK_IOC_HELD, backend="kernel")
 - lsof -nP +L1
 - lsfd -n -Q DELETED                   (util-linux)
 - C fd-only floor (floor.c):           readdir + readlinkat of every /proc/PID/fd entry
@@ -29,6 +31,7 @@ complete floor and against lsof.
     bench/facts/run.py                 500 processes x 40 fds, 2 loop devices, 5 rounds
     bench/facts/run.py --big           2000 processes x 50 fds, 4 loop devices (issue #12)
     bench/facts/run.py --big --profile profile.txt   + cProfile of scan() (default options)
+    bench/facts/guest.py --big         the same in a Debian guest with the module loaded
 
 Needs root (loop devices, /proc/PID/map_files), gcc, lsof, lsfd, losetup, ansible.
 --json FILE writes every figure.
@@ -60,6 +63,7 @@ if not _LINK.exists():
     _LINK.parent.mkdir(parents=True, exist_ok=True)
     _LINK.symlink_to(REPO)
 sys.path.insert(0, str(COLLECTIONS))
+from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi  # noqa: E402
 from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
 from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
 
@@ -201,7 +205,11 @@ def compile_floor(tmp, source="floor.c"):
     return binary
 
 
-def compile_floors(tmp):
+def compile_floors(tmp, prebuilt=None):
+    """The two floor programs: compiled here, or taken from PREBUILT (a directory with floor and
+    floor_complete, built for this system elsewhere: a guest without gcc)."""
+    if prebuilt:
+        return {"fd": os.path.join(prebuilt, "floor"), "complete": os.path.join(prebuilt, "floor_complete")}
     return {"fd": compile_floor(tmp, "floor.c"), "complete": compile_floor(tmp, "floor_complete.c")}
 
 
@@ -225,14 +233,22 @@ def ansible_binary():
 def tools(floors, e2e=True):
     """name -> (label, function returning (wall, cpu, output))."""
     table = {
-        "scan": ("frelink scan() default (limit %d)" % scan_mod.DEFAULT_LIMIT, run_scan),
-        "scan_all": ("frelink scan() limit=0 (all listed)", lambda: run_scan(limit=0)),
+        "scan": ("frelink scan() default (limit %d), /proc" % scan_mod.DEFAULT_LIMIT,
+                 lambda: run_scan(backend="proc")),
+        "scan_all": ("frelink scan() limit=0 (all listed), /proc", lambda: run_scan(limit=0, backend="proc")),
+    }
+    if kmod_abi.module_loaded():
+        table.update({
+            "kscan": ("frelink scan() default, kernel listing", lambda: run_scan(backend="kernel")),
+            "kscan_all": ("frelink scan() limit=0, kernel listing", lambda: run_scan(limit=0, backend="kernel")),
+        })
+    table.update({
         "lsof": ("lsof -nP +L1", lambda: run_cmd(["lsof", "-nP", "+L1"])),
         "lsfd": ("lsfd -n -Q DELETED", lambda: run_cmd(["lsfd", "-n", "-Q", "DELETED"])),
         "floor_fd": ("C fd-only floor (readlink every fd)", lambda: run_cmd([floors["fd"], "-p"])),
         "floor": ("C complete floor", lambda: run_cmd([floors["complete"], "-p"])),
         "floor_query": ("C complete floor, maps by PROCMAP_QUERY", lambda: run_cmd([floors["complete"], "-p", "-q"])),
-    }
+    })
     if e2e:
         ansible, env = ansible_binary(), ansible_env()
 
@@ -253,6 +269,7 @@ def scorers(workload):
     devices = mount_devices()
     return {
         "scan_all": (truth, lambda facts: scan_found(facts, workload)),
+        "kscan_all": (truth, lambda facts: scan_found(facts, workload)),
         "lsof": (truth, lambda out: lsof_text_found(out, workload)),
         "lsfd": (truth, lambda out: lsfd_found(out, workload, devices)),
         "floor_fd": (paths, lambda out: floor_found(out, workload)),
@@ -291,6 +308,7 @@ def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=None)
         names = list(table)
         runs = {name: [] for name in names}
         worst = {}
+        defaults = {}
         for rnd in range(rounds):
             print("round %d of %d ..." % (rnd + 1, rounds), file=log, flush=True)
             order = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -302,19 +320,21 @@ def measure(procs, fds, loops, rounds, floors, e2e=True, profile=None, log=None)
                     result = score(found(out), truth)
                     old = worst.get(name, (1.0, 1.0))
                     worst[name] = (min(old[0], result[0]), min(old[1], result[1]))
-                if name == "scan":
-                    facts = out
+                if name in ("scan", "kscan"):
+                    defaults[name] = out
                 if name == "e2e_facts":
                     e2e_stdout = out
         # The default listing is cut at DEFAULT_LIMIT by design: it is scored on what it lists
         # (precision) and on its summary count (every orphan counted, listed or not). The count
         # is read from a default scan limited to the workload's directory: a busy host's own
         # orphans (a compiler's temporary files, say) come and go between any two scans.
-        listed = scan_found(facts, workload)
+        facts = defaults["scan"]
         outside = len(baseline["orphans"]) - len(scan_found(baseline, workload))
-        counted = run_scan(include=[os.path.join(workload.workdir, "*")])[2]["summary"]["count"]
-        worst["scan"] = (min(counted, len(workload.truth)) / len(workload.truth) if workload.truth else 1.0,
-                         score(listed, set(workload.truth))[1])
+        for name, listing in defaults.items():
+            backend = "kernel" if name == "kscan" else "proc"
+            counted = run_scan(include=[os.path.join(workload.workdir, "*")], backend=backend)[2]["summary"]["count"]
+            worst[name] = (min(counted, len(workload.truth)) / len(workload.truth) if workload.truth else 1.0,
+                           score(scan_found(listing, workload), set(workload.truth))[1])
         info = {
             "processes": procs, "fds_per_process": fds, "loops": loops, "rounds": rounds,
             "fds_scanned": facts["scan"]["fds"], "orphans": len(workload.truth),
@@ -372,6 +392,12 @@ def report(result, out=None):
     print("ratios: lsof / scan() = %.2fx; scan() / complete floor = %.2fx; complete floor / fd-only floor = %.2fx"
           % (lsof["min_wall"] / fig["scan"]["min_wall"], fig["scan"]["min_wall"] / floor["min_wall"],
              floor["min_wall"] / fig["floor_fd"]["min_wall"]), file=out)
+    if "kscan" in fig:
+        kscan, kscan_all = fig["kscan"]["min_wall"], fig["kscan_all"]["min_wall"]
+        print("kernel listing: lsof / scan() = %.1fx, lsfd / scan() = %.1fx; scan() / complete floor = %.2fx, "
+              "limit=0 %.2fx; /proc scan() / kernel scan() = %.1fx" % (
+                  lsof["min_wall"] / kscan, fig["lsfd"]["min_wall"] / kscan, kscan / floor["min_wall"],
+                  kscan_all / floor["min_wall"], fig["scan"]["min_wall"] / kscan), file=out)
     if result["profile"]:
         text, wall = result["profile"]
         print("\ncProfile of scan() with default options (%.3f s under the profiler):" % wall, file=out)
@@ -388,6 +414,7 @@ def main(argv=None):
     parser.add_argument("--skip-e2e", action="store_true", help="no ansible runs")
     parser.add_argument("--profile", metavar="FILE", help="also cProfile scan() and write the top costs there")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--floors", metavar="DIR", help="prebuilt floor and floor_complete (no gcc here)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench/facts needs root (loop devices, /proc/PID/map_files)")
@@ -396,7 +423,7 @@ def main(argv=None):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
     with tempfile.TemporaryDirectory(prefix="frelink-floor-") as tmp:
-        floors = compile_floors(tmp)
+        floors = compile_floors(tmp, args.floors)
         result = measure(size["procs"], size["fds"], size["loops"], args.rounds, floors, e2e=not args.skip_e2e,
                          profile=args.profile)
     report(result)
