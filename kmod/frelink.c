@@ -687,49 +687,54 @@ static int frelink_held_reserve(struct frelink_held_walk *walk)
 	return frelink_held_grow(walk);
 }
 
-static int frelink_held_mm(struct frelink_held_walk *walk,
-			   struct task_struct *task)
+static int frelink_held_exe(struct frelink_held_walk *walk,
+			    struct task_struct *task)
 {
 	struct mm_struct *mm = get_task_mm(task);
-	struct vm_area_struct *vma;
 	struct file *exe;
 	int err = 0;
 
 	if (!mm)
 		return 0;
-
-	if (walk->kinds & FRELINK_HELD_EXE) {
-		exe = frelink_mm_exe_file(mm);
-		if (exe) {
-			if (frelink_held_candidate(exe->f_path.dentry)) {
-				err = frelink_held_reserve(walk);
-				if (!err)
-					frelink_held_add(walk, &exe->f_path,
-							 FRELINK_HELD_EXE, -1,
-							 0, 0);
-			}
-			fput(exe);
-		}
+	exe = frelink_mm_exe_file(mm);
+	mmput(mm);
+	if (!exe)
+		return 0;
+	if (frelink_held_candidate(exe->f_path.dentry)) {
+		err = frelink_held_reserve(walk);
+		if (!err)
+			frelink_held_add(walk, &exe->f_path, FRELINK_HELD_EXE, -1,
+					 0, 0);
 	}
+	fput(exe);
+	return err;
+}
 
-	if (!err && (walk->kinds & FRELINK_HELD_MMAP)) {
+static int frelink_held_maps(struct frelink_held_walk *walk,
+			     struct task_struct *task)
+{
+	struct mm_struct *mm = get_task_mm(task);
+	struct vm_area_struct *vma;
+	int err;
+
+	if (!mm)
+		return 0;
+	err = mmap_read_lock_killable(mm);
+	if (!err) {
 		VMA_ITERATOR(vmi, mm, 0);
 
-		err = mmap_read_lock_killable(mm);
-		if (!err) {
-			for_each_vma(vmi, vma) {
-				if (!vma->vm_file ||
-				    !frelink_held_candidate(vma->vm_file->f_path.dentry))
-					continue;
-				err = frelink_held_reserve(walk);
-				if (err)
-					break;
-				frelink_held_add(walk, &vma->vm_file->f_path,
-						 FRELINK_HELD_MMAP, -1,
-						 vma->vm_start, vma->vm_end);
-			}
-			mmap_read_unlock(mm);
+		for_each_vma(vmi, vma) {
+			if (!vma->vm_file ||
+			    !frelink_held_candidate(vma->vm_file->f_path.dentry))
+				continue;
+			err = frelink_held_reserve(walk);
+			if (err)
+				break;
+			frelink_held_add(walk, &vma->vm_file->f_path,
+					 FRELINK_HELD_MMAP, -1, vma->vm_start,
+					 vma->vm_end);
 		}
+		mmap_read_unlock(mm);
 	}
 	mmput(mm);
 	return err;
@@ -844,13 +849,16 @@ static int frelink_held_process(struct frelink_held_walk *walk,
 	u32 at = *used;
 	int i, len, err = 0;
 
+	/* in the order a /proc reader meets them: exe, cwd, root, fd, maps */
 	walk->fds = 0;
-	if (walk->kinds & FRELINK_HELD_FD)
-		err = frelink_held_fds(walk, task);
-	if (!err && (walk->kinds & (FRELINK_HELD_EXE | FRELINK_HELD_MMAP)))
-		err = frelink_held_mm(walk, task);
+	if (walk->kinds & FRELINK_HELD_EXE)
+		err = frelink_held_exe(walk, task);
 	if (!err)
 		err = frelink_held_fs(walk, task);
+	if (!err && (walk->kinds & FRELINK_HELD_FD))
+		err = frelink_held_fds(walk, task);
+	if (!err && (walk->kinds & FRELINK_HELD_MMAP))
+		err = frelink_held_maps(walk, task);
 
 	for (i = 0; !err && i < walk->count; i++) {
 		len = frelink_held_write(walk, &walk->handles[i], pid,

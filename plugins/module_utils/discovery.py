@@ -313,8 +313,8 @@ class Scanner:
                     continue
                 if target.endswith(DELETED_SUFFIX) or (nfs and "/.nfs" in target):
                     candidates.append((name, target))
-        shm_dev = self.shm_dev
         stat_at = os.stat
+        fd_hit = self.fd_hit
         for name, target in candidates:
             if target[0] != "/":
                 continue
@@ -322,36 +322,66 @@ class Scanner:
                 st = stat_at(name, dir_fd=dfd)
             except OSError:
                 continue
-            if not target.endswith(DELETED_SUFFIX):
-                if st.st_nlink and st.st_dev in self.nfs_devs and SILLY_RENAME.search(target):
-                    hits.append((name, st, target))
-                continue
-            if st.st_nlink or st.st_dev == shm_dev:
-                continue
-            hits.append((name, st, target))
+            if fd_hit(st, target):
+                hits.append((name, st, target))
         return len(names)
 
+    # -- the rules for one handle, the same for both backends ------------------
+
+    def fd_hit(self, st, target):
+        """A descriptor's file, statted and read as TARGET, is held deleted (st_nlink 0, not on
+        the internal shmem mount) or, on NFS, silly-renamed (st_nlink 1, named .nfsXXXX)."""
+        if not target.endswith(DELETED_SUFFIX):
+            return bool(st.st_nlink and st.st_dev in self.nfs_devs and SILLY_RENAME.search(target))
+        return not st.st_nlink and st.st_dev != self.shm_dev
+
+    def add_link(self, kind, pid, st, target):
+        """exe, cwd or root whose TARGET ends in ' (deleted)' and whose st_nlink is 0."""
+        path = target[:-_SUFFIX_LEN]
+        if not self.is_nameless(path, st):
+            self._add(st, path, (kind, pid, None))
+
+    def add_fd(self, pid, name, st, target):
+        """A descriptor for which fd_hit() is true."""
+        key = (st.st_dev, st.st_ino)
+        orphan = self.orphans.get(key)
+        if orphan is None:
+            silly = not target.endswith(DELETED_SUFFIX)
+            path = target if silly else target[:-_SUFFIX_LEN]
+            if not silly and self.is_nameless(path, st):
+                return
+            orphan = self.orphans[key] = Orphan(key, key[0], key[1], st, path)
+            orphan.silly_renamed = silly
+        orphan.holders.append(("fd", pid, name))
+
+    def mapping_orphan(self, st, path):
+        """The orphan of a mapped file (statted through map_files; PATH without ' (deleted)'),
+        made if new, or None when the file is not deleted or never had a name."""
+        if st.st_nlink != 0 or self.is_nameless(path, st):
+            return None
+        key = (st.st_dev, st.st_ino)
+        orphan = self.orphans.get(key)
+        if orphan is None:
+            orphan = self.orphans[key] = Orphan(key, key[0], key[1], st, path)
+        return orphan
+
+    @staticmethod
+    def add_mapping(orphan, pid, rng):
+        """The first mapping of ORPHAN in process PID; later ones only count (mmap_pids)."""
+        if orphan.mmap_pids is None:
+            orphan.mmap_pids = {}
+        orphan.mmap_pids[pid] = [rng, 1]
+        orphan.holders.append(("mmap", pid, rng))
+
     def apply_process(self, record):
-        """Merge what _read_process (or kernel_scan) found for one process."""
+        """Merge what _read_process found for one process."""
         pid, links, fd_count, fd_hits, maps, denied = record
         self.processes += 1
         self.fds += fd_count
         for kind, st, target in links:
-            path = target[:-_SUFFIX_LEN]
-            if not self.is_nameless(path, st):
-                self._add(st, path, (kind, pid, None))
-        orphans = self.orphans
+            self.add_link(kind, pid, st, target)
         for name, st, target in fd_hits:
-            key = (st.st_dev, st.st_ino)
-            orphan = orphans.get(key)
-            if orphan is None:
-                silly = not target.endswith(DELETED_SUFFIX)
-                path = target if silly else target[:-_SUFFIX_LEN]
-                if not silly and self.is_nameless(path, st):
-                    continue
-                orphan = orphans[key] = Orphan(key, key[0], key[1], st, path)
-                orphan.silly_renamed = silly
-            orphan.holders.append(("fd", pid, name))
+            self.add_fd(pid, name, st, target)
         if maps is not None:
             self._scan_mappings(self._proc_fd, pid, maps)
         if denied:
@@ -381,21 +411,11 @@ class Scanner:
                 except OSError:
                     seen_here[mkey] = None
                     continue
-                if st.st_nlink != 0 or self.is_nameless(path, st):
-                    self._maps_seen[mkey] = None
-                    orphan = None
-                else:
-                    orphan = self.orphans.get((st.st_dev, st.st_ino))
-                    if orphan is None:
-                        orphan = self.orphans[(st.st_dev, st.st_ino)] = Orphan(
-                            (st.st_dev, st.st_ino), st.st_dev, st.st_ino, st, path)
-                    self._maps_seen[mkey] = orphan.key
+                orphan = self.mapping_orphan(st, path)
+                self._maps_seen[mkey] = orphan.key if orphan is not None else None
             seen_here[mkey] = orphan
             if orphan is not None:
-                if orphan.mmap_pids is None:
-                    orphan.mmap_pids = {}
-                orphan.mmap_pids[pid] = [rng, 1]
-                orphan.holders.append(("mmap", pid, rng))
+                self.add_mapping(orphan, pid, rng)
 
     # -- selection ---------------------------------------------------------
 

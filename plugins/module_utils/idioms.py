@@ -41,6 +41,6 @@ def classify(path, holder_names):
         return "posix_semaphore"
     if path.startswith(_SHM_PREFIXES):
         return "posix_shm"
-    if _INNODB_TMP.search(path) and _INNODB_SERVERS.intersection(holder_names()):
+    if "/ib" in path and _INNODB_TMP.search(path) and _INNODB_SERVERS.intersection(holder_names()):
         return "innodb_tmpfile"
     return None

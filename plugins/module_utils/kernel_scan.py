@@ -15,10 +15,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import sys
+
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
 from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
 
 _SUFFIX_LEN = len(DELETED_SUFFIX)
+_DELETED = DELETED_SUFFIX.encode()
 
 
 def kinds_mask(kinds):
@@ -31,57 +34,48 @@ def kinds_mask(kinds):
 
 def collect_from_kernel(scanner, mask):
     """Fill SCANNER's orphans, processes and fds from the kernel's listing.
-    Raises OSError when the module cannot list (see kmod_abi.list_held)."""
-    records, processes, fds = kmod_abi.list_held(mask)
-    by_pid = {}
-    for record in records:
-        by_pid.setdefault(record[1], []).append(record)
-    for pid, held in by_pid.items():
-        _apply_process(scanner, str(pid), held)
-    scanner.processes = processes  # apply_process() counted only those with a record
+    Raises OSError when the module cannot list (see kmod_abi.list_held_raw).
+
+    One pass over the records, which come a whole process at a time in the order a /proc
+    scan meets the handles (exe, cwd, root, fds, mappings); each is judged by the
+    Scanner's own rules for one handle (fd_hit, add_fd, add_link, mapping_orphan)."""
+    chunks, processes, fds = kmod_abi.list_held_raw(mask)
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    held_stat = kmod_abi.held_stat
+    fd_kind, mmap_kind = kmod_abi.HELD_FD, kmod_abi.HELD_MMAP
+    kind_names = kmod_abi.HELD_KIND_NAMES
+    last_pid, pid, mapped_here = None, None, {}
+    for chunk in chunks:
+        for fields, raw in kmod_abi.iter_held_records(chunk):
+            if raw[:1] != b"/":
+                continue
+            if fields[2] != last_pid:
+                last_pid, pid, mapped_here = fields[2], str(fields[2]), {}
+            kind = fields[1]
+            if kind == mmap_kind:
+                if raw.endswith(_DELETED) and fields[7] != scanner.shm_dev:
+                    _add_mapping(scanner, pid, fields, raw[:-_SUFFIX_LEN].decode(encoding, errors), mapped_here)
+                continue
+            target = raw.decode(encoding, errors)
+            st = held_stat(fields)
+            if kind == fd_kind:
+                if scanner.fd_hit(st, target):
+                    scanner.add_fd(pid, str(fields[3]), st, target)
+            elif st.st_nlink == 0 and raw.endswith(_DELETED):
+                scanner.add_link(kind_names[kind], pid, st, target)
+    scanner.processes = processes
     scanner.fds = fds
 
 
-def _apply_process(scanner, pid, held):
-    links = []
-    fd_hits = []
-    mappings = []
-    for kind, _pid, fd, rng, _flags, st, path in held:
-        if not path.startswith("/"):
-            continue
-        if kind == "fd":
-            if path.endswith(DELETED_SUFFIX):
-                if st.st_nlink == 0 and st.st_dev != scanner.shm_dev:
-                    fd_hits.append((str(fd), st, path))
-            elif st.st_nlink and st.st_dev in scanner.nfs_devs and scanner.is_silly_rename(path):
-                fd_hits.append((str(fd), st, path))
-        elif kind == "mmap":
-            if path.endswith(DELETED_SUFFIX) and st.st_dev != scanner.shm_dev:
-                mappings.append(("%08x-%08x" % rng, st, path[:-_SUFFIX_LEN]))
-        elif path.endswith(DELETED_SUFFIX) and st.st_nlink == 0:
-            links.append((kind, st, path))
-    scanner.apply_process((pid, links, 0, fd_hits, None, False))
-    if mappings:
-        _apply_mappings(scanner, pid, mappings)
-
-
-def _apply_mappings(scanner, pid, mappings):
-    """Like Scanner._scan_mappings, from stat results the kernel gave for each mapping."""
-    seen_here = {}
-    for rng, st, path in mappings:
-        key = (st.st_dev, st.st_ino)
-        if key in seen_here:
-            orphan = seen_here[key]
-            if orphan is not None:
-                orphan.mmap_pids[pid][1] += 1
-            continue
-        orphan = None
-        if st.st_nlink == 0 and not scanner.is_nameless(path, st):
-            orphan = scanner.orphans.get(key)
-            if orphan is None:
-                orphan = scanner.new_orphan(key, key[0], key[1], st, path)
-            if orphan.mmap_pids is None:
-                orphan.mmap_pids = {}
-            orphan.mmap_pids[pid] = [rng, 1]
-            orphan.holders.append(("mmap", pid, rng))
-        seen_here[key] = orphan
+def _add_mapping(scanner, pid, fields, path, mapped_here):
+    """A mapping record, as Scanner._scan_mappings takes a maps line: the first mapping of a
+    file in a process makes the holder, later ones count."""
+    key = (fields[7], fields[8])
+    if key in mapped_here:
+        orphan = mapped_here[key]
+        if orphan is not None:
+            orphan.mmap_pids[pid][1] += 1
+        return
+    orphan = mapped_here[key] = scanner.mapping_orphan(kmod_abi.held_stat(fields), path)
+    if orphan is not None:
+        scanner.add_mapping(orphan, pid, "%08x-%08x" % (fields[5], fields[6]))

@@ -256,33 +256,46 @@ def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
     return HELD_STRUCT.pack(buf, buf_size, kinds, next_pid, 0, 0, 0, *reserved)
 
 
-def parse_held_records(data, used):
-    """[(kind name, pid, fd, (start, end), flags, HeldStat, path)] of the first USED bytes."""
-    records = []
+def iter_held_records(data):
+    """(fields, path bytes) of each record in DATA: fields as HELD_RECORD_STRUCT unpacks them
+    (rec_len, kind, pid, fd, flags, start, end, dev, ino, mode, nlink, uid, gid, size, blocks,
+    mtime_sec, mtime_nsec, reserved)."""
     unpack_from = HELD_RECORD_STRUCT.unpack_from
+    find = data.find
+    used = len(data)
     offset = 0
     while offset < used:
-        (rec_len, kind, pid, fd, flags, start, end, dev, ino, mode, nlink, uid, gid, size, blocks,
-         mtime_sec, mtime_nsec, _reserved) = unpack_from(data, offset)
-        if rec_len < HELD_RECORD_SIZE or offset + rec_len > used:
+        fields = unpack_from(data, offset)
+        rec_len = fields[0]
+        end = find(b"\0", offset + HELD_RECORD_SIZE, offset + rec_len)
+        if rec_len < HELD_RECORD_SIZE or offset + rec_len > used or end < 0:
             raise ValueError("malformed record at offset %d (rec_len %d of %d bytes)" % (offset, rec_len, used))
-        raw = data[offset + HELD_RECORD_SIZE:offset + rec_len]
-        path = os.fsdecode(raw[:raw.index(b"\0")])
-        st = HeldStat(dev, ino, mode, nlink, uid, gid, size, blocks, mtime_sec + mtime_nsec / 1e9)
-        records.append((HELD_KIND_NAMES.get(kind, kind), pid, fd, (start, end), flags, st, path))
+        yield fields, data[offset + HELD_RECORD_SIZE:end]
         offset += rec_len
-    return records
 
 
-def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
+def held_stat(fields):
+    """HeldStat of the fields of one record."""
+    return HeldStat(fields[7], fields[8], fields[9], fields[10], fields[11], fields[12], fields[13], fields[14],
+                    fields[15] + fields[16] / 1e9)
+
+
+def parse_held_records(data, used):
+    """[(kind name, pid, fd, (start, end), flags, HeldStat, path)] of the first USED bytes."""
+    return [(HELD_KIND_NAMES.get(f[1], f[1]), f[2], f[3], (f[5], f[6]), f[4], held_stat(f), os.fsdecode(raw))
+            for f, raw in iter_held_records(data[:used])]
+
+
+def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):
     """Every handle on a deleted (or NFS silly-renamed) file, listed by the kernel.
 
-    Returns (records, processes, fds) as parse_held_records() and the counts of
-    processes and descriptors looked at.  Raises OSError: ENOENT without the module,
-    ENOTTY from a module without this ioctl, EPERM without CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    Returns (chunks, processes, fds): the record bytes of each call (iter_held_records()
+    reads them) and the counts of processes and descriptors looked at.  Raises OSError:
+    ENOENT without the module, ENOTTY from a module without this ioctl, EPERM without
+    CAP_SYS_ADMIN and CAP_SYS_PTRACE.
     """
     dev_fd = os.open(DEVICE_PATH, os.O_RDONLY | os.O_CLOEXEC)
-    records = []
+    chunks = []
     processes = fds = 0
     next_pid = 0
     try:
@@ -298,10 +311,17 @@ def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
                 buf = ctypes.create_string_buffer(buf_size)
                 continue
             _buf, _size, _kinds, next_pid, used, seen, seen_fds = HELD_STRUCT.unpack(bytes(request))[:7]
-            records.extend(parse_held_records(ctypes.string_at(ctypes.addressof(buf), used), used))
+            chunks.append(ctypes.string_at(ctypes.addressof(buf), used))
             processes += seen
             fds += seen_fds
             if next_pid == 0:
-                return records, processes, fds
+                return chunks, processes, fds
     finally:
         os.close(dev_fd)
+
+
+def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
+    """list_held_raw() with the records parsed: ([(kind name, pid, fd, (start, end), flags,
+    HeldStat, path)], processes, fds)."""
+    chunks, processes, fds = list_held_raw(kinds, buf_size)
+    return [record for chunk in chunks for record in parse_held_records(chunk, len(chunk))], processes, fds

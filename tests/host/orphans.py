@@ -268,12 +268,19 @@ def deleted_exe(directory, name="sleeper"):
     st = os.stat(path)
     proc = subprocess.Popen([str(path), "3600"], start_new_session=True)
     try:
-        _wait_for(lambda: os.readlink("/proc/%d/exe" % proc.pid) == str(path))
+        # execve() sets exe before it maps the binary: wait for both
+        _wait_for(lambda: os.readlink("/proc/%d/exe" % proc.pid) == str(path)
+                  and str(path) in _read_text("/proc/%d/maps" % proc.pid))
         os.unlink(path)
         yield types.SimpleNamespace(pid=proc.pid, path=str(path), dev=st.st_dev, ino=st.st_ino,
                                     size=st.st_size, proc=proc)
     finally:
         _stop(proc)
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
 
 
 def _wait_for(predicate, timeout=10.0):
