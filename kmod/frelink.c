@@ -585,6 +585,8 @@ struct frelink_handle {
 	s32 fd;
 	u64 start;
 	u64 end;
+	u32 open_flags;
+	loff_t pos;
 };
 
 struct frelink_held_walk {
@@ -639,6 +641,8 @@ static void frelink_held_add(struct frelink_held_walk *walk,
 	handle->fd = fd;
 	handle->start = start;
 	handle->end = end;
+	handle->open_flags = 0;
+	handle->pos = 0;
 }
 
 /*
@@ -658,6 +662,9 @@ static int frelink_held_fd(const void *arg, struct file *file, unsigned int fd)
 		return fd + 1;
 	walk->fds++;
 	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, 0, 0);
+	/* read as /proc/PID/fdinfo/N reads them: unlocked, a snapshot */
+	walk->handles[walk->count - 1].open_flags = READ_ONCE(file->f_flags);
+	walk->handles[walk->count - 1].pos = READ_ONCE(file->f_pos);
 	return 0;
 }
 
@@ -821,6 +828,8 @@ static int frelink_held_write(struct frelink_held_walk *walk,
 	rec.blocks = stat.blocks;
 	rec.mtime_sec = stat.mtime.tv_sec;
 	rec.mtime_nsec = stat.mtime.tv_nsec;
+	rec.open_flags = handle->open_flags;
+	rec.pos = handle->pos;
 
 	if (copy_to_user(at, &rec, sizeof(rec)) ||
 	    copy_to_user(at + sizeof(rec), path, path_len) ||

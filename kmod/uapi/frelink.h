@@ -119,6 +119,9 @@ struct frelink_relink {
  * @mtime_nsec:	what fstat(2) of the handle reports (vfs_getattr(); @dev
  *		in glibc makedev() encoding, ids in the caller's user
  *		namespace)
+ * @open_flags:	FRELINK_HELD_FD: the file's open flags, as "flags" in
+ *		/proc/PID/fdinfo/N but without O_CLOEXEC; else 0
+ * @pos:	FRELINK_HELD_FD: the file position, as "pos" in fdinfo; else 0
  * @path:	the handle's path as readlink(2) of /proc/PID/fd/N (or
  *		map_files, exe, cwd, root) gives it to the caller, ending in
  *		" (deleted)" for an unlinked file; NUL-terminated
@@ -144,7 +147,8 @@ struct frelink_held_record {
 	__u64	blocks;
 	__s64	mtime_sec;
 	__u32	mtime_nsec;
-	__u32	reserved;
+	__u32	open_flags;
+	__s64	pos;
 	char	path[];
 };
 

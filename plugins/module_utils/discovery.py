@@ -121,6 +121,7 @@ class Scanner:
             raise ValueError("unknown backend %s; choose from %s" % (backend, ", ".join(BACKENDS)))
         self.backend = backend
         self.backend_used = None
+        self.fd_state = {}  # (pid, fd) -> (open flags, position), when the kernel listed them
         self.proc = proc
         self.sys_block = sys_block
         self._proc_fd = None

@@ -54,6 +54,7 @@ class Report:
         self.scanner = scanner
         self.proc = scanner.proc
         self.mounts = scanner.mounts
+        self.fd_state = scanner.fd_state
         self.self_mntns = scanner.self_mntns
         self._procinfo = {}
         self._tables = {}
@@ -198,12 +199,14 @@ class Report:
         entry = {"kind": kind, "pid": int(pid), "name": info["name"], "user": info["user"]}
         if kind == "fd":
             entry["fd"] = int(detail)
-            try:
-                fdinfo = parse_fdinfo(_read_small("%s/%s/fdinfo/%s" % (self.proc, pid, detail)))
-                entry["mode"] = access_mode(fdinfo.get("flags", 0))
-                entry["pos"] = fdinfo.get("pos")
-            except OSError:
-                entry["mode"] = entry["pos"] = None
+            state = self.fd_state.get((pid, detail))
+            if state is None:
+                try:
+                    fdinfo = parse_fdinfo(_read_small("%s/%s/fdinfo/%s" % (self.proc, pid, detail)))
+                    state = (fdinfo.get("flags", 0), fdinfo.get("pos"))
+                except OSError:
+                    state = None
+            entry["mode"], entry["pos"] = (access_mode(state[0]), state[1]) if state else (None, None)
         elif kind == "mmap":
             entry["range"] = detail
             entry["mappings"] = (orphan.mmap_pids or {}).get(pid, [detail, 1])[1]

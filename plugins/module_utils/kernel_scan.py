@@ -60,7 +60,9 @@ def collect_from_kernel(scanner, mask):
             st = held_stat(fields)
             if kind == fd_kind:
                 if scanner.fd_hit(st, target):
-                    scanner.add_fd(pid, str(fields[3]), st, target)
+                    name = str(fields[3])
+                    scanner.add_fd(pid, name, st, target)
+                    scanner.fd_state[(pid, name)] = (fields[17], fields[18])  # fdinfo's flags and pos
             elif st.st_nlink == 0 and raw.endswith(_DELETED):
                 scanner.add_link(kind_names[kind], pid, st, target)
     scanner.processes = processes

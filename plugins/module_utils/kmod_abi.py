@@ -64,9 +64,9 @@ HELD_NFS_RENAMED = 0x1  # FRELINK_HELD_NFS_RENAMED
 HELD_STRUCT = struct.Struct("=QIIiIII4Q")
 HELD_STRUCT_SIZE = HELD_STRUCT.size  # 64
 # struct frelink_held_record: rec_len, kind, pid, fd, flags, start, end, dev, ino, mode,
-# nlink, uid, gid, size, blocks, mtime_sec, mtime_nsec, reserved; then path[]
-HELD_RECORD_STRUCT = struct.Struct("=HHiiIQQQQIIIIQQqII")
-HELD_RECORD_SIZE = HELD_RECORD_STRUCT.size  # 96
+# nlink, uid, gid, size, blocks, mtime_sec, mtime_nsec, open_flags, pos; then path[]
+HELD_RECORD_STRUCT = struct.Struct("=HHiiIQQQQIIIIQQqIIq")
+HELD_RECORD_SIZE = HELD_RECORD_STRUCT.size  # 104
 IOC_HELD = _ioc(_IOC_READ | _IOC_WRITE, IOC_MAGIC, 0x02, HELD_STRUCT_SIZE)
 HELD_BUF_START = 1 << 20
 HELD_BUF_MAX = 1 << 30  # FRELINK_HELD_MAX_BUF
@@ -259,7 +259,7 @@ def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
 def iter_held_records(data):
     """(fields, path bytes) of each record in DATA: fields as HELD_RECORD_STRUCT unpacks them
     (rec_len, kind, pid, fd, flags, start, end, dev, ino, mode, nlink, uid, gid, size, blocks,
-    mtime_sec, mtime_nsec, reserved)."""
+    mtime_sec, mtime_nsec, open_flags, pos)."""
     unpack_from = HELD_RECORD_STRUCT.unpack_from
     find = data.find
     used = len(data)
@@ -281,9 +281,10 @@ def held_stat(fields):
 
 
 def parse_held_records(data, used):
-    """[(kind name, pid, fd, (start, end), flags, HeldStat, path)] of the first USED bytes."""
-    return [(HELD_KIND_NAMES.get(f[1], f[1]), f[2], f[3], (f[5], f[6]), f[4], held_stat(f), os.fsdecode(raw))
-            for f, raw in iter_held_records(data[:used])]
+    """[(kind name, pid, fd, (start, end), flags, HeldStat, path, (open_flags, pos))] of the
+    first USED bytes."""
+    return [(HELD_KIND_NAMES.get(f[1], f[1]), f[2], f[3], (f[5], f[6]), f[4], held_stat(f), os.fsdecode(raw),
+             (f[17], f[18])) for f, raw in iter_held_records(data[:used])]
 
 
 def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):
@@ -321,7 +322,6 @@ def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):
 
 
 def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
-    """list_held_raw() with the records parsed: ([(kind name, pid, fd, (start, end), flags,
-    HeldStat, path)], processes, fds)."""
+    """list_held_raw() with the records parsed (parse_held_records()), processes, fds."""
     chunks, processes, fds = list_held_raw(kinds, buf_size)
     return [record for chunk in chunks for record in parse_held_records(chunk, len(chunk))], processes, fds

@@ -395,8 +395,8 @@ def test_ioctl_fuzz(kmod_guest):
 
 def test_listing_of_held_deleted_files(kmod_guest):
     """FRELINK_IOC_HELD lists exactly what an independent /proc reader finds (fds on ext4, xfs,
-    btrfs and tmpfs, shared mappings only, deleted cwd and root, O_TMPFILE; every stat field
-    and the path), and nothing that is not a deleted file; small buffers resume; each
+    btrfs and tmpfs, shared mappings only, deleted cwd and root, O_TMPFILE; every stat field,
+    the path, and an fd's open flags and position), and nothing that is not a deleted file; small buffers resume; each
     refusal has its errno; nothing changes."""
     res = scenario(kmod_guest, "held")
     print("\n[%s] held listing: %d deleted handles of the holders, %d records in all, %d processes, %d fds" % (
@@ -406,6 +406,8 @@ def test_listing_of_held_deleted_files(kmod_guest):
     assert res["kinds"] == {"fd": 15, "mmap": 6, "cwd": 3, "root": 3}
     assert res["kernel_deleted"] == res["oracle_deleted"] == 27
     assert res["paths_named_deleted_not_listed"] == [] and res["pseudo_files_listed"] == []
+    # each holder's descriptors sit at their own offsets, the first one appends: as fdinfo says
+    assert len(res["fd_positions"]) > 3 and res["fd_appending"] == 3, (res["fd_positions"], res["fd_appending"])
     assert res["second_name_listed_nlink"] == [1]  # the name it was opened by is gone, another is not
     assert abs(res["processes"] - res["proc_pids"]) <= 3, (res["processes"], res["proc_pids"])
     assert abs(res["fds"] - res["proc_fds"]) <= 20, (res["fds"], res["proc_fds"])

@@ -222,7 +222,7 @@ int main(void)
 """
 HELD_FIELDS = ("buf", "buf_size", "kinds", "next_pid", "used", "processes", "fds", "reserved")
 RECORD_FIELDS = ("rec_len", "kind", "pid", "fd", "flags", "start", "end", "dev", "ino", "mode", "nlink", "uid", "gid",
-                 "size", "blocks", "mtime_sec", "mtime_nsec", "reserved", "path")
+                 "size", "blocks", "mtime_sec", "mtime_nsec", "open_flags", "pos", "path")
 
 
 def _layout(fmt, fields):
@@ -251,7 +251,7 @@ def test_listing_abi_matches_header(tmp_path):
     out = dict(line.split(" ", 1) for line in subprocess.run(
         [str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout.splitlines())
     assert int(out["held"]) == kmod_abi.HELD_STRUCT_SIZE == 64
-    assert int(out["record"]) == kmod_abi.HELD_RECORD_SIZE == 96
+    assert int(out["record"]) == kmod_abi.HELD_RECORD_SIZE == 104
     assert int(out["ioc_held"]) == kmod_abi.IOC_HELD
     bits = [kmod_abi.HELD_FD, kmod_abi.HELD_MMAP, kmod_abi.HELD_EXE, kmod_abi.HELD_CWD, kmod_abi.HELD_ROOT]
     assert [int(v) for v in out["kinds"].split()] == bits + [kmod_abi.HELD_ALL]
@@ -269,13 +269,14 @@ def test_records_are_parsed_by_their_length():
         raw = os.fsencode(path) + b"\0"
         rec_len = (kmod_abi.HELD_RECORD_SIZE + len(raw) + 7) // 8 * 8
         head = kmod_abi.HELD_RECORD_STRUCT.pack(rec_len, kind, pid, fd, 0, 0x1000, 0x2000, 2049, 12, 0o100644,
-                                                nlink, 0, 0, 5, 8, 1700000000, 500000000, 0)
+                                                nlink, 0, 0, 5, 8, 1700000000, 500000000, 0o2002, 77)
         return (head + raw).ljust(rec_len, b"\0")
 
     data = record(kmod_abi.HELD_FD, 42, 3, "/var/log/a (deleted)") + record(kmod_abi.HELD_MMAP, 43, -1, "/x\u00e9")
     parsed = kmod_abi.parse_held_records(data, len(data))
     assert [(r[0], r[1], r[2], r[3], r[6]) for r in parsed] == [
         ("fd", 42, 3, (0x1000, 0x2000), "/var/log/a (deleted)"), ("mmap", 43, -1, (0x1000, 0x2000), "/x\u00e9")]
+    assert parsed[0][7] == (0o2002, 77)
     st = parsed[0][5]
     assert (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_blocks, st.st_mtime) == (
         2049, 12, 0o100644, 5, 8, 1700000000.5)

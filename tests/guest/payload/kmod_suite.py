@@ -956,10 +956,11 @@ O_TMPFILE = 0o20200000
 
 
 def held_key(record):
-    """A listing record as a comparable tuple (kind, pid, fd, range, stat fields, path)."""
-    kind, pid, fd, rng, _flags, st, path = record
+    """A listing record as a comparable tuple (kind, pid, fd, range, stat fields, path,
+    (open flags, position))."""
+    kind, pid, fd, rng, _flags, st, path, fdinfo = record
     return (kind, pid, fd, rng, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
-            st.st_size, st.st_blocks, path)
+            st.st_size, st.st_blocks, path, fdinfo)
 
 
 def proc_oracle(pids):
@@ -975,9 +976,14 @@ def proc_oracle(pids):
         if not target.endswith(" (deleted)"):
             return
         st = os.stat(handle)
+        fdinfo = (0, 0)
+        if kind == "fd":
+            with open("/proc/%d/fdinfo/%d" % (pid, fd)) as info:
+                fields = dict(line.split(":", 1) for line in info if ":" in line)
+            fdinfo = (int(fields["flags"], 8) & ~os.O_CLOEXEC, int(fields["pos"]))
         if st.st_nlink == 0 and st.st_dev != shm_dev:
             found.add((kind, pid, fd, rng, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
-                       st.st_size, st.st_blocks, target))
+                       st.st_size, st.st_blocks, target, fdinfo))
 
     for pid in pids:
         base = "/proc/%d" % pid
@@ -1067,7 +1073,9 @@ class HeldProcess:
                 LIBC.mmap.restype = ctypes.c_void_p
                 LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                       ctypes.c_long)
-                keep = [os.open(path, os.O_RDWR) for path in paths]
+                keep = [os.open(path, os.O_RDWR | (os.O_APPEND if i == 0 else 0)) for i, path in enumerate(paths)]
+                for i, fd in enumerate(keep):
+                    os.lseek(fd, 100 * (i + 1) + index, os.SEEK_SET)  # positions the listing must report
                 fd = os.open(mapped, os.O_RDWR)
                 LIBC.mmap(None, 65536, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
                 LIBC.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 8192)
@@ -1122,6 +1130,8 @@ def scenario_held():
     res["extra"] = sorted(map(str, got - want))[:5]
     res["kinds"] = dict(collections.Counter(r[0] for r in mine if r[5].st_nlink == 0))
     res["paths_named_deleted_not_listed"] = [r[6] for r in mine if "live (deleted)" in r[6]]
+    res["fd_positions"] = sorted({r[7][1] for r in mine if r[0] == "fd" and r[5].st_nlink == 0})
+    res["fd_appending"] = sum(1 for r in mine if r[0] == "fd" and r[7][0] & os.O_APPEND)
     res["second_name_listed_nlink"] = sorted({r[5].st_nlink for r in mine if r[6].endswith("/twice (deleted)")})
     res["pseudo_files_listed"] = [r[6] for r in mine if not r[6].startswith("/")]
     res["processes"] = processes
