@@ -578,7 +578,7 @@ out_dir:
 /* larger than any sane request; keeps @used and rec_len arithmetic small */
 #define FRELINK_HELD_MAX_BUF	SZ_1G
 
-/* one handle of the current process on a candidate file */
+/* one handle of the process being listed on a candidate file */
 struct frelink_handle {
 	struct path path;
 	u16 kind;
@@ -628,7 +628,7 @@ static int frelink_held_grow(struct frelink_held_walk *walk)
 	return 0;
 }
 
-/* Called under a spinlock: takes references, never sleeps or allocates. */
+/* May run under a spinlock: takes references, never sleeps or allocates. */
 static void frelink_held_add(struct frelink_held_walk *walk,
 			     const struct path *path, u16 kind, s32 fd,
 			     u64 start, u64 end)
