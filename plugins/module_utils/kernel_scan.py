@@ -38,46 +38,45 @@ def collect_from_kernel(scanner, mask):
 
     One pass over the records, which come a whole process at a time in the order a /proc
     scan meets the handles (exe, cwd, root, fds, mappings); each is judged by the
-    Scanner's own rules for one handle (fd_hit, add_fd, add_link, mapping_orphan)."""
+    Scanner's own rules for one handle (fd_hit, add_fd, add_link, mapping_orphan).  A
+    record is its own stat (kmod_abi.HeldRecord)."""
     chunks, processes, fds = kmod_abi.list_held_raw(mask)
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    held_stat = kmod_abi.held_stat
     fd_kind, mmap_kind = kmod_abi.HELD_FD, kmod_abi.HELD_MMAP
     kind_names = kmod_abi.HELD_KIND_NAMES
+    fd_hit, add_fd, fd_state = scanner.fd_hit, scanner.add_fd, scanner.fd_state
     last_pid, pid, mapped_here = None, None, {}
     for chunk in chunks:
-        for fields, raw in kmod_abi.iter_held_records(chunk):
+        for record, raw in kmod_abi.iter_held_records(chunk):
             if raw[:1] != b"/":
                 continue
-            if fields[2] != last_pid:
-                last_pid, pid, mapped_here = fields[2], str(fields[2]), {}
-            kind = fields[1]
-            if kind == mmap_kind:
-                if raw.endswith(_DELETED) and fields[7] != scanner.shm_dev:
-                    _add_mapping(scanner, pid, fields, raw[:-_SUFFIX_LEN].decode(encoding, errors), mapped_here)
-                continue
-            target = raw.decode(encoding, errors)
-            st = held_stat(fields)
+            if record.pid != last_pid:
+                last_pid, pid, mapped_here = record.pid, str(record.pid), {}
+            kind = record.kind
             if kind == fd_kind:
-                if scanner.fd_hit(st, target):
-                    name = str(fields[3])
-                    scanner.add_fd(pid, name, st, target)
-                    scanner.fd_state[(pid, name)] = (fields[17], fields[18])  # fdinfo's flags and pos
-            elif st.st_nlink == 0 and raw.endswith(_DELETED):
-                scanner.add_link(kind_names[kind], pid, st, target)
+                target = raw.decode(encoding, errors)
+                if fd_hit(record, target):
+                    name = str(record.fd)
+                    add_fd(pid, name, record, target)
+                    fd_state[(pid, name)] = (record.open_flags, record.pos)  # fdinfo's flags and pos
+            elif kind == mmap_kind:
+                if raw.endswith(_DELETED) and record.st_dev != scanner.shm_dev:
+                    _add_mapping(scanner, pid, record, raw[:-_SUFFIX_LEN].decode(encoding, errors), mapped_here)
+            elif record.st_nlink == 0 and raw.endswith(_DELETED):
+                scanner.add_link(kind_names[kind], pid, record, raw.decode(encoding, errors))
     scanner.processes = processes
     scanner.fds = fds
 
 
-def _add_mapping(scanner, pid, fields, path, mapped_here):
+def _add_mapping(scanner, pid, record, path, mapped_here):
     """A mapping record, as Scanner._scan_mappings takes a maps line: the first mapping of a
     file in a process makes the holder, later ones count."""
-    key = (fields[7], fields[8])
+    key = (record.st_dev, record.st_ino)
     if key in mapped_here:
         orphan = mapped_here[key]
         if orphan is not None:
             orphan.mmap_pids[pid][1] += 1
         return
-    orphan = mapped_here[key] = scanner.mapping_orphan(kmod_abi.held_stat(fields), path)
+    orphan = mapped_here[key] = scanner.mapping_orphan(record, path)
     if orphan is not None:
-        scanner.add_mapping(orphan, pid, "%08x-%08x" % (fields[5], fields[6]))
+        scanner.add_mapping(orphan, pid, "%08x-%08x" % (record.start, record.end))

@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import ctypes
 import errno
 import fcntl
@@ -63,8 +64,10 @@ HELD_NFS_RENAMED = 0x1  # FRELINK_HELD_NFS_RENAMED
 # struct frelink_held: buf, buf_size, kinds, next_pid, used, processes, fds, reserved[4]
 HELD_STRUCT = struct.Struct("=QIIiIII4Q")
 HELD_STRUCT_SIZE = HELD_STRUCT.size  # 64
-# struct frelink_held_record: rec_len, kind, pid, fd, flags, start, end, dev, ino, mode,
-# nlink, uid, gid, size, blocks, mtime_sec, mtime_nsec, open_flags, pos; then path[]
+# struct frelink_held_record, then path[]; dev..blocks named as os.stat_result names them
+HELD_RECORD_FIELDS = ("rec_len", "kind", "pid", "fd", "flags", "start", "end", "st_dev", "st_ino", "st_mode",
+                      "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "mtime_sec", "mtime_nsec",
+                      "open_flags", "pos")
 HELD_RECORD_STRUCT = struct.Struct("=HHiiIQQQQIIIIQQqIIq")
 HELD_RECORD_SIZE = HELD_RECORD_STRUCT.size  # 104
 IOC_HELD = _ioc(_IOC_READ | _IOC_WRITE, IOC_MAGIC, 0x02, HELD_STRUCT_SIZE)
@@ -233,22 +236,15 @@ def relink_by_inode(st_dev, st_ino, dir_fd, name):
     _ioctl(BY_INODE, pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))
 
 
-class HeldStat:
-    """What fstat(2) of a handle reports, as the kernel listed it (the os.stat_result fields used)."""
+class HeldRecord(collections.namedtuple("HeldRecord", HELD_RECORD_FIELDS)):
+    """The fixed fields of one listing record.  Its st_* fields are what fstat(2) of the
+    handle reports, named as os.stat_result names them: a record serves as its stat."""
 
-    __slots__ = ("st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
-                 "st_mtime")
+    __slots__ = ()
 
-    def __init__(self, dev, ino, mode, nlink, uid, gid, size, blocks, mtime):
-        self.st_dev = dev
-        self.st_ino = ino
-        self.st_mode = mode
-        self.st_nlink = nlink
-        self.st_uid = uid
-        self.st_gid = gid
-        self.st_size = size
-        self.st_blocks = blocks
-        self.st_mtime = mtime
+    @property
+    def st_mtime(self):
+        return self.mtime_sec + self.mtime_nsec / 1e9
 
 
 def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
@@ -257,11 +253,10 @@ def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
 
 
 def iter_held_records(data):
-    """(fields, path bytes) of each record in DATA: fields as HELD_RECORD_STRUCT unpacks them
-    (rec_len, kind, pid, fd, flags, start, end, dev, ino, mode, nlink, uid, gid, size, blocks,
-    mtime_sec, mtime_nsec, open_flags, pos)."""
+    """(HeldRecord, path bytes) of each record in DATA."""
     unpack_from = HELD_RECORD_STRUCT.unpack_from
     find = data.find
+    new = tuple.__new__
     used = len(data)
     offset = 0
     while offset < used:
@@ -270,21 +265,15 @@ def iter_held_records(data):
         end = find(b"\0", offset + HELD_RECORD_SIZE, offset + rec_len)
         if rec_len < HELD_RECORD_SIZE or offset + rec_len > used or end < 0:
             raise ValueError("malformed record at offset %d (rec_len %d of %d bytes)" % (offset, rec_len, used))
-        yield fields, data[offset + HELD_RECORD_SIZE:end]
+        yield new(HeldRecord, fields), data[offset + HELD_RECORD_SIZE:end]
         offset += rec_len
 
 
-def held_stat(fields):
-    """HeldStat of the fields of one record."""
-    return HeldStat(fields[7], fields[8], fields[9], fields[10], fields[11], fields[12], fields[13], fields[14],
-                    fields[15] + fields[16] / 1e9)
-
-
 def parse_held_records(data, used):
-    """[(kind name, pid, fd, (start, end), flags, HeldStat, path, (open_flags, pos))] of the
-    first USED bytes."""
-    return [(HELD_KIND_NAMES.get(f[1], f[1]), f[2], f[3], (f[5], f[6]), f[4], held_stat(f), os.fsdecode(raw),
-             (f[17], f[18])) for f, raw in iter_held_records(data[:used])]
+    """[(kind name, pid, fd, (start, end), flags, HeldRecord as the stat, path, (open_flags, pos))]
+    of the first USED bytes."""
+    return [(HELD_KIND_NAMES.get(r.kind, r.kind), r.pid, r.fd, (r.start, r.end), r.flags, r, os.fsdecode(raw),
+             (r.open_flags, r.pos)) for r, raw in iter_held_records(data[:used])]
 
 
 def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):

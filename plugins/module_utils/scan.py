@@ -20,7 +20,7 @@ __metaclass__ = type
 import os
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, overlay
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import BACKENDS, KINDS, KernelListingError, Scanner
+from ansible_collections.frelink.frelink.plugins.module_utils.discovery import BACKENDS, KINDS, KernelListingError, Scanner, collector_paused
 from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report
 from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_status
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import parse_device_string
@@ -63,9 +63,10 @@ def scan(include=None, exclude=None, min_size=0, kinds=None, limit=DEFAULT_LIMIT
     backend: one of BACKENDS (discovery.py); "kernel" raises KernelListingError when the
     frelink module cannot list.
     """
-    scanner = Scanner(kinds, backend=backend).collect()
-    selected = scanner.select(include, exclude, min_size)
-    return _facts(scanner, selected, limit or None)
+    with collector_paused():
+        scanner = Scanner(kinds, backend=backend).collect()
+        selected = scanner.select(include, exclude, min_size)
+        return _facts(scanner, selected, limit or None)
 
 
 def find_orphan(dev, ino, kinds=None):
