@@ -260,6 +260,14 @@ def test_loop_with_offset_also_held_by_fd(workdir):
         assert {h["kind"] for h in entry["holders"]} == {"fd", "loop"}
 
 
+def test_equal_sizes_are_listed_by_path(workdir):
+    with deleted_open_file(workdir, size=4096, name="b.dat") as second, \
+            deleted_open_file(workdir, size=4096, name="a.dat") as first, \
+            deleted_open_file(workdir, size=8192, name="c.dat") as largest:
+        paths = [o["path"] for o in full_scan(include=[str(workdir) + "/*"])["orphans"]]
+        assert paths == [largest.path, first.path, second.path]
+
+
 def test_options_filter_sort_and_summary(workdir):
     with deleted_open_file(workdir, size=1 << 20, name="big.log") as big, \
             deleted_open_file(workdir, size=4096, name="small.dat") as small, \
