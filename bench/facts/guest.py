@@ -2,12 +2,16 @@
 """bench/facts/run.py in a Debian guest with the frelink module loaded: the kernel's listing
 (FRELINK_IOC_HELD) against the /proc scan, lsof, lsfd and the C floors, in one run.
 
-Boots one guest (harness), loads the module built for its kernel, installs lsof there if
-the image lacks it (util-linux's lsfd is in the image), builds the two C floors in the suite's chroot (the
+Boots one guest (harness), loads the module built for its kernel, installs lsof and lsfd there
+if the image lacks them, builds the two C floors in the suite's chroot (the
 guest has no compiler) and runs run.py --skip-e2e in the guest; its table is printed as
-is.  Under TCG every figure is slower than on hardware; the ratios are what counts.
+is.  With --e2e, the guest's own Debian ansible-core is installed and run.py's end-to-end
+rows run too (ansible localhost in the guest: frelink_facts, lsof through the command
+module, ping); the collection needs ansible-core 2.16 or later (trixie and sid have it,
+bookworm's is 2.14).  Under TCG every figure is slower than on hardware; the ratios are
+what counts.
 
-    python bench/facts/guest.py [--suite bookworm] [--big] [--rounds 3] [run.py options]
+    python bench/facts/guest.py [--suite bookworm] [--e2e] [--big] [--rounds 3] [run.py options]
 """
 import argparse
 import io
@@ -23,6 +27,9 @@ sys.path.insert(0, str(REPO))
 import harness  # noqa: E402  pylint: disable=wrong-import-position
 
 REMOTE = "/root/frelink-bench"
+# (Debian package, command) the benchmark runs, installed when the guest lacks them
+# (trixie moved lsfd to util-linux-extra)
+TOOLS = (("lsof", "lsof"), ("util-linux-extra", "lsfd"), ("ansible-core", "ansible"))
 # 2000 forked holders need more than the default guest's memory
 MEM_MB = 6144
 
@@ -51,6 +58,7 @@ def payload():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="bookworm", choices=harness.SUITES)
+    parser.add_argument("--e2e", action="store_true", help="also the end-to-end rows, with the guest's ansible-core")
     args, rest = parser.parse_known_args()
     module = harness.build_module(args.suite, REPO / "kmod")
     built = floors(args.suite)
@@ -58,18 +66,22 @@ def main():
     try:
         (tmp / "bench.tar.gz").write_bytes(payload())
         with harness.Guest(args.suite, mem_mb=MEM_MB) as guest:
-            if guest.run("command -v lsof", check=False).returncode:
-                guest.install_debs(["lsof"])
+            wanted = [package for package, command in TOOLS
+                      if (command != "ansible" or args.e2e) and guest.run("command -v " + command, check=False).returncode]
+            if wanted:
+                guest.install_debs(wanted)
             guest.run("mkdir -p %s/floors" % REMOTE)
             guest.put(str(tmp / "bench.tar.gz"), REMOTE + "/bench.tar.gz")
             for local in (module, built / "floor", built / "floor_complete"):
                 guest.put(str(local), "%s/%s" % (REMOTE, local.name if local == module else "floors/" + local.name))
             guest.run("cd %s && tar xzf bench.tar.gz && chmod +x floors/* && insmod frelink.ko" % REMOTE)
             kernel = guest.run("uname -r").stdout.strip()
-            print("bench/facts in a Debian %s guest, kernel %s, frelink module loaded, QEMU TCG" % (args.suite, kernel),
-                  flush=True)
-            proc = guest.run("cd %s && ulimit -n 65536 && python3 bench/facts/run.py --skip-e2e --floors %s/floors %s"
-                             % (REMOTE, REMOTE, " ".join(rest)), timeout=7200, check=False)
+            ansible = guest.run("ansible --version | head -n 1", check=False).stdout.strip() if args.e2e else ""
+            print("bench/facts in a Debian %s guest, kernel %s, frelink module loaded, QEMU TCG%s"
+                  % (args.suite, kernel, ", " + ansible if ansible else ""), flush=True)
+            proc = guest.run("cd %s && ulimit -n 65536 && python3 bench/facts/run.py %s--floors %s/floors %s"
+                             % (REMOTE, "" if args.e2e else "--skip-e2e ", REMOTE, " ".join(rest)), timeout=7200,
+                             check=False)
             print(proc.stdout)
             if proc.returncode:
                 print(proc.stderr[-5000:], file=sys.stderr)
