@@ -28,8 +28,9 @@ import harness  # noqa: E402  pylint: disable=wrong-import-position
 
 REMOTE = "/root/frelink-bench"
 # (Debian package, command) the benchmark runs, installed when the guest lacks them
-# (trixie moved lsfd to util-linux-extra)
-TOOLS = (("lsof", "lsof"), ("util-linux-extra", "lsfd"), ("ansible-core", "ansible"))
+# (trixie moved lsfd to util-linux-extra); the end-to-end rows also need ansible
+TOOLS = (("lsof", "lsof"), ("util-linux-extra", "lsfd"))
+E2E_TOOLS = (("ansible-core", "ansible"),)
 # 2000 forked holders need more than the default guest's memory
 MEM_MB = 6144
 
@@ -66,8 +67,8 @@ def main():
     try:
         (tmp / "bench.tar.gz").write_bytes(payload())
         with harness.Guest(args.suite, mem_mb=MEM_MB) as guest:
-            wanted = [package for package, command in TOOLS
-                      if (command != "ansible" or args.e2e) and guest.run("command -v " + command, check=False).returncode]
+            tools = TOOLS + (E2E_TOOLS if args.e2e else ())
+            wanted = [package for package, command in tools if guest.run("command -v " + command, check=False).returncode]
             if wanted:
                 guest.install_debs(wanted)
             guest.run("mkdir -p %s/floors" % REMOTE)
