@@ -18,7 +18,9 @@ import pwd
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
-from ansible_collections.frelink.frelink.plugins.module_utils import idioms, overlay
+from ansible_collections.frelink.frelink.plugins.module_utils import idioms, names, overlay
+from ansible_collections.frelink.frelink.plugins.module_utils.attribution import restart_target, unit_of
+from ansible_collections.frelink.frelink.plugins.module_utils.classes import CLASSES, Classifier
 from ansible_collections.frelink.frelink.plugins.module_utils.containers import container_of
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, readlink_or_none
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
@@ -57,8 +59,12 @@ class Report:
         self.fd_state = scanner.fd_state
         self.self_mntns = scanner.self_mntns
         self._procinfo = {}
+        self._prefixes = {}
+        self._units = {}  # /proc/PID/cgroup text -> (unit, user_unit)
         self._tables = {}
         self._statvfs = {}
+        self._classes = {}  # orphan key -> (class, package)
+        self.classifier = Classifier()
 
     def summary(self, selected, listed):
         by_kind = dict((kind, 0) for kind in KINDS)
@@ -68,6 +74,7 @@ class Report:
         apparent = 0
         mapped_only = 0
         deliberate = {"count": 0, "bytes_pinned": 0, "by_idiom": {}}
+        by_class = dict((name, {"count": 0, "bytes_pinned": 0}) for name in CLASSES)
         for orphan in selected:
             st = orphan.st
             allocated = st.st_blocks * 512 if st is not None else 0
@@ -86,6 +93,9 @@ class Report:
                 if kinds == {"mmap"}:
                     mapped_only += 1
             idiom = self.idiom(orphan)
+            klass = by_class[self.klass(orphan, idiom)[0]]
+            klass["count"] += 1
+            klass["bytes_pinned"] += allocated
             if idiom is not None:
                 deliberate["count"] += 1
                 deliberate["bytes_pinned"] += allocated
@@ -101,7 +111,7 @@ class Report:
                 mount_point = mount["mount_point"] if mount else None
                 fs = by_fs[orphan.dev] = {
                     "device": device_string(orphan.dev) if orphan.dev is not None else None,
-                    "mount_point": mount_point,
+                    "mount_point": names.shown(mount_point),
                     "fstype": mount["fstype"] if mount else None,
                     "count": 0,
                     "bytes_pinned": 0,
@@ -119,6 +129,7 @@ class Report:
             "bytes_by_kind": bytes_by_kind,
             "mapped_only": mapped_only,
             "deliberate": deliberate,
+            "by_class": by_class,
             "by_filesystem": sorted(by_fs.values(), key=lambda fs: -fs["bytes_pinned"]),
         }
 
@@ -135,24 +146,58 @@ class Report:
                 user = _user_name(uid)
             except OSError:
                 user = None
-            mntns = readlink_or_none(base + "/ns/mnt")
+            mntns, prefix = self._namespace(pid)
+            try:
+                cgroup = _read_small(base + "/cgroup")
+            except OSError:
+                cgroup = ""
+            units = self._units.get(cgroup)
+            if units is None:
+                units = self._units[cgroup] = unit_of(cgroup)
+            info = self._procinfo[pid] = {
+                "name": names.shown(name),
+                "user": names.shown(user),
+                "mntns": mntns,
+                "prefix": prefix,
+                # a container always has its own mount namespace
+                "container": container_of(cgroup) if prefix and cgroup else None,
+                "unit": units[0],
+                "user_unit": units[1],
+            }
+        return info
+
+    def _namespace(self, pid):
+        """(mntns, prefix) of a process: its mount namespace when it is not ours (else None), and
+        '/proc/PID/root' then (else ''): the path prefix through which its paths are reached."""
+        found = self._prefixes.get(pid)
+        if found is None:
+            mntns = readlink_or_none("%s/%s/ns/mnt" % (self.proc, pid))
             # /proc links are resolved against the scanner's root, so a chroot in our
             # namespace shows host paths; only another mount namespace shows its own paths.
             foreign = mntns is not None and mntns != self.self_mntns
-            container = None
-            if foreign:  # a container always has its own mount namespace
-                try:
-                    container = container_of(_read_small(base + "/cgroup"))
-                except OSError:
-                    pass
-            info = self._procinfo[pid] = {
-                "name": name,
-                "user": user,
-                "mntns": mntns if mntns != self.self_mntns else None,
-                "prefix": "%s/%s/root" % (self.proc, pid) if foreign else "",
-                "container": container,
-            }
-        return info
+            found = self._prefixes[pid] = (mntns if foreign else None, "%s/%s/root" % (self.proc, pid) if foreign else "")
+        return found
+
+    def path_prefix(self, orphan):
+        """The prefix (_namespace) through which the orphan's path is seen: '' when a process in our
+        mount namespace holds it (or only the kernel does), else the first holder's."""
+        prefix = None
+        for _kind, pid, _detail in orphan.holders:
+            if pid is not None:
+                found = self._namespace(pid)[1]
+                if not found:
+                    return ""
+                if prefix is None:
+                    prefix = found
+        return prefix or ""
+
+    def klass(self, orphan, idiom):
+        """(class, package or None) of a raw orphan (classes.py), once per orphan."""
+        found = self._classes.get(orphan.key)
+        if found is None:
+            found = self._classes[orphan.key] = self.classifier.classify(
+                orphan, idiom, lambda: self.path_prefix(orphan), lambda: open_path_of(self.proc, orphan.holders))
+        return found
 
     def idiom(self, orphan):
         """idioms.classify() of a raw orphan (holder names read only when a pattern needs them)."""
@@ -161,14 +206,13 @@ class Report:
 
     def holder_prefix(self, pid):
         """'/proc/PID/root' when the holder sees another mount namespace than ours, else ''."""
-        return self._process(pid)["prefix"]
+        return self._namespace(pid)[1]
 
     def table_for(self, pid):
         """Mount table of the holder's namespace (own table when it shares ours)."""
         if pid is None:
             return self.mounts, ""
-        info = self._process(pid)
-        prefix = info["prefix"]
+        prefix = self._namespace(pid)[1]
         if not prefix:
             return self.mounts, ""
         table = self._tables.get(pid)
@@ -193,10 +237,14 @@ class Report:
         kind, pid, detail = holder
         if pid is None:
             entry = {"kind": kind}
-            entry.update(detail)
+            entry.update(names.json_safe(detail))
             return entry
         info = self._process(pid)
         entry = {"kind": kind, "pid": int(pid), "name": info["name"], "user": info["user"]}
+        if info["unit"]:
+            entry["unit"] = info["unit"]
+            if info["user_unit"]:
+                entry["user_unit"] = info["user_unit"]
         if kind == "fd":
             entry["fd"] = int(detail)
             state = self.fd_state.get((pid, detail))
@@ -212,7 +260,7 @@ class Report:
             entry["mappings"] = (orphan.mmap_pids or {}).get(pid, [detail, 1])[1]
         if info["prefix"]:
             entry["mntns"] = info["mntns"]
-            entry["host_path"] = info["prefix"] + orphan.path
+            names.put(entry, "host_path", info["prefix"] + orphan.path)
         if info["container"]:
             entry["container"] = info["container"]
         return entry
@@ -222,9 +270,9 @@ class Report:
         ref_pid = None
         for _kind, pid, _detail in orphan.holders:
             if pid is not None:
-                if ref_pid is None or not self._process(pid)["prefix"]:
+                if ref_pid is None or not self._namespace(pid)[1]:
                     ref_pid = pid
-                if not self._process(pid)["prefix"]:
+                if not self._namespace(pid)[1]:
                     break
         table, prefix = self.table_for(ref_pid)
         mount = table.lookup(orphan.dev, orphan.path) if orphan.dev is not None else None
@@ -250,24 +298,27 @@ class Report:
         open_path = open_path_of(self.proc, holders)
         size = st.st_size if st is not None else None
         is_file = ftype == "file"
+        idiom = self.idiom(orphan)
+        klass, package = self.klass(orphan, idiom)
         entry = {
             "dev": orphan.dev,
             "device": device_string(orphan.dev) if orphan.dev is not None else None,
             "ino": orphan.ino,
-            "path": orphan.path,
+            "path": names.shown(orphan.path),
             "type": ftype,
             "size": size,
             "allocated": orphan.allocated,
             "mode": "%04o" % stat.S_IMODE(st.st_mode) if st is not None else None,
             "uid": st.st_uid if st is not None else None,
-            "owner": _user_name(st.st_uid) if st is not None else None,
+            "owner": names.shown(_user_name(st.st_uid)) if st is not None else None,
             "gid": st.st_gid if st is not None else None,
-            "group": _group_name(st.st_gid) if st is not None else None,
+            "group": names.shown(_group_name(st.st_gid)) if st is not None else None,
             "mtime": st.st_mtime if st is not None else None,
             "fstype": fstype,
-            "mount_point": mount_point,
+            "mount_point": names.shown(mount_point),
             "path_free": path_free,
-            "open_path": open_path,
+            "open_path": names.shown(open_path),
+            "class": klass,
             "holders": [self._holder(h, orphan) for h in holders[:HOLDERS_CAP]],
             # A copy needs `size` bytes; the free space is per filesystem, in summary.by_filesystem.
             "restore": {
@@ -277,10 +328,16 @@ class Report:
             },
         }
         # Lean payload (Ansible's cost grows with every value it returns): the
-        # defaults confirmed=true and holder_count=len(holders) are left out.
+        # defaults confirmed=true and holder_count=len(holders) are left out, and
+        # path_b64 is there only for a name that is not UTF-8 (names.py).
+        if not names.is_text(orphan.path):
+            entry["path_b64"] = names.b64(orphan.path)
+        if open_path is not None and not names.is_text(open_path):
+            entry["open_path_b64"] = names.b64(open_path)
+        if package is not None:
+            entry["package"] = package
         if st is None:
             entry["confirmed"] = False
-        idiom = self.idiom(orphan)
         if idiom is not None:
             entry["deliberate"] = {"idiom": idiom, "why": idioms.IDIOMS[idiom]}
         if orphan.silly_renamed:
@@ -288,24 +345,27 @@ class Report:
             entry["original_path"] = None
             entry["note"] = ("removed on an NFS client while open: the client renamed it to %s and removes that "
                              "name at the last close; the original name is recorded nowhere, so give dest when "
-                             "restoring" % orphan.path.rsplit("/", 1)[-1])
+                             "restoring" % names.shown(orphan.path.rsplit("/", 1)[-1]))
             entry["path_free"] = False
             entry["restore"]["relink"] = True  # a plain link(2): it still has a name
         if fstype == overlay.OVERLAY_FSTYPE and mount is not None:
             self._add_overlay(entry, mount, prefix, orphan, relink_available and is_file and open_path is not None)
         if len(holders) > HOLDERS_CAP:
             entry["holder_count"] = len(holders)
+            # what to restart is asked of every holder, not only of the listed ones
+            entry["restart_targets"] = [{"kind": kind, "name": name} for kind, name in
+                                        sorted(set(restart_target(self._holder(h, orphan)) for h in holders))]
         return entry
 
     def _add_overlay(self, entry, mount, prefix, orphan, relink_possible):
         """The upper layer that really holds an overlay file, where it can be relinked, and its container."""
         upper = overlay.upper_layer(mount, prefix, self.mounts)
         container = next((h["container"] for h in entry["holders"] if h.get("container")), None)
-        entry["overlay"] = upper
-        entry["container"] = container
-        entry["path_in_container"] = orphan.path
         if upper is not None:
             upper["dest"] = overlay.rescue_dest(upper, container, orphan.path)
+        entry["overlay"] = names.json_safe(upper)
+        entry["container"] = container
+        names.put(entry, "path_in_container", orphan.path)
         entry["restore"]["relink"] = bool(relink_possible and upper is not None and upper.get("dest")
                                           and kmod_abi.relink_supported(overlay.OVERLAY_FSTYPE,
                                                                         upper.get("upper_fstype")))

@@ -100,8 +100,8 @@ def restore_target(target, dest, opts, check_mode=False):
     if layer:
         raise RestoreError("dest %s is inside the layer directory %s of the overlay that holds %s: changing the "
                            "layers of a mounted overlay is undefined, so frelink never names a file there; the "
-                           "default dest is %s" % (dest, layer, target.path, target.overlay.get("dest")))
-    rescue = target.overlay is not None and dest == target.overlay.get("dest")
+                           "default dest is %s" % (dest, layer, target.path, target.rescue_dest))
+    rescue = target.overlay is not None and dest == target.rescue_dest
     dest_dir = DestDir(dest, opts.create_parents or rescue, check_mode)
     if target.overlay:
         res["overlay"] = target.overlay

@@ -19,7 +19,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, overlay
+from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, names, overlay
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import BACKENDS, KINDS, KernelListingError, Scanner, collector_paused
 from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report
 from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_status
@@ -44,7 +44,7 @@ def _facts(scanner, selected, limit):
         "orphans": [report.entry(orphan, relink) for orphan in listed],
         "scan": {
             "complete": scanner.complete,
-            "warnings": scanner.warnings,
+            "warnings": [names.shown(warning) for warning in scanner.warnings],
             "processes": scanner.processes,
             "fds": scanner.fds,
             "kinds": sorted(scanner.kinds, key=KINDS.index),
@@ -109,7 +109,8 @@ def resolve_selector_and_scan(selector, kinds=None):
     """(entries, scan): resolve_selector() and the facts' scan part (completeness, warnings)."""
     key = _selector_key(selector)
     scanner = Scanner(kinds).collect()
-    scan_info = {"complete": scanner.complete, "warnings": scanner.warnings, "euid": scanner.euid}
+    scan_info = {"complete": scanner.complete, "warnings": [names.shown(warning) for warning in scanner.warnings],
+                 "euid": scanner.euid}
     return _resolve(scanner, key, selector), scan_info
 
 
@@ -121,12 +122,12 @@ def _resolve(scanner, key, selector):
         return [report.entry(orphan, relink)] if orphan is not None else []
     found = []
     for orphan in scanner.select():
-        if orphan.path == selector:
+        if names.matches(selector, orphan.path):
             found.append(report.entry(orphan, relink))
             continue
         entry = None
         for _kind, pid, _detail in orphan.holders:
-            if pid is not None and report.holder_prefix(pid) + orphan.path == selector:
+            if pid is not None and names.matches(selector, report.holder_prefix(pid) + orphan.path):
                 entry = report.entry(orphan, relink)
                 break
         if entry is not None:

@@ -13,6 +13,7 @@ import re
 import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils import loop as loop_mod
+from ansible_collections.frelink.frelink.plugins.module_utils import names
 from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod
 from ansible_collections.frelink.frelink.plugins.module_utils.discovery import SILLY_RENAME
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
@@ -85,7 +86,7 @@ class Target(object):
         self.ino = ino
         self.orphan = orphan
         self.nlink = nlink
-        self.path = path if path is not None else (orphan or {}).get("path")
+        self.path = path if path is not None else names.raw(orphan or {}, "path")
         self.size = size if size is not None else (orphan or {}).get("size")
 
     @property
@@ -94,7 +95,7 @@ class Target(object):
 
     @property
     def open_path(self):
-        return (self.orphan or {}).get("open_path")
+        return names.raw(self.orphan or {}, "open_path")
 
     @property
     def silly_renamed(self):
@@ -103,7 +104,7 @@ class Target(object):
 
     @property
     def current_name(self):
-        return (self.orphan or {}).get("path") if self.silly_renamed else None
+        return self.path if self.silly_renamed else None
 
     @property
     def overlay(self):
@@ -111,6 +112,11 @@ class Target(object):
         if self.orphan is not None:
             return self.orphan.get("overlay")
         return self.upper
+
+    @property
+    def rescue_dest(self):
+        """The overlay's rescue path for this file (overlay.rescue_dest()), or None."""
+        return names.raw(self.overlay, "dest") if self.overlay else None
 
     def name_identity(self):
         """(st_dev, st_ino) of the name the file has after a relink: on an overlay the
@@ -125,9 +131,9 @@ class Target(object):
         if self.silly_renamed:
             return (self.orphan or {}).get("original_path")
         if self.overlay:
-            return self.overlay.get("dest")
+            return self.rescue_dest
         holders = (self.orphan or {}).get("holders") or []
-        foreign = [h["host_path"] for h in holders if h.get("host_path")]
+        foreign = [names.raw(h, "host_path") for h in holders if h.get("host_path")]
         ours = [h for h in holders if h.get("pid") is not None and not h.get("host_path")]
         if foreign and not ours:
             return foreign[0]

@@ -306,6 +306,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.frelink.frelink.plugins.module_utils import names
 from ansible_collections.frelink.frelink.plugins.module_utils.restore import (
     FALLBACKS,
     METHODS,
@@ -343,16 +344,18 @@ def main():
     try:
         result, failures = run(module.params, check_mode=module.check_mode)
     except RestoreError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
+        module.fail_json(msg=names.shown(exc.msg), **names.json_safe(exc.details))
     except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback
         module.fail_json(msg="frelink_restore stopped on an unforeseen %s: %s. Nothing was overwritten. This is a bug: "
                              "please report it with the task's arguments (the traceback is shown with -vvv)"
-                             % (type(exc).__name__, exc), exception=traceback.format_exc())
+                             % (type(exc).__name__, names.shown(str(exc))), exception=names.shown(traceback.format_exc()))
     if not module._diff:
         result.pop("diff", None)
+    # names that are not UTF-8 as text plus <key>_b64: Ansible refuses anything else
+    result = names.json_safe(result)
     if failures:
         result.pop("msg", None)
-        module.fail_json(msg="; ".join(failures), **result)
+        module.fail_json(msg=names.shown("; ".join(failures)), **result)
     module.exit_json(**result)
 
 

@@ -123,6 +123,7 @@ def test_fd_orphan_exact_facts(workdir, writer):
             "mount_point": mount_point,
             "path_free": True,
             "open_path": held.proc_path,
+            "class": "lost",
             "holders": [{"kind": "fd", "pid": held.pid, "name": comm(held.pid), "user": "root", "fd": held.fd,
                          "mode": "rw" if writer else "r", "pos": held.pos}],
             "restore": {"relink": kmod_abi.module_loaded() and kmod_abi.relink_supported(fstype),
