@@ -146,7 +146,9 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
+CLASSES = ("lost", "replaced", "deliberate", "kernel")
+AT_RISK = ("lost", "kernel")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
@@ -326,9 +328,27 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
     deliberate = summary.get("deliberate") or {}
     deliberate_count = _number(deliberate.get("count", 0), "summary.deliberate.count")
     deliberate_bytes = _number(deliberate.get("bytes_pinned", 0), "summary.deliberate.bytes_pinned")
-    out.gauge("orphans", "Deleted files that are still held (no name left, link count 0), all that matched "
-              "the scan's options, except those their program unlinked on purpose (orphans_deliberate).",
-              [([], _number(summary.get("count", len(orphans)), "summary.count") - deliberate_count)])
+    by_class = summary.get("by_class")
+    if isinstance(by_class, Mapping):  # the headline is what is at risk: lost and kernel
+        classes = dict((name, (_number((by_class.get(name) or {}).get("count", 0), "summary.by_class.%s" % name),
+                               _number((by_class.get(name) or {}).get("bytes_pinned", 0),
+                                       "summary.by_class.%s" % name))) for name in CLASSES)
+        headline_count = sum(classes[name][0] for name in AT_RISK)
+        headline_bytes = sum(classes[name][1] for name in AT_RISK)
+    else:  # facts of an older module: every class but deliberate
+        classes = None
+        headline_count = _number(summary.get("count", len(orphans)), "summary.count") - deliberate_count
+        headline_bytes = _number(summary.get("bytes_pinned", 0), "summary.bytes_pinned") - deliberate_bytes
+    out.gauge("orphans", "Deleted files at risk: still held, no name left, and their data nowhere else (classes "
+              "lost and kernel); replaced code and package files (a restart frees them) and those their program "
+              "unlinked on purpose are counted apart (orphans_by_class).",
+              [([], headline_count)])
+    out.gauge("orphans_by_class", "Deleted files that are still held, by class: lost (data dies with its holders), "
+              "kernel (held only by a loop device, swap or mount), replaced (code or package content whose path "
+              "holds a newer file: restart its holders), deliberate (unlinked on purpose).",
+              [([("class", name)], classes[name][0]) for name in CLASSES] if classes else [])
+    out.gauge("pinned_bytes_by_class", "Allocated bytes of those deleted files, by class.",
+              [([("class", name)], classes[name][1]) for name in CLASSES] if classes else [])
     out.gauge("orphans_deliberate", "Deleted files their program unlinked on purpose and keeps using (POSIX "
               "semaphores, shared memory, InnoDB temporary files): nothing lost; not in orphans.",
               [([("idiom", idiom)], _number(n, "summary.deliberate.by_idiom"))
@@ -339,9 +359,9 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
               [([], _number(summary.get("listed", len(orphans)), "summary.listed"))])
     out.gauge("orphans_mapped_only", "Deleted files held only by memory mappings (which lsof +L1 does not show).",
               [([], _number(summary.get("mapped_only"), "summary.mapped_only"))])
-    out.gauge("pinned_bytes", "Allocated bytes of deleted files that are still held (space not freed), "
-              "except the deliberate ones.",
-              [([], _number(summary.get("bytes_pinned", 0), "summary.bytes_pinned") - deliberate_bytes)])
+    out.gauge("pinned_bytes", "Allocated bytes of the deleted files at risk (orphans): space not freed whose data "
+              "is nowhere else; pinned_bytes_by_class has every class.",
+              [([], headline_bytes)])
     out.gauge("apparent_bytes", "Apparent size (sum of st_size) of deleted files that are still held.",
               [([], _number(summary.get("bytes_apparent"), "summary.bytes_apparent"))])
 

@@ -119,7 +119,44 @@ def loop_mounted_image():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_image, tmp_path):
+@pytest.fixture
+def replaced_library(tmp_path):
+    """A shared library a process maps, replaced by a rename (as a deploy or an upgrade does)."""
+    library = "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    path = lib_dir / "libaudited.so.1"
+    shutil.copy(library, path)
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('ok', flush=True); "
+                             "sys.stdin.read()", str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ok", "the library did not load"
+        shutil.copy(library, str(path) + ".new")
+        os.rename(str(path) + ".new", path)
+        yield {"path": str(path), "pid": proc.pid}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def held_odd_name(tmp_path):
+    """A held deleted file whose name is not UTF-8."""
+    directory = tmp_path / "odd"
+    directory.mkdir()
+    path = os.path.join(os.fsencode(directory), b"\xff\xfe-audit.log")
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", HOLDER, os.fsdecode(path), "8192"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip().isdigit(), "holder process did not start"
+        yield {"shown": str(directory) + "/\\xff\\xfe-audit.log"}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_image, replaced_library, held_odd_name,
+                                    tmp_path):
     report = tmp_path / "report"
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
@@ -168,10 +205,31 @@ def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_imag
     assert hosts["web1"]["loop_swap"] >= 1
     assert any(h["holder"].startswith(loop_mounted_image["loop"]) for h in data["top_holders"])
 
-    # Per-filesystem totals add up to the per-host totals.
+    # Per-filesystem totals add up to the per-host totals, and so does the restart table.
     for name in ("web1", "web2"):
         fs_total = sum(f["allocated"] for f in data["filesystems"] if f["host"] == name)
-        assert fs_total == hosts[name]["allocated"] > 0
+        assert fs_total == hosts[name]["pinned"] == hosts[name]["allocated"] + hosts[name]["replaced_allocated"] > 0
+        restart = [r for r in data["restart"] if r["host"] == name]
+        assert sum(r["allocated"] for r in restart) == hosts[name]["pinned"]
+        assert sum(r["orphans"] for r in restart) == hosts[name]["orphans"] + hosts[name]["replaced"]
+    assert data["totals"]["pinned"] == sum(h["pinned"] for h in data["hosts"])
+
+    # The replaced library needs a restart and is not at risk; its holder's row frees it.
+    assert not entries(replaced_library["path"])
+    lib = [o for o in data["replaced"] if o["path"] == replaced_library["path"]]
+    assert sorted(o["host"] for o in lib) == ["web1", "web2"] and lib[0]["class"] == "replaced", data["replaced"]
+    assert lib[0]["restore"].startswith("nothing to restore: restart")
+    assert data["totals"]["replaced"] >= 2 and hosts["web1"]["replaced"] >= 1
+    web1_lib = next(o for o in lib if o["host"] == "web1")
+    (row,) = [r for r in data["restart"] if r["host"] == "web1"
+              and [(t["kind"], t["name"]) for t in r["targets"]] == [(t["kind"], t["name"]) for t in web1_lib["restart"]]]
+    assert row["by_class"]["replaced"] >= 1
+    assert web1_lib["restart"] == [{"kind": "process", "name": "python3[%d]" % replaced_library["pid"]}]
+    assert entries(held_file["path"])[0]["class"] == "lost" and image[0]["class"] == "kernel"
+
+    # A name that is not UTF-8 is there, in its text form.
+    odd = entries(held_odd_name["shown"])
+    assert sorted(o["host"] for o in odd) == ["web1", "web2"], [o["path"] for o in data["orphans"]]
 
     # A semaphore its creator unlinked on purpose is listed apart, not counted as lost.
     assert not entries(held_semaphore["path"])
@@ -182,7 +240,8 @@ def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_imag
     assert hosts["web1"]["orphans"] == len([o for o in data["orphans"] if o["host"] == "web1"])
 
     rows = list(csv.DictReader((report / "audit.csv").open()))
-    assert len(rows) == len(data["orphans"]) + len(data["deliberate"])
+    assert len(rows) == len(data["orphans"]) + len(data["replaced"]) + len(data["deliberate"])
+    assert any(r["path"] == held_odd_name["shown"] for r in rows)
     assert next(r for r in rows if r["path"] == held_semaphore["path"])["deliberate"] == "posix_semaphore"
     row = next(r for r in rows if r["path"] == held_file["path"] and r["host"] == "web1")
     assert int(row["size_bytes"]) == held_file["size"]
@@ -195,6 +254,7 @@ def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_imag
 
     html = (report / "index.html").read_text()
     assert held_file["path"] in html and loop_mounted_image["path"] in html
+    assert "What to restart" in html and replaced_library["path"] in html and held_odd_name["shown"] in html
     assert "<script" not in html and "http://" not in html and "https://" not in html
     check_screenshot(report / "index.html", tmp_path)
 

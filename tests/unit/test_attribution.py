@@ -1,0 +1,152 @@
+# -*- coding: utf-8 -*-
+"""What to restart (attribution.py), names that are not UTF-8 (names.py), and the audit's
+data model (the audit_report and audit_csv filters) on captured input, no host state."""
+
+import base64
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "host"))
+from orphans import collection_path  # noqa: E402
+
+collection_path()
+from ansible_collections.frelink.frelink.plugins.filter.audit_csv import audit_csv  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.filter.audit_report import audit_report  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils import attribution, names  # noqa: E402
+
+# /proc/PID/cgroup as Debian's systemd (cgroup v2) and an older hybrid host write it
+CGROUPS = [
+    ("0::/system.slice/nginx.service\n", ("nginx.service", None)),
+    ("0::/init.scope\n", ("init.scope", None)),
+    ("0::/user.slice/user-1000.slice/session-3.scope\n", ("session-3.scope", None)),
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/syncthing.service\n",
+     ("user@1000.service", "syncthing.service")),
+    ("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n", ("user@1000.service", "init.scope")),
+    ("0::/machine.slice/machine-qemu\\x2d1\\x2ddebian.scope/libvirt/emulator\n",
+     ("machine-qemu\\x2d1\\x2ddebian.scope", None)),
+    ("0::/system.slice/docker-" + "ab" * 32 + ".scope\n", ("docker-" + "ab" * 32 + ".scope", None)),
+    ("0::/\n", (None, None)),
+    ("", (None, None)),
+    ("12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/system.slice/cron.service\n",
+     ("cron.service", None)),
+    ("4:memory:/x\n1:name=systemd:/system.slice/ssh.service\n0::/\n", ("ssh.service", None)),
+]
+
+
+@pytest.mark.parametrize("text, expected", CGROUPS)
+def test_unit_of(text, expected):
+    assert attribution.unit_of(text) == expected
+
+
+def test_restart_targets():
+    pod = {"runtime": "containerd", "id": "c" * 64, "short_id": "c" * 12, "pod_uid": "1234-5678"}
+    assert attribution.restart_target({"kind": "fd", "unit": "x.scope", "container": pod}) == ("pod", "1234-5678")
+    ctr = {"runtime": "podman", "id": "d" * 64, "short_id": "d" * 12}
+    assert attribution.restart_target({"kind": "mmap", "container": ctr}) == ("container", "podman " + "d" * 12)
+    assert attribution.restart_target({"kind": "fd", "unit": "a.service"}) == ("unit", "a.service")
+    assert attribution.restart_target({"kind": "fd", "unit": "user@1.service", "user_unit": "b.service"}) == (
+        "unit", "user@1.service/b.service")
+    assert attribution.restart_target({"kind": "fd", "name": "sleep", "pid": 7}) == ("process", "sleep[7]")
+    assert attribution.restart_target({"kind": "loop", "device": "/dev/loop3"}) == ("loop", "/dev/loop3")
+    assert attribution.restart_target({"kind": "mount", "mount_point": "/etc/app.conf"}) == ("mount", "/etc/app.conf")
+
+
+def test_names_round_trip():
+    raw = os.fsdecode(b"/srv/\xff\xfe.log")
+    record = {}
+    names.put(record, "path", raw)
+    assert record["path"] == "/srv/\\xff\\xfe.log"
+    assert base64.b64decode(record["path_b64"]) == b"/srv/\xff\xfe.log"
+    assert names.raw(record, "path") == raw
+    assert names.matches("/srv/\\xff\\xfe.log", raw) and names.matches(raw, raw)
+    plain = {}
+    names.put(plain, "path", "/srv/caf\u00e9\n.log")
+    assert plain == {"path": "/srv/caf\u00e9\n.log"}
+    assert not names.matches("/srv/\\xff\\xfe.log", "/srv/other")
+    safe = names.json_safe({"msg": "cannot open " + raw, "dest": raw, "nested": [{"host_path": raw}]})
+    assert safe["msg"] == "cannot open /srv/\\xff\\xfe.log" and "msg_b64" not in safe
+    assert names.raw(safe, "dest") == raw and names.raw(safe["nested"][0], "host_path") == raw
+
+
+def _host(orphans, **scan):
+    info = {"complete": True, "warnings": []}
+    info.update(scan)
+    return {"frelink_audit_scan": {"changed": False, "ansible_facts": {"frelink": {
+        "summary": {}, "scan": info, "orphans": orphans}}}}
+
+
+def _orphan(path, klass, allocated, holders, **extra):
+    orphan = {"path": path, "class": klass, "allocated": allocated, "size": allocated, "device": "254:0",
+              "ino": allocated, "fstype": "ext4", "mount_point": "/", "holders": holders,
+              "restore": {"relink": True, "reflink": False}}
+    orphan.update(extra)
+    return orphan
+
+
+def test_audit_report_restart_table_adds_up():
+    web = [{"kind": "fd", "pid": 10, "name": "nginx", "user": "www", "unit": "nginx.service"}]
+    db = [{"kind": "fd", "pid": 20, "name": "postgres", "user": "pg", "unit": "postgresql@15-main.service"}]
+    both = web + db
+    hostvars = {
+        "a": _host([
+            _orphan("/var/log/nginx/access.log", "lost", 4096, web),
+            _orphan("/usr/lib/x86_64-linux-gnu/libssl.so.3", "replaced", 8192,
+                    [dict(web[0], kind="mmap", range="7f-80")], package="libssl3"),
+            _orphan("/srv/shared.dat", "lost", 1000, both),
+            _orphan("/var/lib/vm.img", "kernel", 100000, [{"kind": "loop", "device": "/dev/loop0", "mounts": ["/mnt"]}]),
+            _orphan("/dev/shm/sem.x", "deliberate", 4096, db, deliberate={"idiom": "posix_semaphore", "why": "w"}),
+        ]),
+        "b": {"frelink_audit_scan": {"unreachable": True, "msg": "ssh: connect refused"}},
+        "c": _host([], complete=False, warnings=["not root"]),
+    }
+    report = audit_report(["c", "b", "a"], hostvars, top_holders=3, generated="now")
+    totals = report["totals"]
+    assert (totals["hosts"], totals["hosts_failed"], totals["hosts_with_orphans"]) == (3, 1, 1)
+    assert (totals["orphans"], totals["allocated"]) == (3, 4096 + 1000 + 100000)
+    assert (totals["replaced"], totals["replaced_allocated"], totals["deliberate"]) == (1, 8192, 1)
+    assert totals["pinned"] == 4096 + 1000 + 100000 + 8192
+    assert [h["status"] for h in report["hosts"]] == ["ok", "unreachable", "partial"]
+    rows = {tuple(t["name"] for t in r["targets"]): r for r in report["restart"]}
+    assert set(rows) == {("nginx.service",), ("nginx.service", "postgresql@15-main.service"), ("/dev/loop0",)}
+    nginx = rows[("nginx.service",)]
+    assert (nginx["orphans"], nginx["allocated"], nginx["by_class"]) == (2, 4096 + 8192,
+                                                                        {"lost": 1, "replaced": 1, "kernel": 0})
+    assert nginx["loses_data"] and nginx["targets"][0]["action"] == "systemctl restart nginx.service"
+    assert rows[("/dev/loop0",)]["targets"][0]["kind"] == "loop"
+    # every held deleted file but the deliberate one is in exactly one row
+    assert sum(r["orphans"] for r in report["restart"]) == totals["orphans"] + totals["replaced"]
+    assert sum(r["allocated"] for r in report["restart"]) == totals["pinned"]
+    replaced = report["replaced"][0]
+    assert replaced["package"] == "libssl3" and replaced["restore"] == "nothing to restore: restart (nginx.service)"
+    assert [o["path"] for o in report["orphans"]] == ["/var/lib/vm.img", "/var/log/nginx/access.log",
+                                                       "/srv/shared.dat"]
+    assert len(report["top_holders"]) == 3
+
+    table = list(csv.DictReader(io.StringIO(audit_csv(report))))
+    assert [r["class"] for r in table] == ["kernel", "lost", "lost", "replaced", "deliberate"]
+    assert table[3]["package"] == "libssl3" and table[3]["restart"] == "unit:nginx.service"
+
+
+def test_audit_csv_keeps_any_name_in_its_cell():
+    odd = "/srv/a,\"b\"\nc \\xff.log"
+    report = audit_report(["h"], {"h": _host([_orphan(odd, "lost", 10, [])])})
+    (row,) = list(csv.DictReader(io.StringIO(audit_csv(report))))
+    assert row["path"] == odd
+
+
+def test_audit_report_reads_facts_of_an_older_module():
+    """No class in the facts: deliberate, kernel-only holders and the rest (lost) are told apart."""
+    old = [_orphan("/a", None, 10, [{"kind": "fd", "pid": 1}]),
+           _orphan("/b", None, 20, [{"kind": "loop", "device": "/dev/loop1"}]),
+           _orphan("/dev/shm/sem.c", None, 30, [{"kind": "mmap", "pid": 1}], deliberate={"idiom": "posix_semaphore"})]
+    for orphan in old:
+        del orphan["class"]
+    report = audit_report(["h"], {"h": _host(old)})
+    assert sorted((o["path"], o["class"]) for o in report["orphans"] + report["deliberate"]) == [
+        ("/a", "lost"), ("/b", "kernel"), ("/dev/shm/sem.c", "deliberate")]
