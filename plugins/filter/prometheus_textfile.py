@@ -33,11 +33,13 @@ description:
     so the series of C(frelink_orphans_by_kind) may add up to more than C(frelink_orphans).
   - C(frelink_pinned_bytes_by_kind) comes from the module's C(summary.bytes_by_kind), over every orphan (for
     facts of an older module without it, over the listed ones, a lower bound when the list is truncated).
-  - "Orphans that their program unlinked on purpose and keeps using (facts C(deliberate): POSIX semaphores such
-    as Python's multiprocessing makes, well-known shared memory, InnoDB temporary files) are kept out of the
-    headline C(frelink_orphans) and C(frelink_pinned_bytes) and shown apart as C(frelink_orphans_deliberate)
-    (label C(idiom)) and C(frelink_pinned_bytes_deliberate), so that an alert on the headline means files
-    someone lost. The per-kind and per-filesystem series count every orphan."
+  - "The headline C(frelink_orphans) and C(frelink_pinned_bytes) count what is at risk: the facts' classes C(lost)
+    and C(kernel). Every class is in C(frelink_orphans_by_class) and C(frelink_pinned_bytes_by_class) (label
+    C(class): lost, replaced, deliberate, kernel). Orphans that their program unlinked on purpose and keeps using
+    (facts C(deliberate): POSIX semaphores such as Python's multiprocessing makes, well-known shared memory, InnoDB
+    temporary files) are also shown as C(frelink_orphans_deliberate) (label C(idiom)) and
+    C(frelink_pinned_bytes_deliberate). For facts of an older module without classes, the headline leaves out only
+    the deliberate ones. The per-kind and per-filesystem series count every orphan."
   - "Containers: the per-kind and per-filesystem series (C(frelink_orphans_by_kind), C(frelink_pinned_bytes_by_kind),
     C(frelink_filesystem_orphans), C(frelink_filesystem_pinned_bytes)) without a C(container) label are the host's:
     orphans that a process outside containers holds (by that kind), or the kernel (loop, swap). Orphans that processes

@@ -162,7 +162,8 @@ ansible_facts:
               V(by_kind) (orphans with at least one holder of each kind), V(bytes_by_kind) (their
               allocated bytes), V(deliberate) (V(count), V(bytes_pinned) and V(by_idiom) of the orphans
               that a program unlinked on purpose and keeps using, such as POSIX semaphores; they are in
-              every other count too), V(mapped_only)
+              every other count too), V(by_class) (V(count) and V(bytes_pinned) of each class, see
+              RV(ansible_facts.frelink.orphans)), V(mapped_only)
               (orphans held by mappings only), V(by_filesystem) (list of V(device),
               V(mount_point), V(fstype), V(count), V(bytes_pinned), V(free_bytes) available
               on that filesystem, for copies).
@@ -177,6 +178,11 @@ ansible_facts:
             by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
             bytes_by_kind: {fd: 1052672, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
             deliberate: {count: 0, bytes_pinned: 0, by_idiom: {}}
+            by_class:
+              lost: {count: 1, bytes_pinned: 1052672}
+              replaced: {count: 0, bytes_pinned: 0}
+              deliberate: {count: 0, bytes_pinned: 0}
+              kernel: {count: 0, bytes_pinned: 0}
             mapped_only: 0
             by_filesystem:
               - {device: "254:0", mount_point: /, fstype: ext4, count: 1, bytes_pinned: 1052672,
@@ -206,12 +212,26 @@ ansible_facts:
               multiprocessing makes them), V(posix_shm) (well-known C(shm_open) names of Chromium,
               PulseAudio, Firefox), V(innodb_tmpfile) (C(ibXXXXXX) held by C(mysqld) or C(mariadbd)).
               The audit and the metrics count them apart.
+            - V(class) says what the file means (docs/facts.md). V(lost), the default, its data dies with its holders;
+              V(kernel), held only by a loop device, swap or mount, as unique; V(replaced), code or package
+              content whose path now holds a newer file (a deleted executable or mapped ELF object whose path
+              holds a file again, or a dpkg-owned path replaced by an upgrade, then V(package) names the package):
+              nothing to restore, restarting its holders frees it; V(deliberate), see above. A data file deleted
+              while open and re-created at the same path stays V(lost).
+            - A name that is not valid UTF-8 is shown with each stray byte as C(\xNN), and its exact bytes are
+              added in base64 under the same key plus C(_b64) (V(path_b64), V(open_path_b64), a holder's
+              V(host_path_b64)); M(frelink.frelink.frelink_restore) takes the text form or the identity and
+              restores the original bytes.
             - To keep the result lean, two values appear only when they differ from their default,
               V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
               by stat) and V(holder_count) (the total, when more than 16 holders are listed).
             - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
               Process holders have V(pid), V(name), V(user); V(fd) holders add V(fd), V(mode)
-              (V(r), V(w), V(rw), +V(a) for append) and V(pos); V(mmap) holders add V(range)
+              (V(r), V(w), V(rw), +V(a) for append) and V(pos); process holders in a systemd unit have V(unit)
+              (the unit from C(/proc/PID/cgroup): a service, a session or other scope, C(init.scope)) and, under a
+              user's manager (C(user@UID.service)), V(user_unit). An orphan with more than 16 holders also has
+              V(restart_targets), the V(kind) and V(name) of what to restart for every holder (pod, container,
+              unit, process, loop, swap). V(mmap) holders add V(range)
               (first mapping, for C(/proc/PID/map_files)) and V(mappings) (how many).
               A holder in another mount namespace or chroot adds V(mntns) and V(host_path)
               (the path through C(/proc/PID/root)).
@@ -239,8 +259,9 @@ ansible_facts:
               mount_point: /
               path_free: true
               open_path: /proc/9681/fd/3
+              class: lost
               holders:
-                - {kind: fd, pid: 9681, name: app, user: root, fd: 3, mode: w, pos: 1048576}
+                - {kind: fd, pid: 9681, name: app, user: root, unit: app.service, fd: 3, mode: w, pos: 1048576}
               restore: {relink: true, reflink: false}
         scan:
           description:

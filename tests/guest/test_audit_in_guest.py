@@ -1,0 +1,228 @@
+"""The audit on a guest made to look like a real host after upgrades (bookworm 6.1, sid 7.x),
+with the frelink module loaded, all through Ansible:
+
+- a systemd service writing a log that was deleted (lost, its unit named);
+- a library from a package, mapped by a running service, replaced by a real `dpkg -i`
+  upgrade (replaced, with its package and unit: restart needed, nothing to restore);
+- a config file bind-mounted into a container-like process (its own mount namespace, in a
+  cgroup named as Podman names a container's) and replaced on the host by an atomic rename
+  (a mount holder: kernel class, the container to restart), then restored as the same inode;
+- a deliberate POSIX semaphore in a service (apart, nothing lost).
+
+audit.yml writes the report on the controller; the restart table must add up, and the HTML
+page is looked at in headless Chromium.  One guest boot per suite.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import harness
+
+pytestmark = pytest.mark.guest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "host"))
+from test_audit import check_screenshot  # noqa: E402
+
+SUITES = ("bookworm", "sid")
+BIN = Path(sys.executable).parent
+WORK = "/root/frelink-audit"
+CONTAINER_ID = "c0ffee" * 10 + "c0fe"
+HOLDER = (Path(__file__).parent / "payload" / "holder.py").read_text()
+LIB = "/usr/lib/frelink-demo/libfrelinkdemo.so.1"
+
+SETUP = r"""
+set -eu
+W=%(work)s
+mkdir -p $W/info $W/pkg
+wait_for() { for i in $(seq 150); do [ -e "$1" ] && return 0; sleep 0.2; done; echo "no $1" >&2; exit 1; }
+# a service writing a log that was deleted
+systemd-run --quiet --unit=frelink-applog python3 $W/holder.py /var/log/frelink-app.log 2097152 idle $W/info/applog.json
+# a package's library, mapped by a service, then upgraded with dpkg -i
+for v in 1.0 2.0; do
+  d=$W/pkg/$v
+  mkdir -p $d/DEBIAN $d/usr/lib/frelink-demo
+  printf 'Package: frelink-demo-lib\nVersion: %%s\nArchitecture: all\nMaintainer: frelink <root@localhost>\nDescription: frelink test library\n' $v > $d/DEBIAN/control
+  cp $(python3 -c 'import ctypes.util, glob; print(sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libz.so.1.*"))[-1])') %(lib)s.tmp
+  mv %(lib)s.tmp $d%(lib)s
+  dpkg-deb --root-owner-group -b $d $W/pkg/frelink-demo-lib_$v.deb >/dev/null
+done
+dpkg -i $W/pkg/frelink-demo-lib_1.0.deb >/dev/null
+systemd-run --quiet --unit=frelink-libuser python3 -c \
+  "import ctypes, time; ctypes.CDLL('%(lib)s'); open('$W/info/libuser.ok', 'w').close(); time.sleep(1e6)"
+wait_for $W/info/libuser.ok
+stat -c '{"dev": %%d, "ino": %%i}' %(lib)s > $W/info/lib.json
+dpkg -i $W/pkg/frelink-demo-lib_2.0.deb >/dev/null
+# a config file bind-mounted into a container, replaced on the host by a rename
+mkdir -p /srv/h10 /srv/ctr /sys/fs/cgroup/machine.slice/libpod-%(cid)s.scope
+echo 'setting = old' > /srv/h10/app.conf
+: > /srv/ctr/app.conf
+stat -c '{"dev": %%d, "ino": %%i}' /srv/h10/app.conf > $W/info/conf.json
+setsid unshare -m --propagation private sh -c \
+  "mount --bind /srv/h10/app.conf /srv/ctr/app.conf && echo \$\$ > $W/info/ctr.pid && exec sleep 1000000" \
+  </dev/null >/dev/null 2>&1 &
+wait_for $W/info/ctr.pid
+sleep 0.5
+echo $(cat $W/info/ctr.pid) > /sys/fs/cgroup/machine.slice/libpod-%(cid)s.scope/cgroup.procs
+echo 'setting = new' > /srv/h10/app.conf.new
+mv /srv/h10/app.conf.new /srv/h10/app.conf
+# a deliberate semaphore in a service
+systemd-run --quiet --unit=frelink-sem python3 -c \
+  "import multiprocessing, time; lock = multiprocessing.Lock(); open('$W/info/sem.ok', 'w').close(); time.sleep(1e6)"
+wait_for $W/info/applog.json
+wait_for $W/info/sem.ok
+python3 - <<'EOF'
+import json
+info = "%(work)s/info/"
+out = {"applog": json.load(open(info + "applog.json")), "lib": json.load(open(info + "lib.json")),
+       "conf": json.load(open(info + "conf.json")), "ctr_pid": int(open(info + "ctr.pid").read())}
+out["libuser_pid"] = int(open("/sys/fs/cgroup/system.slice/frelink-libuser.service/cgroup.procs").read().split()[0])
+print(json.dumps(out))
+EOF
+"""
+
+
+def _env():
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+                ANSIBLE_PIPELINING="1", ANSIBLE_HOST_KEY_CHECKING="0", ANSIBLE_NOCOLOR="1",
+                ANSIBLE_LOCALHOST_WARNING="false", PATH="%s:%s" % (BIN, os.environ.get("PATH", "")))
+
+
+def _ansible_playbook(*argv):
+    return subprocess.run([str(BIN / "ansible-playbook")] + [str(a) for a in argv], capture_output=True, text=True,
+                          env=_env(), timeout=1200, check=False)
+
+
+def _restore_playbook(results_file):
+    conf = {"path": "/srv/h10/app.conf"}
+    old = dict(conf, dest="/srv/h10/app.conf.old")
+    tasks = [
+        {"name": "facts", "frelink.frelink.frelink_facts": {"limit": 0}, "register": "r_facts"},
+        {"name": "facts-proc", "frelink.frelink.frelink_facts": {"limit": 0, "backend": "proc"},
+         "register": "r_facts_proc"},
+        {"name": "occupied", "frelink.frelink.frelink_restore": conf, "register": "r_occupied", "ignore_errors": True},
+        {"name": "check", "frelink.frelink.frelink_restore": old, "register": "r_check", "check_mode": True},
+        {"name": "restore", "frelink.frelink.frelink_restore": old, "register": "r_restore"},
+        {"name": "again", "frelink.frelink.frelink_restore": old, "register": "r_again"},
+        {"name": "after", "ansible.builtin.raw": "stat -c '%d %i %h' /srv/h10/app.conf.old; cat /srv/h10/app.conf.old "
+                                                 "/srv/h10/app.conf", "register": "r_after", "changed_when": False},
+        {"name": "save", "delegate_to": "localhost", "check_mode": False,
+         "ansible.builtin.copy": {"dest": str(results_file), "mode": "0600", "content": "{{ {'facts': r_facts, "
+                                  "'facts_proc': r_facts_proc, 'occupied': r_occupied, 'check': r_check, "
+                                  "'restore': r_restore, 'again': r_again, 'after': r_after} | to_json }}"}},
+    ]
+    return [{"name": "restore the bind-mounted file", "hosts": "guest", "gather_facts": False, "tasks": tasks}]
+
+
+@pytest.fixture(scope="module", params=SUITES)
+def audited(request):
+    suite = request.param
+    module = harness.build_module(suite, REPO / "kmod")
+    tmp = Path(tempfile.mkdtemp(prefix="frelink-audit-%s-" % suite))
+    with harness.Guest(suite) as guest:
+        guest.run("mkdir -p %s" % WORK)
+        holder = tmp / "holder.py"
+        holder.write_text(HOLDER)
+        guest.put(str(holder), WORK + "/holder.py")
+        guest.put(str(module), WORK + "/frelink.ko")
+        guest.run("insmod %s/frelink.ko" % WORK)
+        info = json.loads(guest.run(SETUP % {"work": WORK, "cid": CONTAINER_ID, "lib": LIB},
+                                    timeout=600).stdout.splitlines()[-1])
+        inventory = guest.inventory_path()
+        report = tmp / "report"
+        audit = _ansible_playbook("-i", inventory, REPO / "playbooks" / "audit.yml", "-e",
+                                  json.dumps({"frelink_audit_dir": str(report), "frelink_audit_top_holders": 100}))
+        assert audit.returncode == 0, audit.stdout[-5000:] + audit.stderr[-3000:]
+        playbook = tmp / "restore.yml"
+        results_file = tmp / "results.json"
+        playbook.write_text(json.dumps(_restore_playbook(results_file), indent=1))
+        run = _ansible_playbook("-i", inventory, playbook)
+        assert results_file.exists(), run.stdout[-8000:] + run.stderr[-3000:]
+        yield {"suite": suite, "info": info, "report": report, "tmp": tmp, "audit": audit,
+               "data": json.loads((report / "audit.json").read_text()), "r": json.loads(results_file.read_text())}
+
+
+def _by_path(data, section, path):
+    found = [o for o in data[section] if o["path"] == path]
+    assert len(found) == 1, (section, path, [o["path"] for o in data[section]])
+    return found[0]
+
+
+def test_each_file_has_its_class_and_unit(audited):
+    data, info = audited["data"], audited["info"]
+    log = _by_path(data, "orphans", "/var/log/frelink-app.log")
+    assert log["class"] == "lost" and log["restore"] == "relink"
+    assert log["restart"] == [{"kind": "unit", "name": "frelink-applog.service"}]
+
+    lib = _by_path(data, "replaced", LIB)
+    assert (lib["class"], lib["package"]) == ("replaced", "frelink-demo-lib")
+    assert lib["restart"] == [{"kind": "unit", "name": "frelink-libuser.service"}]
+    assert lib["restore"] == "nothing to restore: restart (frelink-libuser.service)"
+    assert not [o for o in data["orphans"] if o["path"] == LIB]
+
+    conf = _by_path(data, "orphans", "/srv/h10/app.conf")
+    assert conf["class"] == "kernel" and conf["kinds"] == ["mount"]
+    assert conf["restart"] == [{"kind": "container", "name": "podman " + CONTAINER_ID[:12]}]
+
+    sem = [o for o in data["deliberate"] if o["deliberate"] == "posix_semaphore"
+           and any("frelink-sem.service" in h for h in o["holders"])]
+    assert sem, data["deliberate"]
+
+
+def test_the_facts_carry_units_and_the_mount_holder_with_both_backends(audited):
+    info = audited["info"]
+    for key in ("facts", "facts_proc"):
+        orphans = audited["r"][key]["ansible_facts"]["frelink"]["orphans"]
+        conf = next(o for o in orphans if o["path"] == "/srv/h10/app.conf")
+        (mount,) = conf["holders"]
+        assert mount["kind"] == "mount" and mount["mount_point"] == "/srv/ctr/app.conf", conf
+        assert mount["container"]["short_id"] == CONTAINER_ID[:12]
+        assert (conf["dev"], conf["ino"]) == (info["conf"]["dev"], info["conf"]["ino"])
+        lib = next(o for o in orphans if o["path"] == LIB)
+        assert (lib["ino"], lib["class"]) == (info["lib"]["ino"], "replaced")
+        assert {h["unit"] for h in lib["holders"]} == {"frelink-libuser.service"}
+        assert {h["pid"] for h in lib["holders"]} == {info["libuser_pid"]}
+
+
+def test_headline_and_restart_table_add_up(audited):
+    data = audited["data"]
+    totals, (host,) = data["totals"], data["hosts"]
+    assert host["status"] == "ok", host
+    assert totals["orphans"] == len(data["orphans"]) == host["orphans"]
+    assert totals["replaced"] == len(data["replaced"]) >= 1
+    assert sum(r["orphans"] for r in data["restart"]) == totals["orphans"] + totals["replaced"]
+    assert sum(r["allocated"] for r in data["restart"]) == totals["pinned"] == host["pinned"]
+    for cls in ("lost", "replaced", "kernel"):
+        assert sum(r["by_class"][cls] for r in data["restart"]) == totals["by_class"][cls]["orphans"]
+    rows = {tuple(t["name"] for t in r["targets"]): r for r in data["restart"]}
+    libuser = rows[("frelink-libuser.service",)]
+    assert libuser["by_class"]["replaced"] >= 1 and not libuser["loses_data"]
+    assert libuser["targets"][0]["action"] == "systemctl restart frelink-libuser.service"
+    assert rows[("frelink-applog.service",)]["loses_data"]
+    assert audited["audit"].stdout.count("deleted file(s) at risk") == 1
+
+
+def test_the_report_is_readable_in_a_browser(audited):
+    html = (audited["report"] / "index.html").read_text()
+    for text in ("What to restart", "frelink-libuser.service", "frelink-demo-lib", "/srv/h10/app.conf",
+                 "restore first"):
+        assert text in html, text
+    check_screenshot(audited["report"] / "index.html", audited["tmp"])
+
+
+def test_the_bind_mounted_file_is_restored_as_the_same_inode(audited):
+    r, conf = audited["r"], audited["info"]["conf"]
+    assert r["occupied"]["failed"] is True and "exists" in r["occupied"]["msg"], r["occupied"]
+    assert r["check"]["changed"] is True and r["check"]["status"] == "would_restore", r["check"]
+    res = r["restore"]
+    assert res["changed"] is True and res["method"] == "link" and res["identity_preserved"] is True, res
+    assert (res["dev"], res["ino"]) == (conf["dev"], conf["ino"])
+    assert r["again"]["changed"] is False and r["again"]["status"] == "already_restored", r["again"]
+    assert r["after"]["stdout"].splitlines() == ["%d %d 1" % (conf["dev"], conf["ino"]), "setting = old",
+                                                 "setting = new"]
