@@ -25,7 +25,7 @@ import harness  # noqa: E402  (needs the path above)
 SUITE = "bookworm"
 DEMO_DIR = "/srv/demo"
 PRECIOUS = DEMO_DIR + "/precious.log"
-STAGES = 9
+STAGES = 10
 WRITER = r"""
 import datetime, os, sys, time
 log = open(sys.argv[1], "a", buffering=1)
@@ -131,6 +131,21 @@ def main():
         show("%s: %d bytes, inode %d on %s (%s), held by %s; relink possible: %s"
              % (orphan["path"], orphan["size"], orphan["ino"], orphan["mount_point"], orphan["fstype"],
                 holders, orphan["restore"]["relink"]))
+
+        stage("The fleet audit (playbooks/audit.yml): what is at risk, and what a restart would free")
+        report = Path(workdir) / "audit"
+        playbook(inventory, REPO / "playbooks" / "audit.yml", "audit.yml", {"frelink_audit_dir": str(report)})
+        audit = json.loads((report / "audit.json").read_text())
+        totals = audit["totals"]
+        show("%d file(s) at risk (%s), %d replaced (restart needed), %d deliberate; report: %s"
+             % (totals["orphans"], totals["allocated_human"], totals["replaced"], totals["deliberate"],
+                report / "index.html"))
+        for row in audit["restart"]:
+            show("%-55s frees %d file(s), %s%s" % ("; ".join(t["action"] for t in row["targets"]), row["orphans"],
+                                                   row["allocated_human"],
+                                                   "  <- restore first" if row["loses_data"] else ""))
+        if not [o for o in audit["orphans"] if o["path"] == PRECIOUS]:
+            raise SystemExit("demo: the audit does not show %s at risk" % PRECIOUS)
 
         stage("Recovering it with playbooks/recover.yml")
         playbook(inventory, REPO / "playbooks" / "recover.yml", "recover.yml",

@@ -101,7 +101,8 @@ def test_make_demo_as_a_user_runs_it(fresh_cache):
     out = demo.stdout + demo.stderr
     assert demo.returncode == 0, out[-6000:]
     assert "demo: done in" in out and "failed at stage" not in out
-    assert "[9/9" in out, "the demo did not reach its last stage"
+    assert "[10/10" in out, "the demo did not reach its last stage"
+    assert "file(s) at risk" in out and "restore first" in out, "the demo did not show the audit's answer"
     found = re.search(r"/srv/demo/precious\.log: (\d+) bytes, inode (\d+) on .*relink possible: True", out)
     assert found, out[-4000:]
     restored = re.search(r"as the same inode (\d+); still written to: (\d+) -> (\d+) bytes", out)
