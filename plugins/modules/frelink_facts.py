@@ -215,7 +215,7 @@ ansible_facts:
             - V(class) says what the file means (docs/facts.md). V(lost), the default, its data dies with its holders;
               V(kernel), held only by a loop device, swap or mount, as unique; V(replaced), code or package
               content whose path now holds a newer file (a deleted executable or mapped ELF object whose path
-              holds a file again, or a dpkg-owned path replaced by an upgrade, then V(package) names the package):
+              holds a file again, or a dpkg-owned path replaced by an upgrade, then V(package) names the package);
               nothing to restore, restarting its holders frees it; V(deliberate), see above. A data file deleted
               while open and re-created at the same path stays V(lost).
             - A name that is not valid UTF-8 is shown with each stray byte as C(\xNN), and its exact bytes are
@@ -228,7 +228,7 @@ ansible_facts:
             - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
               Process holders have V(pid), V(name), V(user); V(fd) holders add V(fd), V(mode)
               (V(r), V(w), V(rw), +V(a) for append) and V(pos); process holders in a systemd unit have V(unit)
-              (the unit from C(/proc/PID/cgroup): a service, a session or other scope, C(init.scope)) and, under a
+              (the unit from C(/proc/PID/cgroup), a service, a session or other scope, C(init.scope)) and, under a
               user's manager (C(user@UID.service)), V(user_unit). An orphan with more than 16 holders also has
               V(restart_targets), the V(kind) and V(name) of what to restart for every holder (pod, container,
               unit, process, loop, swap). V(mmap) holders add V(range)

@@ -48,9 +48,9 @@ systemd-run --quiet --unit=frelink-applog python3 $W/holder.py /var/log/frelink-
 for v in 1.0 2.0; do
   d=$W/pkg/$v
   mkdir -p $d/DEBIAN $d/usr/lib/frelink-demo
-  printf 'Package: frelink-demo-lib\nVersion: %%s\nArchitecture: all\nMaintainer: frelink <root@localhost>\nDescription: frelink test library\n' $v > $d/DEBIAN/control
-  cp $(python3 -c 'import ctypes.util, glob; print(sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libz.so.1.*"))[-1])') %(lib)s.tmp
-  mv %(lib)s.tmp $d%(lib)s
+  printf 'Package: frelink-demo-lib\nVersion: %%s\nArchitecture: all\n' $v > $d/DEBIAN/control
+  printf 'Maintainer: frelink <root@localhost>\nDescription: frelink test library\n' >> $d/DEBIAN/control
+  cp $(python3 -c 'import glob; print(sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libz.so.1.*"))[-1])') $d%(lib)s
   dpkg-deb --root-owner-group -b $d $W/pkg/frelink-demo-lib_$v.deb >/dev/null
 done
 dpkg -i $W/pkg/frelink-demo-lib_1.0.deb >/dev/null

@@ -83,8 +83,8 @@ def test_classes_of_replaced_code_and_recreated_data(tmp_path):
         assert by_ino[gone.ino]["class"] == "lost"
         assert by_ino[mapped.ino]["class"] == "lost"  # mapped, re-created, but data (not ELF)
         by_class = facts["summary"]["by_class"]
-        assert {k: v["count"] for k, v in by_class.items()} == {"lost": 3, "replaced": 2, "deliberate": 0,
-                                                               "kernel": 0}
+        counts = {k: v["count"] for k, v in by_class.items()}
+        assert counts == {"lost": 3, "replaced": 2, "deliberate": 0, "kernel": 0}
         assert sum(v["bytes_pinned"] for v in by_class.values()) == facts["summary"]["bytes_pinned"]
         assert by_class["replaced"]["bytes_pinned"] == sum(by_ino[i]["allocated"] for i in (lib_st.st_ino, exe.ino))
 
