@@ -148,7 +148,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
 CLASSES = ("lost", "replaced", "deliberate", "kernel")
 AT_RISK = ("lost", "kernel")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
