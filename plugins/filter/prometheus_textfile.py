@@ -42,11 +42,12 @@ description:
     the deliberate ones. The per-kind and per-filesystem series count every orphan."
   - "Containers: the per-kind and per-filesystem series (C(frelink_orphans_by_kind), C(frelink_pinned_bytes_by_kind),
     C(frelink_filesystem_orphans), C(frelink_filesystem_pinned_bytes)) without a C(container) label are the host's:
-    orphans that a process outside containers holds (by that kind), or the kernel (loop, swap). Orphans that processes
-    in a container hold get series of their own with C(container) set to the container's C(short_id) from the facts
-    (the first 12 hex digits of its id, as C(docker ps) shows it). A process counts as in a container when the facts
-    give its holder a C(container) (another mount namespace and a Docker, Podman, containerd or CRI-O cgroup); one in
-    another mount namespace without a recognised container is the host's."
+    orphans that a process outside containers holds (by that kind), or the kernel (loop, swap, a mount outside
+    containers). Orphans that processes (or mounts) in a container hold get series of their own with C(container)
+    set to the container's C(short_id) from the facts (the first 12 hex digits of its id, as C(docker ps) shows it).
+    A process (or a mount) counts as in a container when the facts give its holder a C(container) (another mount
+    namespace and a Docker, Podman, containerd or CRI-O cgroup); one in another mount namespace without a
+    recognised container is the host's."
   - "An orphan counts under every place that holds it: under the host and each container whose processes hold it
     (per kind: by a holder of that kind), as it counts under each kind. Summed over C(container) (PromQL
     C(sum without) naming it), a series therefore gives the old total unless an orphan is held from several places
@@ -148,7 +149,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
 CLASSES = ("lost", "replaced", "deliberate", "kernel")
 AT_RISK = ("lost", "kernel")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -371,9 +372,9 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
     kinds = list(KINDS) + sorted(k for k in by_kind if k not in KINDS)
     split = _ContainerSplit(orphans)
     out.gauge("orphans_by_kind", "Deleted files held by at least one holder of this kind (fd, mmap, cwd, root, "
-              "exe, loop, swap); one held by several kinds counts under each. Without a container label: held "
-              "by the host (a process outside containers, or the kernel); with container: by a process in "
-              "that container; one held from several places counts under each.",
+              "exe, loop, swap, mount); one held by several kinds counts under each. Without a container label: "
+              "held by the host (a process outside containers, or the kernel); with container: by a process (or "
+              "a mount) in that container; one held from several places counts under each.",
               [([("kind", kind)], _minus(_number(by_kind.get(kind, 0), "summary.by_kind.%s" % kind),
                                          split.contained_only_by_kind.get(kind, (0, 0))[0])) for kind in kinds]
               + [([("kind", kind), ("container", name)], split.by_kind.get((name, kind), (0, 0))[0])

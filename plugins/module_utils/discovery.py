@@ -4,7 +4,8 @@
 """Discovery: find deleted-but-held inodes ("orphans") by reading /proc and /sys.
 
 Standard library only, no subprocess.  Scanner.collect() makes one pass over
-/proc/PID (fd, maps, cwd, root, exe), the bound loop devices and the swaps;
+/proc/PID (fd, maps, cwd, root, exe), the bound loop devices, the swaps and the
+mounts of every mount namespace (mount_holders.py);
 select() filters and orders what it found.  Nothing here formats results:
 that is enrich.py's job.
 
@@ -30,6 +31,7 @@ import re
 
 from ansible_collections.frelink.frelink.plugins.module_utils.kernel_holders import scan_loops, scan_swaps
 from ansible_collections.frelink.frelink.plugins.module_utils.kernel_scan import collect_from_kernel, kinds_mask
+from ansible_collections.frelink.frelink.plugins.module_utils.mount_holders import scan_mounts
 from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
     MountTable,
     parse_mountinfo,
@@ -38,7 +40,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
 )
 from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX, parse_deleted_mappings
 
-KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap")
+KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
 PROCESS_KINDS = ("fd", "mmap", "cwd", "root", "exe")
 # How processes are inspected: "kernel" asks the frelink module (kernel_scan.py), "proc"
 # reads /proc; "auto" asks the module when it is loaded and can list, else reads /proc.
@@ -102,7 +104,7 @@ class Orphan:
         self.key = key
         self.dev = dev
         self.ino = ino
-        self.st = st  # os.stat_result from a /proc handle, None for loop/swap-only orphans
+        self.st = st  # os.stat_result from a /proc handle or a mount point, None for loop/swap-only orphans
         self.path = path
         self.holders = []  # tuples (kind, pid or None, detail); kept minimal, enriched when listed
         self.mmap_pids = None  # pid -> [first range, number of mappings]
@@ -127,7 +129,7 @@ class KernelListingError(OSError):
 
 
 class Scanner:
-    """One pass over processes, loop devices and swaps: collect(), then select()."""
+    """One pass over processes, loop devices, swaps and mounts: collect(), then select()."""
 
     def __init__(self, kinds=None, proc="/proc", sys_block="/sys/block", backend="auto"):
         self.kinds = frozenset(kinds or KINDS)
@@ -174,6 +176,8 @@ class Scanner:
             scan_loops(self)
         if "swap" in self.kinds:
             scan_swaps(self)
+        if "mount" in self.kinds:
+            scan_mounts(self)
         if self.denied_pids:
             shown = ", ".join(self.denied_pids[:10]) + (", ..." if len(self.denied_pids) > 10 else "")
             if self.euid == 0:

@@ -381,7 +381,8 @@ def _read_small(path):
 
 
 def open_path_of(proc, holders):
-    """Best /proc path to open the inode through: fd, then exe, mapping, cwd, root; None for loop/swap only."""
+    """Best /proc path to open the inode through: fd, then exe, mapping, cwd, root; else the
+    mount point of a mount whose root it is (opening it opens the inode); None for loop/swap only."""
     best = None
     rank = {"fd": 0, "exe": 1, "mmap": 2, "cwd": 3, "root": 4}
     for kind, pid, detail in holders:
@@ -392,7 +393,7 @@ def open_path_of(proc, holders):
             if kind == "fd":
                 break
     if best is None:
-        return None
+        return next((detail["host_path"] for kind, _pid, detail in holders if kind == "mount"), None)
     kind, pid, detail = best
     if kind == "fd":
         return "%s/%s/fd/%s" % (proc, pid, detail)

@@ -99,7 +99,8 @@ def resolve_selector(selector, kinds=None):
 
     selector: '/proc/PID/fd/N', '/proc/PID/map_files/A-B', '/proc/PID/exe|cwd|root'
     (the inode behind that handle), '/dev/loopN' (its backing file), 'MAJ:MIN:INO',
-    or an original path (every orphan whose path or host_path is that path).
+    or an original path (every orphan whose path or host_path is that path, or
+    that a mount holds at that path: its mount point, /proc/PID/root/... for another namespace).
     Raises SelectorError for a handle that cannot be opened.
     """
     return resolve_selector_and_scan(selector, kinds)[0]
@@ -125,13 +126,11 @@ def _resolve(scanner, key, selector):
         if names.matches(selector, orphan.path):
             found.append(report.entry(orphan, relink))
             continue
-        entry = None
-        for _kind, pid, _detail in orphan.holders:
-            if pid is not None and names.matches(selector, report.holder_prefix(pid) + orphan.path):
-                entry = report.entry(orphan, relink)
+        for kind, pid, detail in orphan.holders:
+            if (pid is not None and names.matches(selector, report.holder_prefix(pid) + orphan.path)) or \
+                    (kind == "mount" and names.matches(selector, detail["host_path"])):
+                found.append(report.entry(orphan, relink))
                 break
-        if entry is not None:
-            found.append(entry)
     return found
 
 

@@ -48,6 +48,8 @@ def describe(orphan):
             holders.append("%s pid %s (%s)" % (holder.get("kind"), holder.get("pid"), holder.get("name", "?")))
         elif holder.get("device") or holder.get("loop"):
             holders.append("%s %s" % (holder.get("kind"), holder.get("device") or holder.get("loop")))
+        elif holder.get("host_path"):
+            holders.append("%s on %s" % (holder.get("kind"), holder["host_path"]))
         else:
             holders.append(str(holder.get("kind")))
     return "%s (device %s inode %s, %s bytes, held by %s)" % (
@@ -127,16 +129,20 @@ class Target(object):
     def default_dest(self):
         """The original path, seen from the holder's mount namespace when the
         scan says it differs from ours; for an overlay file a rescue directory on
-        the upper layer's filesystem; None when it is not known."""
+        the upper layer's filesystem; None when it is not known.  A file held
+        only by mounts goes back to its source path as our namespace sees it
+        (a mount's host_path is where it is mounted, not where it came from)."""
         if self.silly_renamed:
             return (self.orphan or {}).get("original_path")
         if self.overlay:
             return self.rescue_dest
         holders = (self.orphan or {}).get("holders") or []
-        foreign = [names.raw(h, "host_path") for h in holders if h.get("host_path")]
+        foreign = [names.raw(h, "host_path") for h in holders if h.get("host_path") and h.get("pid") is not None]
         ours = [h for h in holders if h.get("pid") is not None and not h.get("host_path")]
         if foreign and not ours:
             return foreign[0]
+        if not foreign and not ours and any(h.get("source_visible") is False for h in holders):
+            return None  # a mount of a filesystem that no mount of ours shows: path is within that filesystem
         return self.path
 
 

@@ -16,9 +16,11 @@ description:
   - Finds every inode on the managed host that has no name left (its link count,
     read with C(stat) through a C(/proc) handle, is 0) but is still held open by a
     process file descriptor, a memory mapping only, a process's current directory,
-    root directory or executable, a loop device, or an active swap file.
-  - The C( (deleted)) text the kernel appends to C(/proc) links only selects
-    candidates; a live file whose name ends in C( (deleted)) is not reported.
+    root directory or executable, a loop device, an active swap file, or a mount whose
+    root it is (a file bind-mounted into a container, then replaced by a rename at its source).
+  - The C( (deleted)) text the kernel appends to C(/proc) links (and the C(//deleted) it appends
+    to a mount's root in C(/proc/PID/mountinfo)) only selects candidates; a live file whose name
+    ends in C( (deleted)) is not reported.
   - Files that never had a name are not reported; memfd, C(O_TMPFILE) files,
     SysV shared memory, shared anonymous mappings, sockets and pipes.
     Deleted files on tmpfs (for example C(/dev/shm)) that once had a name are reported.
@@ -57,8 +59,8 @@ options:
         every process's C(/proc/PID/maps)).
     type: list
     elements: str
-    choices: [fd, mmap, cwd, root, exe, loop, swap]
-    default: [fd, mmap, cwd, root, exe, loop, swap]
+    choices: [fd, mmap, cwd, root, exe, loop, swap, mount]
+    default: [fd, mmap, cwd, root, exe, loop, swap, mount]
   limit:
     description:
       - At most this many orphans are listed, the largest (allocated bytes) first.
@@ -70,7 +72,8 @@ options:
     default: 100
   backend:
     description:
-      - How processes are inspected; loop devices and swaps are read from C(/sys) and C(/proc/swaps) either way.
+      - How processes are inspected; loop devices, swaps and mounts are read from C(/sys), C(/proc/swaps) and
+        C(/proc/PID/mountinfo) either way.
       - V(auto) asks the frelink kernel module when it is loaded and can list (one request returns every handle
         on a deleted file, so no C(/proc/PID/fd) entry is read one by one), and reads C(/proc) otherwise.
       - V(kernel) only asks the module, and fails when it cannot list (not loaded, older than this collection,
@@ -103,6 +106,9 @@ notes:
     Loop backing inodes are identified by C(LOOP_GET_STATUS64) (device and inode number).
     Swap-only orphans have no inode number. Current kernels refuse to unlink an
     active swap file and to swapon a deleted one, so swap orphans are not expected.
+  - Mount-held orphans are looked for in every mount namespace (one C(/proc/PID/ns/mnt) link read per
+    process, one C(/proc/PID/mountinfo) per namespace); their mount points are statted through
+    C(/proc/PID/root), which needs root for other users' processes.
   - The short name C(frelink_facts) works once the collection is in the play's
     C(collections:) keyword, or for ad-hoc use when C(ANSIBLE_LIBRARY) (or
     C(library) in C(ansible.cfg)) points at the collection's C(plugins/modules)
@@ -175,8 +181,8 @@ ansible_facts:
             truncated: false
             bytes_pinned: 1052672
             bytes_apparent: 1048576
-            by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
-            bytes_by_kind: {fd: 1052672, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0}
+            by_kind: {fd: 1, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0, mount: 0}
+            bytes_by_kind: {fd: 1052672, mmap: 0, cwd: 0, root: 0, exe: 0, loop: 0, swap: 0, mount: 0}
             deliberate: {count: 0, bytes_pinned: 0, by_idiom: {}}
             by_class:
               lost: {count: 1, bytes_pinned: 1052672}
@@ -195,8 +201,8 @@ ansible_facts:
               V(allocated) (st_blocks * 512), V(mode) (octal string), V(uid), V(owner),
               V(gid), V(group), V(mtime), V(fstype), V(mount_point),
               V(path_free) (nothing exists at V(path) now; V(false) when it was re-created),
-              V(open_path) (a C(/proc) path that opens the inode now, or V(null) for
-              loop/swap-only orphans), V(holders) (at most 16),
+              V(open_path) (a C(/proc) path that opens the inode now, for a mount-only orphan the
+              mount point's V(host_path); V(null) for loop/swap-only orphans), V(holders) (at most 16),
               V(restore) (V(relink) possible with the frelink kernel module, V(reflink) possible;
               a copy needs V(size) bytes, the free space is per filesystem, in V(by_filesystem)
               of RV(ansible_facts.frelink.summary)).
@@ -225,7 +231,7 @@ ansible_facts:
             - To keep the result lean, two values appear only when they differ from their default,
               V(confirmed) (V(false) for loop/swap-only orphans, whose link count 0 cannot be read
               by stat) and V(holder_count) (the total, when more than 16 holders are listed).
-            - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap)).
+            - Each holder has V(kind) (V(fd), V(mmap), V(cwd), V(root), V(exe), V(loop), V(swap), V(mount)).
               Process holders have V(pid), V(name), V(user); V(fd) holders add V(fd), V(mode)
               (V(r), V(w), V(rw), +V(a) for append) and V(pos); process holders in a systemd unit have V(unit)
               (the unit from C(/proc/PID/cgroup), a service, a session or other scope, C(init.scope)) and, under a
@@ -238,6 +244,14 @@ ansible_facts:
               V(loop) holders have V(device), V(offset), V(sizelimit), V(read_only),
               V(autoclear) and V(mounts) (mount points of the loop device).
               V(swap) holders have V(size), V(used) and V(priority).
+              V(mount) holders (a mount whose root is the deleted file or directory, as a bind mount of a file
+              replaced by a rename at its source leaves it) have V(mount_point) (in its mount namespace),
+              V(mntns) (that namespace, V(null) for Ansible's own), V(host_path) (the mount point as reached from
+              here, through C(/proc/PID/root) for another namespace; opening it opens the deleted inode) and
+              V(container) when that namespace's process is in a recognised container; they have no V(pid).
+              The orphan's V(path) is then the mount's source as Ansible's namespace sees it; when no mount here
+              shows that filesystem, V(path) is the path within that filesystem and the holder has
+              V(source_visible=false).
           returned: always
           type: list
           elements: dict
@@ -276,7 +290,7 @@ ansible_facts:
             warnings: []
             processes: 153
             fds: 2120
-            kinds: [fd, mmap, cwd, root, exe, loop, swap]
+            kinds: [fd, mmap, cwd, root, exe, loop, swap, mount]
             euid: 0
             backend: kernel
 """

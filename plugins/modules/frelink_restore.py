@@ -13,8 +13,9 @@ module: frelink_restore
 short_description: Give deleted files that are still held open their name back
 version_added: "0.1.0"
 description:
-  - Restores a file that was deleted while a process, a memory mapping or a loop device still holds it
-    (an I(orphan) as M(frelink.frelink.frelink_facts) reports it).
+  - Restores a file that was deleted while a process, a memory mapping, a loop device or a mount (a bind-mounted
+    file replaced by a rename at its source) still holds it (an I(orphan) as M(frelink.frelink.frelink_facts)
+    reports it).
   - With O(method=link) (the default choice of O(method=auto)) the live inode itself gets a name again through
     the frelink kernel module (C(/dev/frelink), deployed by the role C(frelink.frelink.frelink_kmod)). This takes
     constant time whatever the size, and every later write of the holder is in the restored file; it is the
@@ -54,6 +55,8 @@ options:
     description:
       - The original path of the deleted file, as C(ansible_facts.frelink.orphans[].path) and
         C(/proc/PID/fd) show it (without the C( (deleted)) suffix).
+      - For a file held by a mount, also its mount point (C(/proc/PID/root/MOUNT/POINT) for a mount in another
+        mount namespace, as the holder's C(host_path) shows it).
       - If no deleted file has this path and the destination exists, the task is C(changed=false)
         (restored before); if the destination does not exist either, it fails.
     type: str
@@ -84,7 +87,8 @@ options:
   dest:
     description:
       - The new path of the file. Defaults to its original path (seen from the holder's mount namespace when that
-        differs from Ansible's).
+        differs from Ansible's; for a file held only by mounts, the mount's source as Ansible's namespace sees it,
+        and no default when no mount here shows that filesystem).
       - With O(method=link) and O(method=reflink) it must be on the file's own filesystem (and mount).
       - Mutually exclusive with O(dest_dir) and O(paths).
     type: str

@@ -278,11 +278,12 @@ def test_options_filter_sort_and_summary(workdir):
         assert paths == [big.path, mapped.path, small.path]  # largest allocated first
         summary = everything["summary"]
         assert (summary["count"], summary["listed"], summary["truncated"]) == (3, 3, False)
-        assert summary["by_kind"] == {"fd": 2, "mmap": 1, "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0}
+        assert summary["by_kind"] == {"fd": 2, "mmap": 1, "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0,
+                                      "mount": 0}
         assert summary["mapped_only"] == 1
         by_path = {o["path"]: o["allocated"] for o in everything["orphans"]}
         assert summary["bytes_by_kind"] == {"fd": by_path[big.path] + by_path[small.path], "mmap": by_path[mapped.path],
-                                            "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0}
+                                            "cwd": 0, "root": 0, "exe": 0, "loop": 0, "swap": 0, "mount": 0}
         assert summary["deliberate"] == {"count": 0, "bytes_pinned": 0, "by_idiom": {}}
         assert summary["bytes_pinned"] == sum(o["allocated"] for o in everything["orphans"])
         assert summary["bytes_apparent"] == (1 << 20) + 4096 + 8192

@@ -89,7 +89,7 @@ def test_filter_values_labels_and_escaping():
     assert value(fams, "frelink_pinned_bytes") == 12288 and value(fams, "frelink_apparent_bytes") == 10000
     assert value(fams, "frelink_orphans_by_kind", kind="mmap") == 1
     assert {s.labels["kind"] for s in fams["frelink_orphans_by_kind"].samples} == {
-        "fd", "mmap", "cwd", "root", "exe", "loop", "swap"}
+        "fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount"}
     # an orphan counts once per kind, however many holders of that kind
     assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") == 8192
     assert value(fams, "frelink_pinned_bytes_by_kind", kind="mmap") == 8192
