@@ -223,6 +223,6 @@ def test_the_bind_mounted_file_is_restored_as_the_same_inode(audited):
     res = r["restore"]
     assert res["changed"] is True and res["method"] == "link" and res["identity_preserved"] is True, res
     assert (res["dev"], res["ino"]) == (conf["dev"], conf["ino"])
-    assert r["again"]["changed"] is False and r["again"]["status"] == "already_restored", r["again"]
+    assert r["again"]["changed"] is False and r["again"]["status"] == "nothing_to_restore", r["again"]
     assert r["after"]["stdout"].splitlines() == ["%d %d 1" % (conf["dev"], conf["ino"]), "setting = old",
                                                  "setting = new"]
