@@ -178,18 +178,22 @@ class Report:
             found = self._prefixes[pid] = (mntns if foreign else None, "%s/%s/root" % (self.proc, pid) if foreign else "")
         return found
 
-    def path_prefix(self, orphan):
-        """The prefix (_namespace) through which the orphan's path is seen: '' when a process in our
-        mount namespace holds it (or only the kernel does), else the first holder's."""
-        prefix = None
+    def _reference_pid(self, orphan):
+        """The holder whose view of the orphan's path counts: the first process in our mount
+        namespace, else the first process; None when only the kernel holds it."""
+        first = None
         for _kind, pid, _detail in orphan.holders:
             if pid is not None:
-                found = self._namespace(pid)[1]
-                if not found:
-                    return ""
-                if prefix is None:
-                    prefix = found
-        return prefix or ""
+                if not self._namespace(pid)[1]:
+                    return pid
+                if first is None:
+                    first = pid
+        return first
+
+    def path_prefix(self, orphan):
+        """The prefix (_namespace) through which the orphan's path is seen (_reference_pid's)."""
+        pid = self._reference_pid(orphan)
+        return self._namespace(pid)[1] if pid is not None else ""
 
     def klass(self, orphan, idiom):
         """(class, package or None) of a raw orphan (classes.py), once per orphan."""
@@ -265,16 +269,20 @@ class Report:
             entry["container"] = info["container"]
         return entry
 
+    def _restart_target(self, holder):
+        """restart_target() of a raw holder, from what attribution needs only (no fdinfo read)."""
+        kind, pid, detail = holder
+        if pid is None:
+            found = {"kind": kind}
+            found.update(detail)
+            return restart_target(found)
+        info = self._process(pid)
+        return restart_target({"kind": kind, "pid": int(pid), "name": info["name"], "container": info["container"],
+                               "unit": info["unit"], "user_unit": info["user_unit"]})
+
     def _mount_for(self, orphan):
         """(mount, prefix) of the orphan's filesystem, seen from a holder (our own namespace preferred)."""
-        ref_pid = None
-        for _kind, pid, _detail in orphan.holders:
-            if pid is not None:
-                if ref_pid is None or not self._namespace(pid)[1]:
-                    ref_pid = pid
-                if not self._namespace(pid)[1]:
-                    break
-        table, prefix = self.table_for(ref_pid)
+        table, prefix = self.table_for(self._reference_pid(orphan))
         mount = table.lookup(orphan.dev, orphan.path) if orphan.dev is not None else None
         if mount is None and orphan.dev is None:
             mount = longest_prefix_mount(table.mounts, orphan.path)
@@ -304,7 +312,7 @@ class Report:
             "dev": orphan.dev,
             "device": device_string(orphan.dev) if orphan.dev is not None else None,
             "ino": orphan.ino,
-            "path": names.shown(orphan.path),
+            "path": None,  # names.put() below: the name as text, and path_b64 when it is not UTF-8
             "type": ftype,
             "size": size,
             "allocated": orphan.allocated,
@@ -317,7 +325,7 @@ class Report:
             "fstype": fstype,
             "mount_point": names.shown(mount_point),
             "path_free": path_free,
-            "open_path": names.shown(open_path),
+            "open_path": None,  # names.put() below
             "class": klass,
             "holders": [self._holder(h, orphan) for h in holders[:HOLDERS_CAP]],
             # A copy needs `size` bytes; the free space is per filesystem, in summary.by_filesystem.
@@ -329,11 +337,9 @@ class Report:
         }
         # Lean payload (Ansible's cost grows with every value it returns): the
         # defaults confirmed=true and holder_count=len(holders) are left out, and
-        # path_b64 is there only for a name that is not UTF-8 (names.py).
-        if not names.is_text(orphan.path):
-            entry["path_b64"] = names.b64(orphan.path)
-        if open_path is not None and not names.is_text(open_path):
-            entry["open_path_b64"] = names.b64(open_path)
+        # <key>_b64 is there only for a name that is not UTF-8 (names.put).
+        names.put(entry, "path", orphan.path)
+        names.put(entry, "open_path", open_path)
         if package is not None:
             entry["package"] = package
         if st is None:
@@ -354,7 +360,7 @@ class Report:
             entry["holder_count"] = len(holders)
             # what to restart is asked of every holder, not only of the listed ones
             entry["restart_targets"] = [{"kind": kind, "name": name} for kind, name in
-                                        sorted(set(restart_target(self._holder(h, orphan)) for h in holders))]
+                                        sorted(set(self._restart_target(h) for h in holders))]
         return entry
 
     def _add_overlay(self, entry, mount, prefix, orphan, relink_possible):
