@@ -75,21 +75,15 @@ _value:
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.text.formatters import bytes_to_human
 
 from ansible_collections.frelink.frelink.plugins.module_utils.attribution import restart_target
 from ansible_collections.frelink.frelink.plugins.module_utils.classes import AT_RISK, CLASSES, KERNEL_KINDS
 
-_UNITS = ("B", "KB", "MB", "GB", "TB", "PB", "EB")
-
 
 def human(size):
-    """Bytes as ansible's human_readable filter shows them (1024-based, two decimals)."""
-    size = float(size or 0)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return "%.2f %s" % (size, unit)
-        size /= 1024.0
-    return None  # not reached
+    """Bytes as ansible's human_readable filter shows them."""
+    return bytes_to_human(size or 0)
 
 
 def _class_of(orphan):

@@ -149,9 +149,9 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.frelink.frelink.plugins.module_utils.classes import AT_RISK, CLASSES
+
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
-CLASSES = ("lost", "replaced", "deliberate", "kernel")
-AT_RISK = ("lost", "kernel")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
