@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from guest_payload import load_frelink
 from role_run import recap
 
 pytestmark = pytest.mark.guest
@@ -28,8 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HELD = "/srv/fleet/app.log"
 UNREACHABLE = "gone"
-
-HOLDER = Path(__file__).parent / "payload" / "holder.py"
 
 
 def _closed_port():
@@ -75,9 +74,8 @@ def fleet(tmp_path_factory):
             guests[suite] = harness.Guest(suite).start()
         held = {}
         for suite, guest in guests.items():
-            guest.put(str(modules[suite]), "/root/frelink.ko")
-            guest.put(str(HOLDER), "/root/holder.py")
-            guest.run("insmod /root/frelink.ko && mkdir -p %s" % os.path.dirname(HELD))
+            load_frelink(guest, modules[suite], "/root")
+            guest.run("mkdir -p %s" % os.path.dirname(HELD))
             guest.run("setsid python3 /root/holder.py %s 65536 idle /root/held.json </dev/null >/dev/null 2>&1 &"
                       % HELD)
             held[suite] = json.loads(guest.run("for i in $(seq 100); do [ -e /root/held.json ] && break; sleep 0.1; "

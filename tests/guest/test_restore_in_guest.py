@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from guest_payload import load_frelink
 
 pytestmark = pytest.mark.guest
 
@@ -32,7 +33,6 @@ FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
 BIN = Path(sys.executable).parent
 WORK = "/root/frelink-restore"
 
-HOLDER = (Path(__file__).parent / "payload" / "holder.py").read_text()
 
 SETUP = r"""
 set -eu
@@ -310,12 +310,7 @@ def restored(request):
     module = harness.build_module(suite, REPO / "kmod")
     tmp = Path(tempfile.mkdtemp(prefix="frelink-restore-%s-" % suite))
     with harness.Guest(suite) as guest:
-        guest.run("mkdir -p %s" % WORK)
-        holder = tmp / "holder.py"
-        holder.write_text(HOLDER)
-        guest.put(str(holder), WORK + "/holder.py")
-        guest.put(str(module), WORK + "/frelink.ko")
-        guest.run("insmod %s/frelink.ko" % WORK)
+        load_frelink(guest, module, WORK)
         holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1])
         guest.install_debs(EXTRA_PACKAGES)
         holders.update(json.loads(guest.run(EXTRA_SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1]))
