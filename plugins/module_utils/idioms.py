@@ -16,7 +16,8 @@ __metaclass__ = type
 import re
 
 # glibc's sem_open() names its file /dev/shm/sem.NAME; Python's multiprocessing
-# (and so ansible-playbook itself) creates its locks so and unlinks them at once.
+# (and so ansible-playbook itself) creates its locks so and, with the fork start
+# method (the default before Python 3.14), unlinks them at once.
 _SEMAPHORE = "/dev/shm/sem."
 # shm_open() + mmap + shm_unlink(): shared memory only the mappings keep alive.
 _SHM_PREFIXES = ("/dev/shm/.org.chromium.", "/dev/shm/.com.google.Chrome.", "/dev/shm/pulse-shm-",
