@@ -18,7 +18,7 @@ debs=(
 )
 if [ "$purpose" = test ]; then
   debs+=(xfsprogs btrfs-progs dosfstools jfsutils sparse busybox-static cpio socat
-         lsof gcc make chromium shellcheck attr acl libcap2-bin prometheus)
+         lsof gcc make chromium shellcheck attr acl libcap2-bin prometheus rpm)
 fi
 missing=()
 for p in "${debs[@]}"; do

@@ -9,7 +9,7 @@ the facts, the audit and the metrics.
   at the same path stays lost: its old content is unique.
 - replaced: code or package content whose path now holds a newer file: a deleted
   executable or mapped ELF object (library) whose path holds a file again, or a path
-  that dpkg's database owns and that holds a file again (an upgrade replaced it).
+  that dpkg's or rpm's database owns and that holds a file again (an upgrade replaced it).
   Nothing to restore; restarting its holders frees it.
 - deliberate: its program unlinked it on purpose and keeps using it (idioms.py).
 - kernel: held only by the kernel (a loop device, a swap area, a mount), no process.

@@ -1,8 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) frelink contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Which installed package owns a path, from dpkg's own database (/var/lib/dpkg/info/*.list,
-what `dpkg -S` reads), without running dpkg.
+"""Which installed package owns a path, from the package manager's own database, without
+running it: dpkg's /var/lib/dpkg/info/*.list (what `dpkg -S` reads), and rpm's SQLite
+database (rpm 4.16 and later: RHEL 9, Fedora, SUSE; what `rpm -qf` reads) through
+Python's sqlite3, read only.  Older rpm databases (Berkeley DB) are not read.
 
 Read once per scan, and only when a question is asked: a scan whose orphans are all
 outside the package trees reads nothing.  Merged /usr is minded: dpkg may list
@@ -14,8 +16,18 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import struct
+
+try:
+    import sqlite3
+except ImportError:  # a Python built without it: rpm's database is not asked
+    sqlite3 = None
 
 DPKG_INFO = "/var/lib/dpkg/info"
+# rpm's database; Fedora 36+ keeps it in /usr/lib/sysimage/rpm (/var/lib/rpm links there)
+RPM_DBS = ("/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite")
+_RPMTAG_DIRINDEXES, _RPMTAG_DIRNAMES = 1116, 1118
+_RPM_INT32, _RPM_STRING_ARRAY = 4, 8
 # Where packages put files; a path elsewhere (/tmp, /home, /srv, /var/log...) is not asked about.
 PACKAGE_TREES = ("/usr/", "/etc/", "/bin/", "/sbin/", "/lib", "/opt/", "/boot/", "/var/lib/")
 _MERGED = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
@@ -34,12 +46,60 @@ def _aliases(path):
     return (path,)
 
 
-class PackageIndex:
-    """owner(path) -> package name (without :arch) or None; the lists are read at the first question."""
+def _rpm_header_tag(blob, wanted, kind):
+    """One tag of an rpm header blob (il and dl, il index entries of tag, type, offset,
+    count, then the data; all big-endian), or None."""
+    count, _data_len = struct.unpack_from(">ii", blob)
+    data = 8 + 16 * count
+    for n in range(count):
+        tag, tag_type, offset, items = struct.unpack_from(">iiii", blob, 8 + 16 * n)
+        if tag != wanted or tag_type != kind:
+            continue
+        if kind == _RPM_INT32:
+            return struct.unpack_from(">%di" % items, blob, data + offset)
+        return blob[data + offset:].split(b"\0", items)[:items]
+    return None
 
-    def __init__(self, info_dir=DPKG_INFO):
+
+class RpmDatabase:
+    """owner(path) in rpm's SQLite database: the Basenames index, then the package header's
+    directory of that file (DIRINDEXES, DIRNAMES), then the Name index."""
+
+    def __init__(self, path):
+        self.path = path
+        self._db = None
+
+    def _connect(self):
+        if self._db is None:
+            self._db = sqlite3.connect("file:%s?mode=ro" % self.path, uri=True)
+        return self._db
+
+    def owner(self, path):
+        directory, _sep, base = path.rpartition("/")
+        try:
+            wanted_dir = os.fsencode(directory + "/")
+            db = self._connect()
+            for hnum, index in db.execute("SELECT hnum, idx FROM Basenames WHERE key = ?", (base,)).fetchall():
+                (blob,) = db.execute("SELECT blob FROM Packages WHERE hnum = ?", (hnum,)).fetchone()
+                dir_indexes = _rpm_header_tag(blob, _RPMTAG_DIRINDEXES, _RPM_INT32)
+                dir_names = _rpm_header_tag(blob, _RPMTAG_DIRNAMES, _RPM_STRING_ARRAY)
+                if dir_indexes and dir_names and dir_names[dir_indexes[index]] == wanted_dir:
+                    name = db.execute("SELECT key FROM Name WHERE hnum = ?", (hnum,)).fetchone()
+                    return name[0] if name else None
+        except (sqlite3.Error, struct.error, IndexError, TypeError, UnicodeError):
+            return None  # locked, another schema, a name sqlite cannot take: not known
+        return None
+
+
+class PackageIndex:
+    """owner(path) -> package name (without :arch) or None; dpkg's lists are read at the
+    first question, rpm's database is asked per question."""
+
+    def __init__(self, info_dir=DPKG_INFO, rpm_dbs=RPM_DBS):
         self.info_dir = info_dir
         self._lists = None
+        found = next((db for db in rpm_dbs if os.path.isfile(db)), None) if sqlite3 is not None else None
+        self.rpm = RpmDatabase(found) if found else None
 
     def _load(self):
         self._lists = []
@@ -58,11 +118,16 @@ class PackageIndex:
     def owner(self, path):
         if self._lists is None:
             self._load()
-        if not self._lists:
-            return None
-        needles = [b"\n" + os.fsencode(alias) + b"\n" for alias in _aliases(path)]
-        for package, data in self._lists:
-            for needle in needles:
-                if needle in data:
+        aliases = _aliases(path)
+        if self._lists:
+            needles = [b"\n" + os.fsencode(alias) + b"\n" for alias in aliases]
+            for package, data in self._lists:
+                for needle in needles:
+                    if needle in data:
+                        return package
+        if self.rpm is not None:
+            for alias in aliases:
+                package = self.rpm.owner(alias)
+                if package is not None:
                     return package
         return None

@@ -221,7 +221,7 @@ ansible_facts:
             - V(class) says what the file means (docs/facts.md). V(lost), the default, its data dies with its holders;
               V(kernel), held only by a loop device, swap or mount, as unique; V(replaced), code or package
               content whose path now holds a newer file (a deleted executable or mapped ELF object whose path
-              holds a file again, or a dpkg-owned path replaced by an upgrade, then V(package) names the package);
+              holds a file again, or a path dpkg or rpm owns replaced by an upgrade, then V(package) names the package);
               nothing to restore, restarting its holders frees it; V(deliberate), see above. A data file deleted
               while open and re-created at the same path stays V(lost).
             - A name that is not valid UTF-8 is shown with each stray byte as C(\xNN), and its exact bytes are

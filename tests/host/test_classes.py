@@ -134,6 +134,60 @@ def test_package_content_replaced_by_a_dpkg_upgrade(tmp_path):
         subprocess.run(["dpkg", "--purge", "frelink-test-content"], check=True, capture_output=True)
 
 
+RPM_SPEC = """\
+Name: frelink-test-rpm
+Version: %s
+Release: 1
+Summary: frelink test package
+License: MIT
+BuildArch: noarch
+%%description
+content replaced by an upgrade
+%%install
+mkdir -p %%{buildroot}/usr/share/frelink-test-rpm
+printf '%s' > %%{buildroot}/usr/share/frelink-test-rpm/words.txt
+%%files
+/usr/share/frelink-test-rpm/words.txt
+"""
+
+
+def build_rpm(work, version, text):
+    top = work / ("rpmbuild-" + version)
+    (top / "SPECS").mkdir(parents=True)
+    spec = top / "SPECS" / "test.spec"
+    spec.write_text(RPM_SPEC % (version, text))
+    subprocess.run(["rpmbuild", "-bb", "--define", "_topdir %s" % top, str(spec)], check=True, capture_output=True)
+    (rpm,) = (top / "RPMS" / "noarch").glob("*.rpm")
+    return rpm
+
+
+def test_package_content_replaced_by_an_rpm_upgrade(tmp_path):
+    """rpm's own SQLite database, as RHEL 9 and Fedora keep it in /var/lib/rpm, written by a real rpm."""
+    for tool in ("rpm", "rpmbuild"):
+        if not shutil.which(tool):
+            pytest.fail("this test needs %s (Debian package rpm, installed by scripts/bootstrap.sh)" % tool)
+    path = "/usr/share/frelink-test-rpm/words.txt"
+    v1, v2 = build_rpm(tmp_path, "1.0", "one\\n" * 500), build_rpm(tmp_path, "2.0", "two\\n" * 500)
+    made_db = not os.path.exists("/var/lib/rpm")
+    rpm = ["rpm", "--dbpath", "/var/lib/rpm"]
+    if made_db:
+        subprocess.run(rpm + ["--initdb"], check=True, capture_output=True)
+    try:
+        subprocess.run(rpm + ["-i", "--nodeps", "--noscripts", str(v1)], check=True, capture_output=True)
+        ino = os.stat(path).st_ino
+        with holder("fd = os.open(%r, os.O_RDONLY); out['fd'] = fd" % path):
+            subprocess.run(rpm + ["-U", "--nodeps", "--noscripts", str(v2)], check=True, capture_output=True)
+            assert os.stat(path).st_ino != ino, "rpm did not replace the file"
+            facts = scan_mod.scan(include=[path], limit=0)
+            (entry,) = facts["orphans"]
+            assert (entry["ino"], entry["class"], entry["package"]) == (ino, "replaced", "frelink-test-rpm")
+    finally:
+        subprocess.run(rpm + ["-e", "--nodeps", "--noscripts", "frelink-test-rpm"], check=False, capture_output=True)
+        if made_db:
+            shutil.rmtree("/var/lib/rpm", ignore_errors=True)
+        shutil.rmtree("/usr/share/frelink-test-rpm", ignore_errors=True)
+
+
 def test_holders_are_attributed_to_their_systemd_unit(tmp_path):
     """A real cgroup v2 named as systemd names a user's service below user@UID.service."""
     base = Path(_cgroup2_mount()) / ("frelink-test-%d.slice" % os.getpid())
