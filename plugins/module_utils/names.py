@@ -18,6 +18,7 @@ __metaclass__ = type
 
 import base64
 import os
+import re
 
 B64_SUFFIX = "_b64"
 # The keys whose values are names: json_safe() doubles them with '<key>_b64' when needed.
@@ -62,6 +63,18 @@ def raw(record, key):
     if encoded is not None:
         return os.fsdecode(base64.b64decode(encoded))
     return record.get(key)
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def spellings(text):
+    """The names a user's TEXT can mean: itself, then, when it holds \\xNN escapes that shown()
+    writes, the name with those bytes (a path given back as the facts show it)."""
+    if "\\x" not in text:
+        return (text,)
+    name = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
+    return (text, name) if name != text and shown(name) == text else (text,)
 
 
 def matches(selector, name):

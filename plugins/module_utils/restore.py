@@ -28,7 +28,7 @@ __metaclass__ = type
 import os
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, names
 from ansible_collections.frelink.frelink.plugins.module_utils.destination import DestDir
 from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import compare_copy, duplicate, open_source
 from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
@@ -394,17 +394,19 @@ def partial_scan_hint(scan_info):
 
 def _absent_by_path(path, probe, scan_info=None):
     """No orphan with this original path: fine when dest exists (restored
-    before), an error otherwise."""
-    try:
-        st = DestDir(probe, False, True)
-        existing = st.lstat_name()
-        st.close()
-    except RestoreError:
-        existing = None
-    if existing is not None and not stat.S_ISLNK(existing.st_mode):
-        return {"changed": False, "status": "nothing_to_restore", "dest": probe, "path": path,
-                "msg": "no deleted file that is still held has the original path %s, and %s exists "
-                       "(restored before?)" % (path, probe)}
+    before; a name that is not UTF-8 may be given as the facts show it), an
+    error otherwise."""
+    for name in names.spellings(probe):
+        try:
+            st = DestDir(name, False, True)
+            existing = st.lstat_name()
+            st.close()
+        except RestoreError:
+            existing = None
+        if existing is not None and not stat.S_ISLNK(existing.st_mode):
+            return {"changed": False, "status": "nothing_to_restore", "dest": name, "path": path,
+                    "msg": "no deleted file that is still held has the original path %s, and %s exists "
+                           "(restored before?)" % (path, name)}
     partial = partial_scan_hint(scan_info)
     if partial:
         return RestoreError("no deleted file that is still held with the original path %s was found, but the scan "

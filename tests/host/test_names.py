@@ -110,3 +110,12 @@ def test_restore_by_the_shown_path(tmp_path):
         assert "CHANGED" in head and result["status"] == "restored", result
         assert os.listdir(os.fsencode(alone)) == [b"\xff\xfe.log"]
         assert os.path.getsize(odd.path) == 777
+        # the rerun, by the same text, while the holder still holds it: the copy is recognised
+        head, again = ansible("frelink.frelink.frelink_restore", {"path": str(alone) + "/\\xff\\xfe.log",
+                                                                  "method": "copy"})
+        assert "SUCCESS" in head and again["changed"] is False and again["status"] == "already_copied", again
+        assert base64.b64decode(again["dest_b64"]) == os.fsencode(odd.path)
+    # and once its holder has exited: nothing is held, and the text still names the restored file
+    head, gone = ansible("frelink.frelink.frelink_restore", {"path": str(alone) + "/\\xff\\xfe.log", "method": "copy"})
+    assert "SUCCESS" in head and gone["changed"] is False and gone["status"] == "nothing_to_restore", gone
+    assert base64.b64decode(gone["dest_b64"]) == os.fsencode(str(alone)) + b"/\xff\xfe.log"
