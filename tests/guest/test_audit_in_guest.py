@@ -7,15 +7,21 @@ with the frelink module loaded, all through Ansible:
 - a config file bind-mounted into a container-like process (its own mount namespace, in a
   cgroup named as Podman names a container's) and replaced on the host by an atomic rename
   (a mount holder: kernel class, the container to restart), then restored as the same inode;
-- a deliberate POSIX semaphore in a service (apart, nothing lost).
+- a deliberate POSIX semaphore in a service (apart, nothing lost);
+- held deleted files named with bytes that are not UTF-8, with a line feed, and plainly:
+  listed, in the report and the metrics, and restored to their exact original bytes.
 
 audit.yml writes the report on the controller; the restart table must add up, and the HTML
 page is looked at in headless Chromium.  One guest boot per suite.
 """
 
+import base64
+import csv
+import io
 import json
 import sys
 import tempfile
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -74,22 +80,39 @@ mv /srv/h10/app.conf.new /srv/h10/app.conf
 # forkserver, keeps its name until exit)
 systemd-run --quiet --unit=frelink-sem python3 -c \
   "import multiprocessing, time; lock = multiprocessing.get_context('fork').Lock(); open('$W/info/sem.ok', 'w').close(); time.sleep(1e6)"
+# held deleted files whose names are bytes that are not UTF-8, a line feed, and plain text
+mkdir -p /srv/names $W/prom
+python3 - <<'EOF'
+import subprocess
+work = b"%(work)s"
+for name, key in ((b"\xff\xfe.log", b"odd"), (b"two\nlines.log", b"lf"), (b"plain.log", b"plain")):
+    subprocess.Popen([b"python3", work + b"/holder.py", b"/srv/names/" + name, b"4096", b"idle",
+                      work + b"/info/name-" + key + b".json"], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+EOF
 wait_for $W/info/applog.json
 wait_for $W/info/sem.ok
+for key in odd lf plain; do wait_for $W/info/name-$key.json; done
 python3 - <<'EOF'
 import json
 info = "%(work)s/info/"
 out = {"applog": json.load(open(info + "applog.json")), "lib": json.load(open(info + "lib.json")),
        "conf": json.load(open(info + "conf.json")), "ctr_pid": int(open(info + "ctr.pid").read())}
 out["libuser_pid"] = int(open("/sys/fs/cgroup/system.slice/frelink-libuser.service/cgroup.procs").read().split()[0])
+out["names"] = {key: json.load(open(info + "name-" + key + ".json")) for key in ("odd", "lf", "plain")}
 print(json.dumps(out))
 EOF
 """
+# what the facts show for each name, and its exact bytes
+NAMES = {"odd": ("/srv/names/\\xff\\xfe.log", b"/srv/names/\xff\xfe.log"),
+         "lf": ("/srv/names/two\nlines.log", b"/srv/names/two\nlines.log"),
+         "plain": ("/srv/names/plain.log", b"/srv/names/plain.log")}
 
 
-def _restore_playbook(results_file):
+def _restore_playbook(results_file, names):
     conf = {"path": "/srv/h10/app.conf"}
     old = dict(conf, dest="/srv/h10/app.conf.old")
+    by_identity = {key: {"device": held["device"], "inode": held["ino"]} for key, held in names.items()}
     tasks = [
         {"name": "facts", "frelink.frelink.frelink_facts": {"limit": 0}, "register": "r_facts"},
         {"name": "facts-proc", "frelink.frelink.frelink_facts": {"limit": 0, "backend": "proc"},
@@ -100,10 +123,21 @@ def _restore_playbook(results_file):
         {"name": "again", "frelink.frelink.frelink_restore": old, "register": "r_again"},
         {"name": "after", "ansible.builtin.raw": "stat -c '%d %i %h' /srv/h10/app.conf.old; cat /srv/h10/app.conf.old "
                                                  "/srv/h10/app.conf", "register": "r_after", "changed_when": False},
+    ]
+    for key, selector in sorted(by_identity.items()):
+        tasks.append({"name": "name-" + key, "frelink.frelink.frelink_restore": selector, "register": "r_name_" + key})
+    tasks += [
+        {"name": "name-odd-again", "frelink.frelink.frelink_restore": {"path": NAMES["odd"][0]},
+         "register": "r_name_again"},
+        {"name": "names-after", "ansible.builtin.raw": "python3 -c \"import json, os; print(json.dumps(sorted("
+         "[n.hex(), os.stat(b'/srv/names/' + n).st_ino, os.stat(b'/srv/names/' + n).st_nlink] "
+         "for n in os.listdir(b'/srv/names'))))\"", "register": "r_names_after", "changed_when": False},
         {"name": "save", "delegate_to": "localhost", "check_mode": False,
          "ansible.builtin.copy": {"dest": str(results_file), "mode": "0600", "content": "{{ {'facts': r_facts, "
                                   "'facts_proc': r_facts_proc, 'occupied': r_occupied, 'check': r_check, "
-                                  "'restore': r_restore, 'again': r_again, 'after': r_after} | to_json }}"}},
+                                  "'restore': r_restore, 'again': r_again, 'after': r_after, 'name_odd': r_name_odd, "
+                                  "'name_lf': r_name_lf, 'name_plain': r_name_plain, 'name_again': r_name_again, "
+                                  "'names_after': r_names_after} | to_json }}"}},
     ]
     return [{"name": "restore the bind-mounted file", "hosts": "guest", "gather_facts": False, "tasks": tasks}]
 
@@ -120,14 +154,16 @@ def audited(request):
         report = tmp / "report"
         audit, audit_out = run_playbook(guest, tmp, "- ansible.builtin.import_playbook: %s\n"
                                         % (REPO / "playbooks" / "audit.yml"),
-                                        {"frelink_audit_dir": str(report), "frelink_audit_top_holders": 100},
+                                        {"frelink_audit_dir": str(report), "frelink_audit_top_holders": 100,
+                                         "frelink_textfile_dir": WORK + "/prom"},
                                         name="audit.yml")
         assert audit.returncode == 0, audit_out[-8000:]
         results_file = tmp / "results.json"
-        _run, run_out = run_playbook(guest, tmp, json.dumps(_restore_playbook(results_file), indent=1),
+        metrics = guest.run("cat %s/prom/frelink.prom" % WORK).stdout
+        _run, run_out = run_playbook(guest, tmp, json.dumps(_restore_playbook(results_file, info["names"]), indent=1),
                                      name="restore.yml")
         assert results_file.exists(), run_out[-10000:]
-        yield {"suite": suite, "info": info, "report": report, "tmp": tmp, "audit": audit,
+        yield {"suite": suite, "info": info, "report": report, "tmp": tmp, "audit": audit, "metrics": metrics,
                "data": json.loads((report / "audit.json").read_text()), "r": json.loads(results_file.read_text())}
 
 
@@ -209,3 +245,33 @@ def test_the_bind_mounted_file_is_restored_as_the_same_inode(audited):
     assert r["again"]["changed"] is False and r["again"]["status"] == "nothing_to_restore", r["again"]
     assert r["after"]["stdout"].splitlines() == ["%d %d 1" % (conf["dev"], conf["ino"]), "setting = old",
                                                  "setting = new"]
+
+
+def test_every_name_is_listed_reported_counted_and_restored_to_its_bytes(audited):
+    data, r, held = audited["data"], audited["r"], audited["info"]["names"]
+    orphans = {o["ino"]: o for o in r["facts"]["ansible_facts"]["frelink"]["orphans"]}
+    for key, (shown, exact) in NAMES.items():
+        entry = orphans[held[key]["ino"]]
+        assert entry["path"] == shown, entry
+        if key == "odd":
+            assert base64.b64decode(entry["path_b64"]) == exact
+        else:
+            assert "path_b64" not in entry
+        reported = _by_path(data, "orphans", shown)
+        assert reported["class"] == "lost" and reported["ino"] == held[key]["ino"]
+    html = (audited["report"] / "index.html").read_text()
+    rows = list(csv.DictReader(io.StringIO((audited["report"] / "audit.csv").read_text(), newline="")))
+    for shown, _exact in NAMES.values():
+        assert html_escape(shown) in html and any(row["path"] == shown for row in rows), shown
+    # the metrics count what the report counts at risk, these three among them
+    counted = [line for line in audited["metrics"].splitlines() if line.startswith("frelink_orphans ")]
+    assert counted == ["frelink_orphans %d" % data["totals"]["orphans"]] and data["totals"]["orphans"] >= 5, counted
+    for key in NAMES:
+        res = r["name_" + key]
+        assert res["changed"] is True and res["method"] == "link" and res["identity_preserved"] is True, res
+    assert base64.b64decode(r["name_odd"]["dest_b64"]) == NAMES["odd"][1]
+    again = r["name_again"]  # by the text the facts show: it finds the original bytes
+    assert again["changed"] is False and again["status"] == "nothing_to_restore", again
+    assert base64.b64decode(again["dest_b64"]) == NAMES["odd"][1]
+    after = json.loads(r["names_after"]["stdout"])
+    assert after == sorted([exact.rsplit(b"/", 1)[1].hex(), held[key]["ino"], 1] for key, (_s, exact) in NAMES.items())
