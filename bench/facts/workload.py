@@ -25,6 +25,18 @@ _LIBC.mmap.restype = ctypes.c_void_p
 _LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 
 
+def _close_fds_except(keep):
+    """A forked child holds only what the workload gives it, not whatever its parent
+    (a pytest worker, say) had open: those would be orphans the truth does not list."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the directory's own fd, closed by the time we get there
+                pass
+
+
 class Workload:
     def __init__(self, procs, fds, deleted_fraction=0.25, mapped_every=8, decoy_every=50, loops=0,
                  base_dir="/var/tmp", inherited=False):
@@ -77,6 +89,7 @@ class Workload:
                 try:
                     os.close(report_r)
                     os.close(self._gate_w)
+                    _close_fds_except({0, 1, 2, report_w, gate_r, *self._inherited_fds})
                     self._child(i, live, report_w)
                     os.close(report_w)
                     os.read(gate_r, 1)

@@ -3,6 +3,7 @@
 a real forked workload and nothing else; lsof +L1 and the C floor miss what they miss.
 No timing is asserted (bench/facts/run.py measures that)."""
 
+import os
 import subprocess
 
 from orphans import facts_bench, require_root
@@ -13,7 +14,12 @@ bench = facts_bench()
 def test_small_workload_recall_and_precision(tmp_path):
     require_root()
     floor = bench.compile_floor(str(tmp_path))
-    with bench.Workload(60, 20, loops=1, decoy_every=10) as workload:
+    # The caller holds a deleted file of its own, as a pytest worker may after another
+    # test: the forked workload must not hold it too (CI failed so once: 3 extra orphans).
+    callers = tmp_path / "callers-own"
+    with open(callers, "wb") as own, bench.Workload(60, 20, loops=1, decoy_every=10) as workload:
+        callers.unlink()
+        assert os.fstat(own.fileno()).st_nlink == 0
         truth = set(workload.truth)
         kinds = {kind for kind, _path in workload.truth.values()}
         assert kinds == {"fd", "mmap", "loop"}
