@@ -20,10 +20,10 @@ import sys
 import time
 
 import run as bench  # bench/facts/run.py: sets up the collection import
-from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import Orphan, Scanner  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import read_all  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scan_mod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.discovery import Orphan, Scanner  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.enrich import Report  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import read_all  # noqa: E402
 
 
 def best(fn, rounds, setup=None):

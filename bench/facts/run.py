@@ -63,9 +63,9 @@ if not _LINK.exists():
     _LINK.parent.mkdir(parents=True, exist_ok=True)
     _LINK.symlink_to(REPO)
 sys.path.insert(0, str(COLLECTIONS))
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scan_mod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import scan  # noqa: E402
 
 SMALL = {"procs": 500, "fds": 40, "loops": 2}
 BIG = {"procs": 2000, "fds": 50, "loops": 4}

@@ -3,7 +3,7 @@
  * frelink - give a deleted but still open inode a name again.
  *
  * Userspace ABI of the /dev/frelink misc device.  The Python mirror in
- * plugins/module_utils/kmod_abi.py must follow every change here; the unit
+ * plugins/module_utils/_frelink/kmod_abi.py must follow every change here; the unit
  * test tests/unit/test_kmod_abi.py compiles this header and compares.
  */
 #ifndef _UAPI_LINUX_FRELINK_H

@@ -77,8 +77,8 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.formatters import bytes_to_human
 
-from ansible_collections.frelink.frelink.plugins.module_utils.attribution import restart_target
-from ansible_collections.frelink.frelink.plugins.module_utils.classes import AT_RISK, CLASSES, KERNEL_KINDS
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.attribution import restart_target
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.classes import AT_RISK, CLASSES, KERNEL_KINDS
 
 
 def human(size):

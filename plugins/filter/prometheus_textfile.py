@@ -149,7 +149,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.frelink.frelink.plugins.module_utils.classes import AT_RISK, CLASSES
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.classes import AT_RISK, CLASSES
 
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")

@@ -299,7 +299,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.frelink.frelink.plugins.module_utils.scan import BACKENDS, DEFAULT_LIMIT, KINDS, KernelListingError, scan
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import BACKENDS, DEFAULT_LIMIT, KINDS, KernelListingError, scan
 
 
 def main():

@@ -310,8 +310,8 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.frelink.frelink.plugins.module_utils import names
-from ansible_collections.frelink.frelink.plugins.module_utils.restore import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.run import (
     FALLBACKS,
     METHODS,
     RestoreError,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.guest
 
 REPO = Path(__file__).resolve().parents[2]
 SCAN = ("import json, sys; sys.path.insert(0, '/root/frelink-facts'); "
-        "from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan; "
+        "from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import scan; "
         "print(json.dumps(scan(limit=0)))")
 DELETED_SWAPON = r"""
 import os, subprocess

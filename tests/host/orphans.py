@@ -104,7 +104,7 @@ def holder(code, argv=None, user=None, env=None):
         _stop(proc)
 
 
-# cgroup v2 directory names of a container's processes, as plugins/module_utils/containers.py reads them
+# cgroup v2 directory names of a container's processes, as plugins/module_utils/_frelink/containers.py reads them
 _RUNTIME_SCOPES = {"docker": "docker-%s.scope", "podman": "libpod-%s.scope", "cri-o": "crio-%s.scope",
                    "containerd": "cri-containerd-%s.scope"}
 

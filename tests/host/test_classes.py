@@ -26,7 +26,7 @@ from orphans import (
 )
 
 collection_path()
-from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scan_mod  # noqa: E402
 
 LIBRARY = "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"  # zlib1g: on every Debian host
 

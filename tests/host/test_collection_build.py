@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "LICENSE", "changelogs", "docs", "kmod",
                "meta", "playbooks", "plugins", "roles", "tests"}
 REQUIRED = ("plugins/modules/frelink_facts.py", "plugins/modules/frelink_restore.py",
-            "plugins/module_utils/scan.py", "roles/frelink_kmod/tasks/main.yml",
+            "plugins/module_utils/_frelink/scan/facts.py", "roles/frelink_kmod/tasks/main.yml",
             "kmod/frelink.c", "kmod/dkms.conf", "kmod/uapi/frelink.h", "playbooks/recover.yml",
             "playbooks/audit.yml", "meta/runtime.yml")
 

@@ -29,8 +29,10 @@ from orphans import (
 )
 
 collection_path()
-from ansible_collections.frelink.frelink.plugins.module_utils import scan as scanmod  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils import duplicate, enrich, kmod_abi  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scanmod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import mounts  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import enrich  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +129,7 @@ def test_fd_orphan_exact_facts(workdir, writer):
             "holders": [{"kind": "fd", "pid": held.pid, "name": comm(held.pid), "user": "root", "fd": held.fd,
                          "mode": "rw" if writer else "r", "pos": held.pos}],
             "restore": {"relink": kmod_abi.module_loaded() and kmod_abi.relink_supported(fstype),
-                        "reflink": fstype in duplicate.REFLINK_FSTYPES},
+                        "reflink": fstype in mounts.REFLINK_FSTYPES},
         }
         assert abs(entry["mtime"] - os.stat(held.proc_path).st_mtime) < 1e-6
         # Independent oracle: lsof agrees on this holder's deleted fds.
@@ -341,7 +343,7 @@ def test_non_root_scan_is_partial(shared_dir):
     """As nobody: own fd orphans are found; the scan says it is partial and why."""
     workdir = shared_dir
     script = ("import json, sys; sys.path.insert(0, %r)\n"
-              "from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan\n"
+              "from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import scan\n"
               "print(json.dumps(scan(limit=0)))") % str(collection_path())
     with holder("fd = os.open(%r, os.O_CREAT | os.O_RDWR, 0o600); os.unlink(%r); out['fd'] = fd; "
                 "st = os.fstat(fd); out.update(dev=st.st_dev, ino=st.st_ino)"

@@ -40,7 +40,7 @@ WEIRD = 'held "mnt" \\ x'  # a space, a double quote, a backslash
 collection_path()
 from ansible_collections.frelink.frelink.plugins.filter.prometheus_textfile import (  # noqa: E402
     FilterModule, escape_label_value, prometheus_textfile)
-from ansible_collections.frelink.frelink.plugins.module_utils.scan import scan  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import scan  # noqa: E402
 from ansible.errors import AnsibleFilterError  # noqa: E402
 
 IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x2, 0x8, 0x80, 0x100

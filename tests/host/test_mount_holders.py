@@ -22,10 +22,11 @@ import pytest
 from orphans import PYTHON, collection_path, container_cgroup, holder, require_root
 
 COLLECTIONS = collection_path()
-from ansible_collections.frelink.frelink.plugins.module_utils import restore, scan as scanmod  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.plan import Options  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils.targets import Target  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore import run as restore  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scanmod  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.plan import Options  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.targets import Target  # noqa: E402
 
 BIN = Path(sys.executable).parent  # the venv with ansible-core
 UNSHARE = ["unshare", "-m", "--propagation", "private"]

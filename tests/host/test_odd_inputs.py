@@ -197,7 +197,8 @@ def test_odd_inputs_through_ansible(scene, tmp_path):
 NOBODY = textwrap.dedent(r"""
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from ansible_collections.frelink.frelink.plugins.module_utils import restore, scan
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore import run as restore
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scan
     facts = scan.scan()
     result, failures = restore.run({"path": sys.argv[2]})
     print(json.dumps({"scan": facts["scan"], "failures": failures}))

@@ -225,7 +225,7 @@ def work(tmp_path):
 
 
 def _restore(params, check_mode=False):
-    from ansible_collections.frelink.frelink.plugins.module_utils import restore
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore import run as restore
     return restore.run(params, check_mode=check_mode)
 
 

@@ -18,7 +18,8 @@ from orphans import collection_path  # noqa: E402
 collection_path()
 from ansible_collections.frelink.frelink.plugins.filter.audit_csv import audit_csv  # noqa: E402
 from ansible_collections.frelink.frelink.plugins.filter.audit_report import audit_report  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils import attribution, names  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import attribution  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names  # noqa: E402
 
 # /proc/PID/cgroup as Debian's systemd (cgroup v2) and an older hybrid host write it
 CGROUPS = [

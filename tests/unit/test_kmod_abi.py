@@ -1,4 +1,4 @@
-"""The Python mirror plugins/module_utils/kmod_abi.py agrees with kmod/uapi/frelink.h.
+"""The Python mirror plugins/module_utils/_frelink/kmod_abi.py agrees with kmod/uapi/frelink.h.
 
 A tiny C program is compiled with the host's gcc against the real header and
 prints the sizes, offsets, flag values and the ioctl number; the errno names
@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = REPO / "kmod" / "uapi" / "frelink.h"
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(REPO / "plugins" / "module_utils" / "_frelink"))
 
 import kmod_abi  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -1,7 +1,7 @@
 """In-guest half of tests/guest/test_kmod.py: exercise /dev/frelink for real.
 
 Run as root inside a test guest with the frelink module loaded, next to a copy
-of plugins/module_utils/kmod_abi.py:
+of plugins/module_utils/_frelink/kmod_abi.py:
 
     python3 kmod_suite.py SCENARIO [SCENARIO...] [--stress N] [--fuzz N]
 

@@ -8,7 +8,7 @@ Everything here runs on the managed node with the standard library only.
 The jobs live in their own files: selection (targets.py), the destination
 (destination.py), the plan (plan.py), copy and reflink (duplicate.py), the
 relink ioctl (kmod_abi.py).  The discovery of orphans is not repeated here:
-it comes from scan.py, the same code frelink_facts runs.
+it comes from scan/facts.py, the same code frelink_facts runs.
 
 Safety rules, enforced for every method:
   * the destination is never overwritten (new names are made with linkat /
@@ -28,20 +28,21 @@ __metaclass__ = type
 import os
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, names
-from ansible_collections.frelink.frelink.plugins.module_utils.destination import DestDir
-from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import compare_copy, duplicate, open_source
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string
-from ansible_collections.frelink.frelink.plugins.module_utils.overlay import layer_containing
-from ansible_collections.frelink.frelink.plugins.module_utils.plan import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.destination import DestDir
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.duplicate import compare_copy, duplicate, open_source
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.overlay import layer_containing
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.plan import (
     FALLBACKS,
     METHODS,
     Options,
     plan_methods,
     refusal_changed_nothing,
 )
-from ansible_collections.frelink.frelink.plugins.module_utils.targets import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.targets import (
     Target,
     candidate_list,
     describe,

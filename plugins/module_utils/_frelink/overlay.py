@@ -18,7 +18,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
     MountTable,
     device_string,
     parse_mountinfo,

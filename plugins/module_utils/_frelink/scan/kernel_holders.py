@@ -15,14 +15,14 @@ import errno
 import os
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils.loop import bound_loops, loop_status
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.loop import bound_loops, loop_status
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
     ANON_DEV_FSTYPES,
     longest_prefix_mount,
     parse_swaps,
     read_text,
 )
-from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.procfs import DELETED_SUFFIX
 
 _SUFFIX_LEN = len(DELETED_SUFFIX)
 

@@ -9,10 +9,9 @@ __metaclass__ = type
 
 import errno
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
-from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import KMOD_ROLE, RestoreError
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import KMOD_ROLE, RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import REFLINK_FSTYPES, device_string
 
 METHODS = ("auto", "link", "reflink", "copy")
 FALLBACKS = ("reflink", "copy")

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
 
 RENAME_NOREPLACE = 1
 _HOLDER_ROOT = re.compile(r"^/proc/(\d+)/root(?:/|$)")

@@ -26,6 +26,10 @@ NETWORK_FSTYPES = frozenset((
 # statted, only when an orphan's device could not be matched otherwise.
 ANON_DEV_FSTYPES = frozenset(("btrfs", "overlay", "bcachefs", "zfs"))
 
+# Filesystems where FICLONE can share extents (xfs only when made with reflink=1);
+# a prediction for the facts and check mode, the real run asks the kernel.
+REFLINK_FSTYPES = frozenset(("btrfs", "xfs", "ocfs2", "bcachefs"))
+
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 

@@ -22,7 +22,7 @@ __metaclass__ = type
 import os
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils.packages import PackageIndex, in_package_tree
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.packages import PackageIndex, in_package_tree
 
 CLASSES = ("lost", "replaced", "deliberate", "kernel")
 AT_RISK = ("lost", "kernel")  # their data is nowhere else

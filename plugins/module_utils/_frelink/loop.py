@@ -14,7 +14,7 @@ import fcntl
 import os
 import struct
 
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
     parse_device_string,
     read_text,
 )

@@ -19,11 +19,13 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi, names, overlay
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import BACKENDS, KINDS, KernelListingError, Scanner, collector_paused
-from ansible_collections.frelink.frelink.plugins.module_utils.enrich import Report
-from ansible_collections.frelink.frelink.plugins.module_utils.loop import loop_status
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import parse_device_string
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import overlay
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.discovery import BACKENDS, KINDS, KernelListingError, Scanner, collector_paused
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.enrich import Report
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.loop import loop_status
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import parse_device_string
 
 # The summary counts every orphan; the entries list the largest DEFAULT_LIMIT
 # (about 50 KB of facts): large host facts slow every later task of a play.

@@ -29,16 +29,16 @@ import operator
 import os
 import re
 
-from ansible_collections.frelink.frelink.plugins.module_utils.kernel_holders import scan_loops, scan_swaps
-from ansible_collections.frelink.frelink.plugins.module_utils.kernel_scan import collect_from_kernel, kinds_mask
-from ansible_collections.frelink.frelink.plugins.module_utils.mount_holders import scan_mounts
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.kernel_holders import scan_loops, scan_swaps
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.kernel_scan import collect_from_kernel, kinds_mask
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.mount_holders import scan_mounts
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
     MountTable,
     parse_mountinfo,
     read_all,
     read_text,
 )
-from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX, parse_deleted_mappings
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.procfs import DELETED_SUFFIX, parse_deleted_mappings
 
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
 PROCESS_KINDS = ("fd", "mmap", "cwd", "root", "exe")

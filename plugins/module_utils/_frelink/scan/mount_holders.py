@@ -20,8 +20,8 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils.containers import container_of
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import ANON_DEV_FSTYPES, parse_mountinfo, read_text
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.containers import container_of
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import ANON_DEV_FSTYPES, parse_mountinfo, read_text
 
 # dentry_path() appends it to an unlinked dentry; no name can contain '/', and mountinfo
 # escapes a backslash, so a live file cannot produce it (the stat decides anyway).

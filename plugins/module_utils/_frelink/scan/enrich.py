@@ -17,21 +17,23 @@ import os
 import pwd
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
-from ansible_collections.frelink.frelink.plugins.module_utils import idioms, names, overlay
-from ansible_collections.frelink.frelink.plugins.module_utils.attribution import restart_target, unit_of
-from ansible_collections.frelink.frelink.plugins.module_utils.classes import CLASSES, Classifier
-from ansible_collections.frelink.frelink.plugins.module_utils.containers import container_of
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import KINDS, readlink_or_none
-from ansible_collections.frelink.frelink.plugins.module_utils.duplicate import REFLINK_FSTYPES
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import (
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import idioms
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import overlay
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.attribution import restart_target, unit_of
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.classes import CLASSES, Classifier
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.containers import container_of
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.discovery import KINDS, readlink_or_none
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
+    REFLINK_FSTYPES,
     MountTable,
     device_string,
     longest_prefix_mount,
     parse_mountinfo,
     read_text,
 )
-from ansible_collections.frelink.frelink.plugins.module_utils.procfs import access_mode, parse_fdinfo
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.procfs import access_mode, parse_fdinfo
 
 HOLDERS_CAP = 16  # holders listed per orphan; holder_count has the total
 

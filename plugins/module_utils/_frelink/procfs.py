@@ -12,7 +12,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import parse_hex_device
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import parse_hex_device
 
 DELETED_SUFFIX = " (deleted)"
 _DELETED_LINE_END = b" (deleted)\n"

@@ -12,13 +12,13 @@ import os
 import re
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils import loop as loop_mod
-from ansible_collections.frelink.frelink.plugins.module_utils import names
-from ansible_collections.frelink.frelink.plugins.module_utils import scan as scan_mod
-from ansible_collections.frelink.frelink.plugins.module_utils.discovery import SILLY_RENAME
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import RestoreError
-from ansible_collections.frelink.frelink.plugins.module_utils.mounts import device_string, parse_device_string
-from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import loop as loop_mod
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import facts as scan_mod
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.discovery import SILLY_RENAME
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string, parse_device_string
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.procfs import DELETED_SUFFIX
 
 _PROC_OPEN_PATH = re.compile(r"^/proc/(\d+)/(fd/\d+|map_files/[0-9a-f]+-[0-9a-f]+|exe)$")
 _LOOP_DEVICE = re.compile(r"^/dev/loop\d+$")

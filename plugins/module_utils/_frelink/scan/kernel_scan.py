@@ -17,8 +17,8 @@ __metaclass__ = type
 
 import sys
 
-from ansible_collections.frelink.frelink.plugins.module_utils import kmod_abi
-from ansible_collections.frelink.frelink.plugins.module_utils.procfs import DELETED_SUFFIX
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.procfs import DELETED_SUFFIX
 
 _SUFFIX_LEN = len(DELETED_SUFFIX)
 _DELETED = DELETED_SUFFIX.encode()

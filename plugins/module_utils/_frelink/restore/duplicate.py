@@ -14,14 +14,11 @@ import hashlib
 import os
 import stat
 
-from ansible_collections.frelink.frelink.plugins.module_utils.destination import commit_noreplace
-from ansible_collections.frelink.frelink.plugins.module_utils.errors import KMOD_ROLE, RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.destination import commit_noreplace
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import KMOD_ROLE, RestoreError
 
 # linux/fs.h: _IOW(0x94, 9, int)
 FICLONE = 0x40049409
-# Filesystems where FICLONE can share extents (xfs only when made with reflink=1);
-# a prediction for the facts and check mode, the real run asks the kernel.
-REFLINK_FSTYPES = frozenset(("btrfs", "xfs", "ocfs2", "bcachefs"))
 CHUNK = 1 << 20
 
 
