@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import os
 import struct
 
@@ -67,18 +68,21 @@ class RpmDatabase:
 
     def __init__(self, path):
         self.path = path
-        self._db = None
-
-    def _connect(self):
-        if self._db is None:
-            self._db = sqlite3.connect("file:%s?mode=ro" % self.path, uri=True)
-        return self._db
 
     def owner(self, path):
+        """Each question opens and closes its own connection: an open one maps the database's
+        -shm file, which rpm replaces, and would leave this process holding a deleted file."""
+        try:
+            with contextlib.closing(sqlite3.connect("file:%s?mode=ro" % self.path, uri=True)) as db:
+                return self._owner(db, path)
+        except sqlite3.Error:
+            return None  # locked, missing, another schema: not known
+
+    @staticmethod
+    def _owner(db, path):
         directory, _sep, base = path.rpartition("/")
         try:
             wanted_dir = os.fsencode(directory + "/")
-            db = self._connect()
             for hnum, index in db.execute("SELECT hnum, idx FROM Basenames WHERE key = ?", (base,)).fetchall():
                 (blob,) = db.execute("SELECT blob FROM Packages WHERE hnum = ?", (hnum,)).fetchone()
                 dir_indexes = _rpm_header_tag(blob, _RPMTAG_DIRINDEXES, _RPM_INT32)
