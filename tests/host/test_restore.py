@@ -514,3 +514,21 @@ def test_recover_playbook_with_copy_check_then_real(work, holders):
     restored = work / "rescued" / held.path.lstrip("/")
     assert restored.read_bytes() == held.content()
     assert "restored 1" in done.stdout
+
+
+def test_recover_playbook_takes_its_variables_from_inventory(work, holders):
+    """Settings in inventory (host_vars here) select and place what is restored: play vars
+    would outrank them and leave nothing selected."""
+    (work / "srv").mkdir()
+    held = holders(work / "srv" / "inventory.db", size=1 << 20)
+    inventory = work / "inventory"
+    (inventory / "host_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text(json.dumps({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}))
+    (inventory / "host_vars" / "localhost.yml").write_text(json.dumps({
+        "frelink_recover_paths": [str(work / "srv" / "*")], "frelink_recover_method": "copy",
+        "frelink_recover_dest_dir": str(work / "from-inventory")}))
+    done = ansible_playbook(REPO / "playbooks" / "recover.yml", inventory=inventory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "restored 1" in done.stdout, done.stdout
+    assert (work / "from-inventory" / held.path.lstrip("/")).read_bytes() == held.content()
