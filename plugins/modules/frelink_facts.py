@@ -40,8 +40,10 @@ options:
     description:
       - Only report orphans whose original path matches one of these shell globs
         (Python C(fnmatch); C(*) also matches C(/)).
+      - The alias O(paths) is the name M(frelink.frelink.frelink_restore) gives the same patterns.
     type: list
     elements: str
+    aliases: [paths]
   exclude:
     description:
       - Do not report orphans whose original path matches one of these shell globs.
@@ -49,9 +51,10 @@ options:
     elements: str
   min_size:
     description:
-      - Only report orphans of at least this many bytes (apparent size).
-    type: int
-    default: 0
+      - Only report orphans of at least this size (apparent size), in bytes or with a unit as
+        M(ansible.builtin.find) takes it (C(100m), C(10k), C(1.5G); powers of 1024).
+    type: str
+    default: "0"
   kinds:
     description:
       - Which holders to look for. Orphans held only by other kinds are not reported,
@@ -135,7 +138,7 @@ EXAMPLES = r"""
 - name: Only big deleted logs, at most 20 of them
   frelink.frelink.frelink_facts:
     include: ["/var/log/*"]
-    min_size: 104857600
+    min_size: 100m
     limit: 20
   become: true
 
@@ -298,6 +301,7 @@ ansible_facts:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import BACKENDS, DEFAULT_LIMIT, KINDS, KernelListingError, scan
 
@@ -305,9 +309,9 @@ from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.fact
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            include=dict(type="list", elements="str"),
+            include=dict(type="list", elements="str", aliases=["paths"]),
             exclude=dict(type="list", elements="str"),
-            min_size=dict(type="int", default=0),
+            min_size=dict(type="str", default="0"),
             kinds=dict(type="list", elements="str", choices=list(KINDS), default=list(KINDS)),
             limit=dict(type="int", default=DEFAULT_LIMIT),
             backend=dict(type="str", choices=list(BACKENDS), default="auto"),
@@ -315,15 +319,20 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["min_size"] < 0:
-        module.fail_json(msg="min_size must be 0 or more bytes, got %d" % params["min_size"])
+    try:
+        min_size = human_to_bytes(params["min_size"].strip())
+    except (ValueError, TypeError):
+        min_size = -1
+    if min_size < 0:
+        module.fail_json(msg="min_size must be a size of 0 or more: bytes (104857600) or with a unit "
+                             "(100m, 10k, 1.5G), got %r" % params["min_size"])
     if params["limit"] < 0:
         module.fail_json(msg="limit must be 0 (list all) or a positive number of orphans, got %d" % params["limit"])
     try:
         facts = scan(
             include=params["include"],
             exclude=params["exclude"],
-            min_size=params["min_size"],
+            min_size=min_size,
             kinds=params["kinds"],
             limit=params["limit"],
             backend=params["backend"],
@@ -336,6 +345,10 @@ def main():
         module.fail_json(msg="frelink_facts stopped on an unforeseen %s: %s. This is a bug: please report it with the "
                              "task's arguments (the traceback is shown with -vvv)" % (type(exc).__name__, exc),
                          exception=traceback.format_exc())
+    if not facts["scan"]["complete"]:
+        # shown as [WARNING], not only inside the facts
+        module.warn("the scan is partial, so deleted files may be missing from the facts: %s"
+                    % ("; ".join(facts["scan"]["warnings"]) or "run it with become"))
     module.exit_json(changed=False, ansible_facts={"frelink": facts})
 
 

@@ -76,14 +76,18 @@ options:
   inode:
     description:
       - The inode number of the deleted file (C(ansible_facts.frelink.orphans[].ino)). Requires O(device).
+      - The alias O(ino) is the facts' own name for it.
     type: int
+    aliases: [ino]
   paths:
     description:
       - Bulk form. Shell-style patterns (C(fnmatch); C(*) also matches C(/)) matched against the original path of
         every deleted file on the host; every match is restored, with one entry per file in RV(results).
       - Without O(dest_dir) each one goes back to its original path.
+      - The alias O(include) is the name M(frelink.frelink.frelink_facts) gives the same patterns.
     type: list
     elements: str
+    aliases: [include]
   dest:
     description:
       - The new path of the file. Defaults to its original path (seen from the holder's mount namespace when that
@@ -95,6 +99,7 @@ options:
   dest_dir:
     description:
       - A directory to restore into instead of the original location, arranged by O(layout).
+      - An absolute path; a relative one is refused before anything is looked at.
     type: str
   layout:
     description:
@@ -325,8 +330,8 @@ def main():
             path=dict(type="str"),
             src=dict(type="str"),
             device=dict(type="raw"),
-            inode=dict(type="int"),
-            paths=dict(type="list", elements="str"),
+            inode=dict(type="int", aliases=["ino"]),
+            paths=dict(type="list", elements="str", aliases=["include"]),
             dest=dict(type="str"),
             dest_dir=dict(type="str"),
             layout=dict(type="str", choices=["tree", "flat"], default="tree"),

@@ -159,3 +159,29 @@ def test_ansible_test_integration_target(tmp_path):
                                    PATH="%s:%s" % (ansible_test.parent, os.environ["PATH"])))
     assert proc.returncode == 0, proc.stdout[-8000:]
     assert "failed=0" in proc.stdout and "ok=" in proc.stdout, proc.stdout[-8000:]
+
+
+def test_min_size_with_units_as_find_takes_them(tmp_path):
+    with deleted_open_file(tmp_path, size=3000) as held:
+        args = {"include": [str(tmp_path) + "/*"]}
+        assert_found(adhoc("frelink.frelink.frelink_facts", dict(args, min_size="2k")), held)
+        assert adhoc("frelink.frelink.frelink_facts", dict(args, min_size="3k"))["ansible_facts"]["frelink"]["orphans"] == []
+        assert_found(adhoc("frelink.frelink.frelink_facts", dict(args, min_size=3000)), held)
+        proc = subprocess.run([str(BIN / "ansible"), "localhost", "-m", "frelink.frelink.frelink_facts", "-a",
+                               json.dumps(dict(args, min_size="lots"))], capture_output=True, text=True,
+                              env=ansible_env(), check=False)
+        assert proc.returncode != 0 and "min_size must be a size of 0 or more" in proc.stdout, proc.stdout
+
+
+def test_partial_scan_is_a_warning(tmp_path):
+    """Become nobody (su, the way a play becomes an unprivileged user): the facts say
+    complete: false, and Ansible prints a [WARNING] saying why."""
+    env = ansible_env(ANSIBLE_PIPELINING="1")
+    proc = subprocess.run([str(BIN / "ansible"), "localhost", "-c", "local", "-b", "--become-method", "su",
+                           "--become-user", "nobody", "-e", "ansible_become_flags='-s /bin/sh'",
+                           "-e", "ansible_python_interpreter=/usr/bin/python3", "-m", "frelink.frelink.frelink_facts"],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.partition("=>")[2])["ansible_facts"]["frelink"]
+    assert (facts["scan"]["euid"], facts["scan"]["complete"]) == (65534, False)
+    assert "[WARNING]: the scan is partial" in proc.stderr and "become: true" in proc.stderr, proc.stderr

@@ -457,6 +457,23 @@ def test_selector_errors(work, holders):
     assert failures and "absolute" in failures[0]
     result, failures = _restore({"src": held.src, "dest": str(work / ".." / "x"), "method": "copy"})
     assert failures and "'..'" in failures[0]
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
+    with pytest.raises(RestoreError, match="dest_dir 'rescued' must be an absolute path"):
+        _restore({"src": held.src, "dest_dir": "rescued", "method": "copy", "create_parents": True})
+    assert not os.path.exists("rescued")
+
+
+def test_option_names_of_the_facts_are_aliases(work, holders):
+    """ino and include, as frelink_facts names them, select as inode and paths do."""
+    held = holders(work / "aliased.log", size=4096)
+    facts = ansible_module("frelink_facts", {"include": [held.path]})
+    (entry,) = facts["ansible_facts"]["frelink"]["orphans"]
+    by_ino = ansible_module("frelink_restore", {"device": entry["device"], "ino": entry["ino"],
+                                                "dest": str(work / "by-ino"), "method": "copy"}, check=True)
+    assert by_ino["changed"] is True and by_ino.get("failed") is not True, by_ino
+    by_include = ansible_module("frelink_restore", {"include": [held.path], "dest_dir": str(work / "d"),
+                                                    "create_parents": True, "method": "copy"}, check=True)
+    assert by_include["changed"] is True and len(by_include["results"]) == 1, by_include
 
 
 def test_loop_only_holder_cannot_be_copied(work):

@@ -273,6 +273,9 @@ def run(params, check_mode=False):
     for key in ("path", "src", "dest", "dest_dir"):
         if params.get(key) is not None and not params[key].strip():
             raise RestoreError("%s is empty; give an absolute path or leave it out" % key)
+    if dest_dir is not None and not dest_dir.startswith("/"):
+        raise RestoreError("dest_dir %r must be an absolute path (a relative one would depend on the directory the "
+                           "module happens to run in)" % dest_dir)
     if params.get("path") is not None and not params["path"].startswith("/"):
         raise RestoreError("path %r must be absolute: the original path as ansible_facts.frelink.orphans[].path "
                            "shows it" % params["path"])
