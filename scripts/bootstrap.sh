@@ -67,12 +67,27 @@ if [ "$purpose" = test ]; then
       "$(grep '^ansible-core==' "$here/requirements-test.txt")" -r "$sanity_venv/requirements.txt" >&2
   fi
 
-  pip_version=$("$sanity_venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
-  get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
-  if ! cmp -s "$here/scripts/ansible-test-get-pip.py" "$get_pip"; then
-    mkdir -p "$(dirname "$get_pip")"
-    cp "$here/scripts/ansible-test-get-pip.py" "$get_pip"
+  # The oldest ansible-core meta/runtime.yml allows (requires_ansible), for a second sanity run.
+  floor=$(grep '^ansible-core==' "$here/tests/sanity-floor.txt")
+  floor_venv=$cache/sanity-floor-venv-$(printf '%s\n' "$floor" | sha256sum | cut -c1-12)
+  if [ ! -x "$floor_venv/bin/ansible-test" ]; then
+    echo "bootstrap: creating $floor_venv ($floor and its sanity requirements)" >&2
+    rm -rf "$floor_venv"
+    "$py" -m venv "$floor_venv"
+    "$floor_venv/bin/pip" install -q --disable-pip-version-check "$floor" >&2
+    reqs=$("$floor_venv/bin/python" -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
+    grep -hv '^#' "$reqs"/sanity.*.txt | sort -u > "$floor_venv/requirements.txt"
+    "$floor_venv/bin/pip" install -q --disable-pip-version-check "$floor" -r "$floor_venv/requirements.txt" >&2
   fi
+
+  for tool_venv in "$sanity_venv" "$floor_venv"; do
+    pip_version=$("$tool_venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type("P", (), {"version": "3.11"})())["pip"])')
+    get_pip=$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py
+    if ! cmp -s "$here/scripts/ansible-test-get-pip.py" "$get_pip"; then
+      mkdir -p "$(dirname "$get_pip")"
+      cp "$here/scripts/ansible-test-get-pip.py" "$get_pip"
+    fi
+  done
 fi
 
 # The collection as Ansible finds it: a link from a per-checkout collections dir.

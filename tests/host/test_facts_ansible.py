@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """frelink_facts through Ansible itself: ad hoc (FQCN and short name), ansible-playbook in
-normal and check mode, and the ansible-test integration target.  Real orphans, root needed."""
+normal and check mode (the ansible-test targets: tests/host/test_ansible_test.py).  Real orphans, root needed."""
 
 import json
 import os
@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from checkout import copy_checkout
 from orphans import collection_path, deleted_open_file, mapped_only_file, require_root
 
 BIN = Path(sys.executable).parent  # the venv with ansible-core
 COLLECTIONS = collection_path()
 REPO = Path(__file__).resolve().parents[2]
 MODULES_DIR = COLLECTIONS / "ansible_collections" / "frelink" / "frelink" / "plugins" / "modules"
-SANITY_BIN = BIN.parent.parent / BIN.parent.name.replace("venv-", "sanity-venv-") / "bin"
 
 
 @pytest.fixture(autouse=True)
@@ -143,22 +141,6 @@ def test_playbook(tmp_path, check):
                               check=False)
         assert proc.returncode == 0, proc.stdout[-5000:]
         assert "ok=4" in proc.stdout and "failed=0" in proc.stdout and "changed=0" in proc.stdout, proc.stdout
-
-
-def test_ansible_test_integration_target(tmp_path):
-    """tests/integration/targets/frelink_facts through ansible-test integration --local."""
-    root = tmp_path / "ansible_collections" / "frelink" / "frelink"
-    copy_checkout(root)
-    ansible_test = SANITY_BIN / "ansible-test"
-    if not ansible_test.exists():
-        ansible_test = BIN / "ansible-test"
-    proc = subprocess.run([str(ansible_test), "integration", "frelink_facts", "--local", "--python",
-                           "%d.%d" % sys.version_info[:2], "--allow-root", "--allow-destructive", "--color", "no"],
-                          cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
-                          env=dict(ansible_env(ANSIBLE_COLLECTIONS_PATH=str(tmp_path)),
-                                   PATH="%s:%s" % (ansible_test.parent, os.environ["PATH"])))
-    assert proc.returncode == 0, proc.stdout[-8000:]
-    assert "failed=0" in proc.stdout and "ok=" in proc.stdout, proc.stdout[-8000:]
 
 
 def test_min_size_with_units_as_find_takes_them(tmp_path):

@@ -3,8 +3,10 @@
 ansible-test insists on running from ansible_collections/<ns>/<name>, so the
 tree git knows about is copied there first.
 """
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,14 +44,36 @@ def collection_copy(tmp_path_factory):
     return _collection_copy(tmp_path_factory)
 
 
-def test_ansible_test_sanity_is_clean(collection_copy):
-    proc = subprocess.run(
-        [str(SANITY_BIN / "ansible-test"), "sanity", "--local", "--python", "%d.%d" % sys.version_info[:2],
+def _floor_bin():
+    """The venv scripts/bootstrap.sh makes for tests/sanity-floor.txt's ansible-core."""
+    pin = next(line for line in (REPO / "tests" / "sanity-floor.txt").read_text().splitlines()
+               if line.startswith("ansible-core=="))
+    key = hashlib.sha256((pin + "\n").encode()).hexdigest()[:12]
+    return BIN.parent.parent / ("sanity-floor-venv-" + key) / "bin", pin.split("==")[1]
+
+
+def _sanity(collection_copy, tool_bin):
+    return subprocess.run(
+        [str(tool_bin / "ansible-test"), "sanity", "--local", "--python", "%d.%d" % sys.version_info[:2],
          "--color", "no"],
         cwd=collection_copy, capture_output=True, text=True, check=False,
         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_copy.parents[2]),
-                 PATH="%s:%s" % (SANITY_BIN, os.environ["PATH"])),
+                 PATH="%s:%s" % (tool_bin, os.environ["PATH"])),
     )
+
+
+def test_ansible_test_sanity_is_clean(collection_copy):
+    proc = _sanity(collection_copy, SANITY_BIN)
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
+
+
+def test_ansible_test_sanity_is_clean_on_the_oldest_ansible_core_allowed(collection_copy):
+    """requires_ansible's floor (meta/runtime.yml) runs its own sanity: e.g. 2.16 wants empty __init__.py."""
+    tool_bin, version = _floor_bin()
+    floor = re.search(r"requires_ansible: \">=(\d+\.\d+)", (REPO / "meta" / "runtime.yml").read_text()).group(1)
+    assert version.startswith(floor + "."), "tests/sanity-floor.txt (%s) is not requires_ansible's floor %s" % (
+        version, floor)
+    proc = _sanity(collection_copy, tool_bin)
     assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-KMOD = REPO / "kmod"
-sys.path.insert(0, str(REPO / "plugins" / "lookup"))
+from ansible_collections.frelink.frelink.plugins.lookup import kmod_source_archive
 
-import kmod_source_archive  # noqa: E402  pylint: disable=wrong-import-position
+# the collection's root (ansible-test units runs a copy of it)
+REPO = Path(__file__).resolve().parents[4]
+KMOD = REPO / "kmod"
+COLLECTIONS = REPO.parents[2] if REPO.parents[1].name == "ansible_collections" else REPO / ".build" / "collections"
 
 # the role's list (roles/frelink_kmod/vars/main.yml)
 EXCLUDES = ["*.o", "*.ko", "*.mod", "*.mod.c", ".*.cmd", "*.symvers", "modules.order",
@@ -99,10 +100,11 @@ def test_gzip_header_has_no_name_or_time(tree):
 
 
 def _lookup(directory, tmp_path):
-    """The lookup as a play calls it: ansible, the collection from .build/collections."""
+    """The lookup as a play calls it: ansible, with the collections directory this copy is in
+    (ansible-test's, or the checkout's .build/collections)."""
     out = tmp_path / "lookup.out"
     expr = "{{ lookup('frelink.frelink.kmod_source_archive', %r, excludes=%r) }}" % (str(directory), EXCLUDES)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build" / "collections"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
                ANSIBLE_NOCOLOR="1")
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible"), "localhost", "-c", "local",

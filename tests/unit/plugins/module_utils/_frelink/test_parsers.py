@@ -3,22 +3,11 @@
 
 import os
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "host"))
-from orphans import collection_path  # noqa: E402
-
-collection_path()
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import enrich  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import loop  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import mounts  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import procfs  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import containers  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import overlay  # noqa: E402
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import containers, loop, mounts, overlay, procfs
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import enrich
 
 MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
 25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684092k

@@ -1,78 +1,13 @@
 # -*- coding: utf-8 -*-
-"""What to restart (attribution.py), names that are not UTF-8 (names.py), and the audit's
-data model (the audit_report and audit_csv filters) on captured input, no host state."""
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The audit's data model (the audit_report filter) and its CSV (audit_csv) on captured facts."""
 
-import base64
 import csv
 import io
-import os
-import sys
-from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "host"))
-from orphans import collection_path  # noqa: E402
-
-collection_path()
-from ansible_collections.frelink.frelink.plugins.filter.audit_csv import audit_csv  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.filter.audit_report import audit_report  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan import attribution  # noqa: E402
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names  # noqa: E402
-
-# /proc/PID/cgroup as Debian's systemd (cgroup v2) and an older hybrid host write it
-CGROUPS = [
-    ("0::/system.slice/nginx.service\n", ("nginx.service", None)),
-    ("0::/init.scope\n", ("init.scope", None)),
-    ("0::/user.slice/user-1000.slice/session-3.scope\n", ("session-3.scope", None)),
-    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/syncthing.service\n",
-     ("user@1000.service", "syncthing.service")),
-    ("0::/user.slice/user-1000.slice/user@1000.service/init.scope\n", ("user@1000.service", "init.scope")),
-    ("0::/machine.slice/machine-qemu\\x2d1\\x2ddebian.scope/libvirt/emulator\n",
-     ("machine-qemu\\x2d1\\x2ddebian.scope", None)),
-    ("0::/system.slice/docker-" + "ab" * 32 + ".scope\n", ("docker-" + "ab" * 32 + ".scope", None)),
-    ("0::/\n", (None, None)),
-    ("", (None, None)),
-    ("12:pids:/system.slice/cron.service\n1:name=systemd:/system.slice/cron.service\n0::/system.slice/cron.service\n",
-     ("cron.service", None)),
-    ("4:memory:/x\n1:name=systemd:/system.slice/ssh.service\n0::/\n", ("ssh.service", None)),
-]
-
-
-@pytest.mark.parametrize("text, expected", CGROUPS)
-def test_unit_of(text, expected):
-    assert attribution.unit_of(text) == expected
-
-
-def test_restart_targets():
-    pod = {"runtime": "containerd", "id": "c" * 64, "short_id": "c" * 12, "pod_uid": "1234-5678"}
-    assert attribution.restart_target({"kind": "fd", "unit": "x.scope", "container": pod}) == ("pod", "1234-5678")
-    ctr = {"runtime": "podman", "id": "d" * 64, "short_id": "d" * 12}
-    assert attribution.restart_target({"kind": "mmap", "container": ctr}) == ("container", "podman " + "d" * 12)
-    assert attribution.restart_target({"kind": "fd", "unit": "a.service"}) == ("unit", "a.service")
-    assert attribution.restart_target({"kind": "fd", "unit": "user@1.service", "user_unit": "b.service"}) == (
-        "unit", "user@1.service/b.service")
-    assert attribution.restart_target({"kind": "fd", "name": "sleep", "pid": 7}) == ("process", "sleep[7]")
-    assert attribution.restart_target({"kind": "loop", "device": "/dev/loop3"}) == ("loop", "/dev/loop3")
-    assert attribution.restart_target({"kind": "mount", "mount_point": "/etc/app.conf"}) == ("mount", "/etc/app.conf")
-
-
-def test_names_round_trip():
-    raw = os.fsdecode(b"/srv/\xff\xfe.log")
-    record = {}
-    names.put(record, "path", raw)
-    assert record["path"] == "/srv/\\xff\\xfe.log"
-    assert base64.b64decode(record["path_b64"]) == b"/srv/\xff\xfe.log"
-    assert names.raw(record, "path") == raw
-    assert names.matches("/srv/\\xff\\xfe.log", raw) and names.matches(raw, raw)
-    plain = {}
-    names.put(plain, "path", "/srv/caf\u00e9\n.log")
-    assert plain == {"path": "/srv/caf\u00e9\n.log"}
-    assert not names.matches("/srv/\\xff\\xfe.log", "/srv/other")
-    safe = names.json_safe({"msg": "cannot open " + raw, "dest": raw, "nested": [{"host_path": raw}]})
-    assert safe["msg"] == "cannot open /srv/\\xff\\xfe.log" and "msg_b64" not in safe
-    assert names.raw(safe, "dest") == raw and names.raw(safe["nested"][0], "host_path") == raw
+from ansible_collections.frelink.frelink.plugins.filter.audit_csv import audit_csv
+from ansible_collections.frelink.frelink.plugins.filter.audit_report import audit_report
 
 
 def _host(orphans, **scan):
