@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * The filesystems frelink relinks on, by superblock magic: exactly those
  * whose ->link() is proven to take an inode with link count 0 off its

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * The few kernel APIs frelink uses that differ between the kernels it
  * supports (Debian 12's 6.1, Debian 13's 6.12, 7.x).  Which variant a kernel

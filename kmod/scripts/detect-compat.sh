@@ -1,5 +1,5 @@
 #!/bin/sh
-# SPDX-License-Identifier: GPL-2.0
+# SPDX-License-Identifier: GPL-2.0-only
 #
 # Print compat-config.h for the kernel whose headers are in $1 (srctree)
 # and $2 (objtree): one #define per API difference, detected by looking at

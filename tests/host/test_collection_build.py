@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent  # the venv with ansible-core
 REPO = Path(__file__).resolve().parents[2]
 
 # what a collection artifact may hold at its top level
-ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "LICENSE", "changelogs", "docs", "kmod",
+ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "LICENSE", "LICENSES", "REUSE.toml", "changelogs", "docs", "kmod",
                "meta", "playbooks", "plugins", "roles", "tests"}
 REQUIRED = ("plugins/modules/frelink_facts.py", "plugins/modules/frelink_restore.py",
             "plugins/module_utils/_frelink/scan/facts.py", "roles/frelink_kmod/tasks/main.yml",

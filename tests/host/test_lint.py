@@ -1,5 +1,5 @@
 """ansible-lint (profile production, .ansible-lint at the repo root) on the role,
-the playbooks and the molecule scenarios.
+the playbooks and the molecule scenarios; `reuse lint` on the whole checkout.
 
 ansible-lint installs the collection it runs in into its cache; ANSIBLE_HOME
 points that at a temporary directory so no stale copy lands in ~/.ansible.
@@ -31,3 +31,12 @@ def test_ansible_lint_production(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "Profile 'production' was required, and it passed" in output, output
+
+
+def test_reuse_lint():
+    """Every file has a licence and copyright (its SPDX header or REUSE.toml), and every
+    licence named has its text in LICENSES/."""
+    proc = subprocess.run([str(BIN / "reuse"), "--root", str(REPO), "lint"], cwd=REPO, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-2000:]
+    assert "compliant with version" in proc.stdout, proc.stdout

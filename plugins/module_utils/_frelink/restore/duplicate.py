@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: frelink developers
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Copy and reflink: a new inode with the deleted file's bytes, committed
 only when it is verified against the source."""
 

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: (c) frelink contributors
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The facts of deleted-but-held files: discovery (discovery.py), then
 enrichment of what is listed (enrich.py).
 

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: (c) frelink contributors
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Discovery through the kernel module: FRELINK_IOC_HELD lists every handle on a
 deleted file (fd, mapping, exe, cwd, root) with what fstat(2) and readlink(2) of
 it would give, so no /proc/PID/fd entry is read one by one.

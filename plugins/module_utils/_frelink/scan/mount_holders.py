@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: (c) frelink contributors
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Discovery of deleted files and directories that are the root of a mount (kind "mount").
 
 A file bind-mounted somewhere (docker -v /srv/app.conf:/etc/app.conf) and then removed or

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
-# Copyright: (c) frelink contributors
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Which installed package owns a path, from the package manager's own database, without
 running it: dpkg's /var/lib/dpkg/info/*.list (what `dpkg -S` reads), and rpm's SQLite
 database (rpm 4.16 and later: RHEL 9, Fedora, SUSE; what `rpm -qf` reads) through

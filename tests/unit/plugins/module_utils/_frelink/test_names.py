@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: frelink developers
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Names that are not UTF-8 (names.py): shown as text with \\xNN, with the exact bytes in
 <key>_b64, and read back to the same bytes."""
 

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: frelink developers
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What to restart: the systemd unit of a holder from /proc/PID/cgroup, and the target of
 each kind of holder (attribution.py), on captured input."""
 
