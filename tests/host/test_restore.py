@@ -549,3 +549,42 @@ def test_recover_playbook_takes_its_variables_from_inventory(work, holders):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "restored 1" in done.stdout, done.stdout
     assert (work / "from-inventory" / held.path.lstrip("/")).read_bytes() == held.content()
+
+
+def test_rerun_after_an_overlay_rescue_is_unchanged(work):
+    """A file deleted in an overlay's merged view and relinked into the rescue directory of
+    its upper filesystem (a hard link made before the deletion stands in for the kernel
+    module's relink: the same inode, one name, still held): the same task run again finds
+    it there and changes nothing, instead of failing because no deleted file is left."""
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
+    from orphans import holder
+    _need_root_and_loop()
+    upper_fs, lower, merged = work / "upper-fs", work / "lower", work / "merged"
+    for directory in (upper_fs, lower, merged):
+        directory.mkdir()
+    _run(["mount", "-t", "tmpfs", "-o", "size=16m", "frelink-test-upper", str(upper_fs)])
+    try:
+        (upper_fs / "upper").mkdir()
+        (upper_fs / "work").mkdir()
+        _run(["mount", "-t", "overlay", "frelink-test-overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s"
+              % (lower, upper_fs / "upper", upper_fs / "work"), str(merged)])
+        try:
+            original = merged / "srv" / "app.db"
+            original.parent.mkdir()
+            original.write_bytes(b"rescued\n" * 512)
+            code = "fd = os.open(%r, os.O_RDONLY); out['ino'] = os.fstat(fd).st_ino" % str(original)
+            with holder(code) as (_proc, out):
+                upper_dev = device_string(os.stat(upper_fs / "upper").st_dev).replace(":", "-")
+                rescued = upper_fs / "frelink-rescue" / ("overlay-" + upper_dev) / str(original).lstrip("/")
+                rescued.parent.mkdir(parents=True)
+                os.link(upper_fs / "upper" / "srv" / "app.db", rescued)
+                original.unlink()
+                result, failures = _restore({"path": str(original)})
+                assert not failures, failures
+                assert (result["changed"], result["status"], result["dest"]) == (False, "nothing_to_restore",
+                                                                                  str(rescued)), result
+                assert os.stat(rescued).st_ino == out["ino"] and not original.exists()
+        finally:
+            subprocess.run(["umount", "-l", str(merged)], check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(upper_fs)], check=False)

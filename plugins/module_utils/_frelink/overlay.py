@@ -18,8 +18,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import stat
 
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
+    NETWORK_FSTYPES,
     MountTable,
     device_string,
     parse_mountinfo,
@@ -110,3 +112,27 @@ def layer_containing(upper, dest):
         if real == layer_real or real.startswith(layer_real.rstrip("/") + "/"):
             return layer
     return None
+
+
+def rescued_paths(path, mounts):
+    """Regular files at <mount point>/RESCUE_DIR/<owner>/PATH on the mounted filesystems
+    (network ones skipped: they may hang): where rescue_dest() put an overlay file that a
+    task restored without a dest, for its rerun to find."""
+    found, seen = [], set()
+    for mount in mounts:
+        top = mount["mount_point"].rstrip("/") + "/" + RESCUE_DIR
+        if top in seen or mount["fstype"] in NETWORK_FSTYPES:
+            continue
+        seen.add(top)
+        try:
+            owners = sorted(os.listdir(top))
+        except OSError:
+            continue
+        for owner in owners:
+            candidate = "%s/%s/%s" % (top, owner, path.lstrip("/"))
+            try:
+                if stat.S_ISREG(os.lstat(candidate).st_mode):
+                    found.append(candidate)
+            except (OSError, ValueError):
+                continue
+    return found

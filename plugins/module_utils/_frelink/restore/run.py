@@ -34,8 +34,8 @@ from ansible_collections.frelink.frelink.plugins.module_utils._frelink import na
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.destination import DestDir
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.duplicate import compare_copy, duplicate, open_source
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.overlay import layer_containing
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string, parse_mountinfo, read_text
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.overlay import layer_containing, rescued_paths
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.plan import (
     FALLBACKS,
     METHODS,
@@ -306,7 +306,7 @@ def run(params, check_mode=False):
             items.append((path, _target_of(group[0])))
         else:
             probe = dest or (dest_in_dir(dest_dir, path, layout) if dest_dir else path)
-            items.append((path, _absent_by_path(path, probe, scan_info)))
+            items.append((path, _absent_by_path(path, probe, scan_info, rescue=not (dest or dest_dir))))
     elif params.get("src") is not None:
         items.append((params["src"], _guard(resolve_src, params["src"])))
     else:
@@ -397,9 +397,11 @@ def partial_scan_hint(scan_info):
     return hint + "."
 
 
-def _absent_by_path(path, probe, scan_info=None):
+def _absent_by_path(path, probe, scan_info=None, rescue=False):
     """No orphan with this original path: fine when dest exists (restored
-    before; a name that is not UTF-8 may be given as the facts show it), an
+    before; a name that is not UTF-8 may be given as the facts show it), or,
+    without a dest, when an overlay rescue directory holds the path (a file
+    deleted in a container's merged view is restored there by default); an
     error otherwise."""
     for name in names.spellings(probe):
         try:
@@ -412,6 +414,17 @@ def _absent_by_path(path, probe, scan_info=None):
             return {"changed": False, "status": "nothing_to_restore", "dest": name, "path": path,
                     "msg": "no deleted file that is still held has the original path %s, and %s exists "
                            "(restored before?)" % (path, name)}
+    if rescue:
+        try:
+            mounts = parse_mountinfo(read_text("/proc/self/mountinfo"))
+        except OSError:
+            mounts = []
+        for name in names.spellings(path):
+            rescued = rescued_paths(name, mounts)
+            if rescued:
+                return {"changed": False, "status": "nothing_to_restore", "dest": rescued[0], "path": path,
+                        "msg": "no deleted file that is still held has the original path %s; it was restored into "
+                               "the overlay rescue directory before: %s" % (path, ", ".join(rescued))}
     partial = partial_scan_hint(scan_info)
     if partial:
         return RestoreError("no deleted file that is still held with the original path %s was found, but the scan "
