@@ -289,6 +289,7 @@ def _main_playbook(h, results_file):
                         "ls -A %(ov)s/upper; test ! -e %(ov)s/upper/stolen.log && echo clean"
                         % {"pid": held["pid"], "r": rescue, "ov": ov}))
         add(_restore_task("ov-again-" + fs, {"src": src(held), "dest": rescue}))
+        add(_restore_task("ov-again-path-" + fs, {"path": held["path"]}))  # as recover.yml reruns it
     add(_shell_task("rmmod", "rmmod frelink && test ! -e /sys/module/frelink && echo unloaded"))
     add(_restore_task("not-loaded", {"path": h["notloaded"]["path"]}))
     add({"name": "facts-kernel-unloaded", "frelink.frelink.frelink_facts": {"backend": "kernel"},
@@ -517,6 +518,8 @@ def test_overlay_container_file_is_relinked_on_its_upper_layer(restored, fs):
     assert after[2:] == ["clean"], "the upper layer changed: %s" % after  # no name inside the layer dirs
     again = _ok(r["r_ov_again_" + fs])
     assert again["changed"] is False and again["status"] == "already_restored", again
+    by_path = _ok(r["r_ov_again_path_" + fs])
+    assert (by_path["changed"], by_path["status"], by_path["dest"]) == (False, "nothing_to_restore", rescue), by_path
 
 
 # what changes between two scans of a live host: the growing file's size, and file positions
