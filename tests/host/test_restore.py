@@ -588,3 +588,24 @@ def test_rerun_after_an_overlay_rescue_is_unchanged(work):
             subprocess.run(["umount", "-l", str(merged)], check=False)
     finally:
         subprocess.run(["umount", "-l", str(upper_fs)], check=False)
+
+
+def test_rerun_by_identity_after_the_file_has_its_name_again(work):
+    """A file restored in place (the state a relink leaves: the same inode named at its
+    original path again, the holder's descriptor still showing ' (deleted)'), selected
+    again by device and inode without dest: unchanged, not 'no deleted file'."""
+    from orphans import holder
+    path = work / "named-again.db"
+    path.write_bytes(b"x" * 8192)
+    os.link(path, work / "spare-name")  # a second name, kept aside while the first is deleted
+    with holder("fd = os.open(%r, os.O_RDWR); out['fd'] = fd" % str(path)) as (proc, out):
+        src = "/proc/%d/fd/%d" % (proc.pid, out["fd"])
+        path.unlink()
+        os.rename(work / "spare-name", path)  # the inode has its original name again
+        st = os.stat(src)
+        assert os.readlink(src).endswith(" (deleted)") and os.stat(path).st_ino == st.st_ino
+        result, failures = _restore({"device": "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev)),
+                                     "inode": st.st_ino})
+        assert not failures, failures
+        assert (result["changed"], result["status"], result["dest"]) == (False, "already_restored",
+                                                                          str(path)), result

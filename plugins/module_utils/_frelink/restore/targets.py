@@ -197,4 +197,34 @@ def resolve_inode(dev, ino):
     orphan = scan_mod.find_orphan(dev, ino)
     if orphan is not None:
         return Target(dev, ino, orphan=orphan)
-    return Target(dev, ino, orphan=None, nlink=-1)
+    return _named_again(dev, ino) or Target(dev, ino, orphan=None, nlink=-1)
+
+
+def _named_again(dev, ino):
+    """The target as a process still holds it once it has a name again (after a relink):
+    a descriptor whose fstat is (dev, ino) with links. Its /proc link text, the name it
+    was opened by, is only the candidate default dest; restore_target() decides by the
+    identity of what that name holds. None when no process holds it."""
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        fd_dir = "/proc/%s/fd" % pid
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited, or not ours to look at
+        for fd in fds:
+            open_path = "%s/%s" % (fd_dir, fd)
+            try:
+                st = os.stat(open_path)
+                if (st.st_dev, st.st_ino) != (dev, ino) or st.st_nlink == 0 or not stat.S_ISREG(st.st_mode):
+                    continue
+                link = os.readlink(open_path)
+            except OSError:
+                continue
+            if link.endswith(DELETED_SUFFIX):
+                link = link[:-len(DELETED_SUFFIX)]
+            return _target_from_stat(st, link, pid=pid)
+    return None
