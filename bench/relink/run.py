@@ -39,7 +39,7 @@ def main():
     module = harness.build_module(args.suite, REPO / "kmod")
     with harness.Guest(args.suite) as guest:
         guest.run("mkdir -p %s/work" % REMOTE)
-        for local in (module, REPO / "plugins" / "module_utils" / "kmod_abi.py", Path(__file__).with_name("guest_bench.py")):
+        for local in (module, REPO / "plugins" / "module_utils" / "_frelink" / "kmod_abi.py", Path(__file__).with_name("guest_bench.py")):
             guest.put(str(local), "%s/%s" % (REMOTE, local.name))
         guest.run("insmod %s/frelink.ko" % REMOTE)
         kernel = guest.run("uname -r").stdout.strip()
