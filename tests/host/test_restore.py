@@ -581,8 +581,8 @@ def test_rerun_after_an_overlay_rescue_is_unchanged(work):
                 original.unlink()
                 result, failures = _restore({"path": str(original)})
                 assert not failures, failures
-                assert (result["changed"], result["status"], result["dest"]) == (False, "nothing_to_restore",
-                                                                                  str(rescued)), result
+                expected = (False, "nothing_to_restore", str(rescued))
+                assert (result["changed"], result["status"], result["dest"]) == expected, result
                 assert os.stat(rescued).st_ino == out["ino"] and not original.exists()
         finally:
             subprocess.run(["umount", "-l", str(merged)], check=False)
@@ -607,5 +607,5 @@ def test_rerun_by_identity_after_the_file_has_its_name_again(work):
         result, failures = _restore({"device": "%d:%d" % (os.major(st.st_dev), os.minor(st.st_dev)),
                                      "inode": st.st_ino})
         assert not failures, failures
-        assert (result["changed"], result["status"], result["dest"]) == (False, "already_restored",
-                                                                          str(path)), result
+        expected = (False, "already_restored", str(path))
+        assert (result["changed"], result["status"], result["dest"]) == expected, result
