@@ -1,0 +1,68 @@
+# -*- coding: utf-8 -*-
+# Copyright: frelink developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The file to truncate, reached through a holder's descriptor (/proc/PID/fd/N) and verified by fstat:
+the same identity (st_dev, st_ino) as the facts gave, a regular file, and deleted (st_nlink == 0).
+The ' (deleted)' text of the link is never trusted."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import stat
+
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
+
+_OPEN = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+
+class Gone(Exception):
+    """The file is no longer held (its holder exited or closed it) or has a name again: nothing to do."""
+
+
+def fd_paths(entry, proc="/proc"):
+    """/proc/PID/fd/N of every descriptor holder of a facts entry, the writers first."""
+    fds = [h for h in entry.get("holders") or [] if h.get("kind") == "fd" and h.get("pid") is not None]
+    fds.sort(key=lambda h: "w" not in (h.get("mode") or ""))
+    return ["%s/%d/fd/%d" % (proc, h["pid"], h["fd"]) for h in fds]
+
+
+def open_verified(entry, flags):
+    """(fd, stat, through) of the file of ENTRY opened with FLAGS (os.O_WRONLY or os.O_RDONLY) through the first
+    of its descriptors that still opens it; raises Gone when none does (or it has a name again) and
+    RestoreError when the file cannot be opened so or is not what the facts said."""
+    dev, ino = entry["dev"], entry["ino"]
+    last = None
+    for through in fd_paths(entry):
+        try:
+            fd = os.open(through, flags | _OPEN)
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            last = exc
+            continue
+        except OSError as exc:
+            raise RestoreError("cannot open %s (%s) for %s: %s; nothing was changed (an append-only or immutable "
+                               "file, chattr -a/-i, cannot be truncated)" % (
+                                   through, entry.get("path"), "writing" if flags == os.O_WRONLY else "reading",
+                                   exc.strerror), errno=exc.errno)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            os.close(fd)
+            last = None
+            continue  # the descriptor number was reused for another file: try the next holder
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise RestoreError("%s (device %s inode %d) is not a regular file; nothing was changed"
+                               % (entry.get("path"), device_string(dev), ino))
+        if st.st_nlink != 0:
+            os.close(fd)
+            raise Gone("%s (device %s inode %d) has a name again (%d links): it is not deleted, frelink_reclaim "
+                       "leaves it alone" % (entry.get("path"), device_string(dev), ino, st.st_nlink))
+        return fd, st, through
+    raise Gone("%s (device %s inode %d) is no longer held through a descriptor (its holders exited or closed it%s)"
+               % (entry.get("path"), device_string(dev), ino, ": %s" % last.strerror if last else ""))
