@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_restore import SYSTEM_PYTHON, ansible_module
+from test_restore import REPO, SYSTEM_PYTHON, ansible_module, ansible_playbook
 
 HOLDER = r"""
 import json, mmap, os, sys
@@ -273,3 +273,46 @@ def test_non_utf8_name(fs, held):
     assert log.state()["size"] == 0 and small.free() - free_before == MiB
     by_path = ansible_module("frelink_reclaim", {"path": item["path"]})
     assert not by_path["failed"] and by_path["changed"] is False, by_path["_stdout"]
+
+
+def _recap_changed(stdout):
+    """changed=N of localhost in the PLAY RECAP."""
+    line = [x for x in stdout.splitlines() if x.startswith("localhost") and "changed=" in x][-1]
+    return int(line.split("changed=")[1].split()[0])
+
+
+def test_reclaim_playbook_previews_check_then_frees_then_rerun_unchanged(fs, held):
+    small = fs()
+    log = held(small.mnt / "service.log", 2 * MiB, "append")
+    db = held(small.mnt / "db.data", MiB, "rdwr")
+    allocated = log.state()["allocated"]
+    free_before = small.free()
+    playbook = REPO / "playbooks" / "reclaim.yml"
+
+    preview = ansible_playbook(playbook)  # nothing selected: a preview of every file, nothing truncated
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "would truncate %s" % (small.mnt / "service.log") in preview.stdout
+    assert "%s is not reclaimed" % (small.mnt / "db.data") in preview.stdout and "read-write" in preview.stdout
+    assert "Nothing is truncated until you select it" in preview.stdout
+    assert small.free() == free_before and log.state()["size"] == 2 * MiB
+
+    extra = {"frelink_reclaim_paths": [str(small.mnt) + "/*.log"]}
+    checked = ansible_playbook(playbook, extra, check=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "would free %d bytes in 1 files" % allocated in checked.stdout
+    assert small.free() == free_before and log.state()["size"] == 2 * MiB
+
+    done = ansible_playbook(playbook, extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "freed %d bytes in 1 files" % allocated in done.stdout
+    assert small.free() - free_before == allocated
+    assert log.state()["size"] == 0 and db.state()["size"] == MiB
+    assert _recap_changed(done.stdout) == 1
+
+    again = ansible_playbook(playbook, extra)
+    assert again.returncode == 0 and _recap_changed(again.stdout) == 0, again.stdout
+
+    # the read-write file selected without the opt-in: the host fails, nothing changes
+    refused = ansible_playbook(playbook, {"frelink_reclaim_paths": [str(small.mnt) + "/*"]})
+    assert refused.returncode != 0 and "allow_read_write" in refused.stdout, refused.stdout
+    assert db.state()["size"] == MiB and _recap_changed(refused.stdout) == 0

@@ -145,7 +145,7 @@ def _run_planned(results, planned, refused, scan_info, archive_path, skip_refuse
             for plan in planned:
                 plan.item.update(status="refused", failed=True, msg=exc.msg)
             return _result(results, [], scan_info, check_mode, params), [exc.msg]
-    failures = ["%s: %s" % (r["selector"], r["msg"]) if params.get("paths") else r["msg"] for r in refused]
+    failures = [r["msg"] for r in refused]
     if refused and not skip_refused:
         for plan in planned:
             plan.item.update(status="not_reclaimed", msg="%s was not reclaimed because another selected file was "
