@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: frelink_reclaim
 short_description: Free the space of deleted files that are still held open, without restarting their holders
-version_added: "0.3.0"
+version_added: "0.2.0"
 description:
   - Frees the disk space of files that were deleted while a process still holds them open (the full disk whose
     C(df) and C(du) disagree because a service still writes a deleted log), by truncating each file to 0 bytes
