@@ -20,7 +20,7 @@ HOLDER = r"""
 import json, mmap, os, sys
 path, size, how = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 flags = {"append": os.O_WRONLY | os.O_APPEND, "wronly": os.O_WRONLY, "rdwr": os.O_RDWR,
-         "mapped": os.O_WRONLY | os.O_APPEND, "reader": os.O_RDONLY}[how]
+         "mapped": os.O_WRONLY | os.O_APPEND, "reader": os.O_RDONLY, "appendonly": os.O_WRONLY | os.O_APPEND}[how]
 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
 data = os.urandom(size)
 os.write(fd, data)
@@ -35,6 +35,10 @@ if how == "mapped":  # a log writer, and the same file mapped (by a descriptor c
     keep = mmap.mmap(mfd, size, mmap.MAP_SHARED, mmap.PROT_READ)
     os.close(mfd)
 os.unlink(path)
+if how == "appendonly":  # chattr +a on the deleted inode (FS_IOC_SETFLAGS, FS_APPEND_FL)
+    import fcntl, struct
+    got = struct.unpack("=i", fcntl.ioctl(fd, 0x80086601, b"\0" * 8)[:4])[0]
+    fcntl.ioctl(fd, 0x40086602, struct.pack("=i", got | 0x20) + b"\0" * 4)
 print(json.dumps({"fd": fd, "sha256": __import__("hashlib").sha256(data).hexdigest()}), flush=True)
 for line in sys.stdin:
     cmd = line.split()
@@ -273,6 +277,17 @@ def test_non_utf8_name(fs, held):
     assert log.state()["size"] == 0 and small.free() - free_before == MiB
     by_path = ansible_module("frelink_reclaim", {"path": item["path"]})
     assert not by_path["failed"] and by_path["changed"] is False, by_path["_stdout"]
+
+
+def test_append_only_file_is_refused_in_check_mode_too(fs, held):
+    small = fs()
+    log = held(small.mnt / "audit.log", MiB, "appendonly")
+    free_before = small.free()
+    for check in (True, False):
+        result = ansible_module("frelink_reclaim", {"src": log.src}, check=check)
+        assert result["failed"] and not result["changed"] and result["status"] == "refused", result["_stdout"]
+        assert "append-only" in result["msg"] and "chattr -a" in result["msg"], result["msg"]
+    assert log.state()["size"] == MiB and small.free() == free_before and log.alive()
 
 
 def _recap_changed(stdout):

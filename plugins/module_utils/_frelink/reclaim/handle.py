@@ -9,13 +9,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import fcntl
 import os
 import stat
+import struct
 
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.rules import restart_text
 
 _OPEN = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+# linux/fs.h: the inode flags chattr sets; an append-only or immutable file cannot be truncated
+FS_IOC_GETFLAGS = 0x80086601
+FS_IMMUTABLE_FL = 0x10
+FS_APPEND_FL = 0x20
 
 
 class Gone(Exception):
@@ -29,8 +36,24 @@ def fd_paths(entry, proc="/proc"):
     return ["%s/%d/fd/%d" % (proc, h["pid"], h["fd"]) for h in fds]
 
 
+def _refuse_if_protected(fd, entry, through):
+    """RestoreError when the inode is append-only or immutable (chattr +a / +i): ftruncate would fail with EPERM.
+    Check mode opens read-only and learns it here, as the real run's open for writing would."""
+    try:
+        raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 8)
+    except OSError:
+        return  # a filesystem without these flags
+    flags = struct.unpack("=i", raw[:4])[0]
+    if flags & (FS_APPEND_FL | FS_IMMUTABLE_FL):
+        raise RestoreError("%s (%s) is %s (chattr +%s): it cannot be truncated; nothing was changed (remove the "
+                           "flag with chattr -%s on a name of it, or restart %s)" % (
+                               through, entry.get("path"), "immutable" if flags & FS_IMMUTABLE_FL else "append-only",
+                               "i" if flags & FS_IMMUTABLE_FL else "a", "i" if flags & FS_IMMUTABLE_FL else "a",
+                               restart_text(entry)), errno=1)
+
+
 def open_verified(entry, flags):
-    """(fd, stat, through) of the file of ENTRY opened with FLAGS (os.O_WRONLY or os.O_RDONLY) through the first
+    """(fd, stat, through) of the file of ENTRY opened with FLAGS (os.O_WRONLY, os.O_RDWR or os.O_RDONLY) through the first
     of its descriptors that still opens it; raises Gone when none does (or it has a name again) and
     RestoreError when the file cannot be opened so or is not what the facts said."""
     dev, ino = entry["dev"], entry["ino"]
@@ -59,6 +82,11 @@ def open_verified(entry, flags):
             os.close(fd)
             raise RestoreError("%s (device %s inode %d) is not a regular file; nothing was changed"
                                % (entry.get("path"), device_string(dev), ino))
+        try:
+            _refuse_if_protected(fd, entry, through)
+        except RestoreError:
+            os.close(fd)
+            raise
         if st.st_nlink != 0:
             os.close(fd)
             raise Gone("%s (device %s inode %d) has a name again (%d links): it is not deleted, frelink_reclaim "

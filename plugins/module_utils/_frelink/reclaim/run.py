@@ -126,7 +126,9 @@ def run(params, check_mode=False):
     skip_refused = bool(params.get("skip_refused"))
     archive_path = params.get("archive_dir")
     items, scan_info = select(params)
-    flags = os.O_RDWR if archive_path else os.O_WRONLY
+    # check mode opens read-only (it writes nothing); what an open for writing would refuse (chattr +a/+i)
+    # handle.py checks in both modes
+    flags = os.O_RDONLY if check_mode else (os.O_RDWR if archive_path else os.O_WRONLY)
     results, planned, refused = _plan(items, allow_read_write, flags)
     try:
         return _run_planned(results, planned, refused, scan_info, archive_path, skip_refused, check_mode, params)
@@ -174,9 +176,13 @@ def _run_planned(results, planned, refused, scan_info, archive_path, skip_refuse
         try:
             record = _archive_then_truncate(plan, archive_dir)
             after = os.fstat(plan.fd)
-        except (OSError, RestoreError) as exc:
-            why = exc.msg if isinstance(exc, RestoreError) else "%s%s" % (
-                exc.strerror, " (%s)" % exc.filename if exc.filename else "")
+        except Exception as exc:  # pylint: disable=broad-except  # after a change the task must not fail
+            if isinstance(exc, RestoreError):
+                why = exc.msg
+            elif isinstance(exc, OSError):
+                why = "%s%s" % (exc.strerror, " (%s)" % exc.filename if exc.filename else "")
+            else:
+                why = "%s: %s" % (type(exc).__name__, exc)
             if not any(r.get("changed") for r in results):
                 item.update(status="refused", failed=True,
                             msg="reclaiming %s failed: %s; nothing was changed" % (plan.path, why))
