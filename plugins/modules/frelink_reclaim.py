@@ -188,7 +188,7 @@ results:
       V(skipped) (refused, with O(skip_refused)), V(not_reclaimed) (not done because another file was refused,
       or failed after an earlier file changed)."
     - For a truncated file C(through) (the descriptor), C(bytes_freed), C(size_after) and, with O(archive_dir),
-      C(archive) (C(archive), C(size), C(sha256) of the bytes copied, C(compressed)); in check mode
+      C(archive) (C(archive), with C(archive_b64) for a name that is not UTF-8, C(size), C(sha256) of the bytes copied, C(compressed)); in check mode
       C(bytes_to_free).
   returned: always
   type: list

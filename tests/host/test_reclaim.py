@@ -269,9 +269,14 @@ def test_non_utf8_name(fs, held):
     name = os.fsencode(str(small.mnt)) + b"/log-\xff\xfe.log"
     log = held(name, MiB, "append")
     free_before = small.free()
-    done = ansible_module("frelink_reclaim", {"paths": [str(small.mnt) + "/log-*"]})
+    other = fs("archive")
+    done = ansible_module("frelink_reclaim", {"paths": [str(small.mnt) + "/log-*"], "archive_dir": str(other.mnt)})
     assert not done["failed"] and done["changed"], done["_stdout"]
     [item] = done["results"]
+    # the archive is named after the file's exact bytes, and the result gives them back in base64
+    archive = __import__("base64").b64decode(item["archive"]["archive_b64"])
+    assert archive.startswith(os.fsencode(str(other.mnt)) + b"/log-\xff\xfe.log.") and os.path.exists(archive)
+    assert hashlib.sha256(gzip.decompress(open(archive, "rb").read())).hexdigest() == log.sha256
     assert item["path"].endswith("/log-\\xff\\xfe.log")
     assert os.fsencode(item["path"]) != name and __import__("base64").b64decode(item["path_b64"]) == name
     assert log.state()["size"] == 0 and small.free() - free_before == MiB

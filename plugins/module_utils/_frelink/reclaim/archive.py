@@ -13,6 +13,7 @@ import os
 import stat
 import zlib
 
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import device_string
 
@@ -102,8 +103,10 @@ class ArchiveDir(object):
                                % (path, self.path, exc.strerror))
         finally:
             os.close(dir_fd)
-        return {"archive": os.path.join(self.path, final), "size": size, "sha256": digest,
-                "compressed": compressed}
+        record = {"size": size, "sha256": digest, "compressed": compressed}
+        # a name that is not UTF-8 as text plus archive_b64 (names.put; names.raw gives it back)
+        names.put(record, "archive", os.path.join(self.path, final))
+        return record
 
 
 def _exists(name, dir_fd):

@@ -111,7 +111,7 @@ def _archive_then_truncate(plan, archive_dir):
             record = archive_dir.write(plan.fd, plan.path, plan.st.st_dev, plan.st.st_ino)
             if os.fstat(plan.fd).st_size == record["size"]:
                 break
-            os.unlink(record["archive"])
+            os.unlink(names.raw(record, "archive"))
             record = None
         if record is None:
             raise RestoreError("%s kept growing while it was archived (%d attempts): it was not truncated, so no "
@@ -194,11 +194,11 @@ def _run_planned(results, planned, refused, scan_info, archive_path, skip_refuse
         item.update(status="reclaimed", changed=True, bytes_freed=freed, size_after=after.st_size,
                     msg="truncated %s through %s: %d bytes (%d allocated) given back%s" % (
                         plan.path, plan.through, plan.st.st_size, freed,
-                        ", a gzip copy is %s" % record["archive"] if record else ""))
+                        ", a gzip copy is %s" % names.raw(record, "archive") if record else ""))
         if record:
             item["archive"] = record
         item["diff"] = {"before_header": plan.path, "after_header": plan.path, "before": before,
-                        "after": _state(after.st_size, after.st_blocks * 512, record and record["archive"])}
+                        "after": _state(after.st_size, after.st_blocks * 512, record and names.raw(record, "archive"))}
         filesystems.predict(plan, allocated)
     if not check_mode:
         filesystems.after(planned)
