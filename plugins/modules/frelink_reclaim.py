@@ -93,8 +93,9 @@ options:
 notes:
   - Needs root on the managed node (C(become=true)) to open other users' files through C(/proc).
   - The selection and the facts that the rule reads come from the same scan as M(frelink.frelink.frelink_facts).
-  - "A process may map a file, or open it read-write, between the scan and the truncation (a few
-    milliseconds); frelink cannot rule that out."
+  - Just before the first truncation the rule is applied again on a fresh scan, so a file that a process
+    mapped or opened read-write meanwhile is refused with nothing changed. A process that does so during that
+    last scan or the truncations after it (milliseconds) is not seen.
   - With O(archive_dir), the file is truncated right after its copy is verified and its size is checked
     unchanged; it is copied again (up to three times) while it grows. Bytes written between that last check and
     the truncation, microseconds later, are not in the copy.

@@ -45,6 +45,10 @@ for line in sys.stdin:
     if cmd[0] == "write":
         os.write(fd, b"L" * int(cmd[1]))
         os.fsync(fd)
+    elif cmd[0] == "map":  # map it now (through a read-only descriptor, closed at once)
+        mfd = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY)
+        keep = mmap.mmap(mfd, os.fstat(mfd).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        os.close(mfd)
     st = os.fstat(fd)
     print(json.dumps({"size": st.st_size, "allocated": st.st_blocks * 512, "pos": os.lseek(fd, 0, os.SEEK_CUR),
                       "head": keep[:16].hex() if keep is not None else None}), flush=True)
@@ -336,3 +340,26 @@ def test_reclaim_playbook_previews_check_then_frees_then_rerun_unchanged(fs, hel
     refused = ansible_playbook(playbook, {"frelink_reclaim_paths": [str(small.mnt) + "/*"]})
     assert refused.returncode != 0 and "allow_read_write" in refused.stdout, refused.stdout
     assert db.state()["size"] == MiB and _recap_changed(refused.stdout) == 0
+
+
+def test_a_file_mapped_after_the_scan_is_refused_before_any_change(fs, held):
+    """reclaim/recheck.py: the rule again on a fresh scan just before the first change; the module's own
+    descriptor on the file is not a holder."""
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim import recheck, run as reclaim_run
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.handle import open_verified
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.facts import scan
+    small = fs()
+    log = held(small.mnt / "late.log", MiB, "append")
+    [entry] = scan(include=[log.path], limit=0)["orphans"]
+    fd, st, through = open_verified(entry, os.O_WRONLY)
+    try:
+        plan = reclaim_run._Planned({}, entry, fd, st, through)
+        assert (st.st_dev, st.st_ino) == (log.dev, log.ino) and through == log.src
+        assert recheck.refused_now([plan], False) == []  # our own O_WRONLY descriptor does not count
+        log.ask("map")
+        [(again, found)] = recheck.refused_now([plan], False)
+        assert again is plan and [rule for rule, _why in found] == ["mapped"], found
+        assert [rule for rule, _why in recheck.refused_now([plan], True)[0][1]] == ["mapped"]
+    finally:
+        os.close(fd)
+    assert log.state()["size"] == MiB and log.alive()

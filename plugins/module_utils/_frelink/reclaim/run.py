@@ -8,6 +8,8 @@ nothing is refused: archive, truncate, and measure each filesystem (space.py).
 Order of the safety guarantees:
   * every check, for every selected file, runs before the first change; a refusal of any file (unless
     skip_refused) fails the task with nothing changed;
+  * just before the first change the rule is applied again on a fresh scan (recheck.py): a file mapped or
+    opened read-write meanwhile is refused then, still with nothing changed;
   * after the first change the task never fails: a file that cannot be done then is reported
     (status not_reclaimed, with why) and the task is changed, with warnings.
 """
@@ -20,7 +22,7 @@ import os
 
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors import RestoreError
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim import rules
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim import recheck, rules
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.archive import ArchiveDir
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.handle import Gone, open_verified
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.select import select
@@ -123,7 +125,6 @@ def _archive_then_truncate(plan, archive_dir):
 def run(params, check_mode=False):
     """Everything the module does; returns (result without failed, [failure messages])."""
     allow_read_write = bool(params.get("allow_read_write"))
-    skip_refused = bool(params.get("skip_refused"))
     archive_path = params.get("archive_dir")
     items, scan_info = select(params)
     # check mode opens read-only (it writes nothing); what an open for writing would refuse (chattr +a/+i)
@@ -131,13 +132,15 @@ def run(params, check_mode=False):
     flags = os.O_RDONLY if check_mode else (os.O_RDWR if archive_path else os.O_WRONLY)
     results, planned, refused = _plan(items, allow_read_write, flags)
     try:
-        return _run_planned(results, planned, refused, scan_info, archive_path, skip_refused, check_mode, params)
+        return _run_planned(results, list(planned), refused, scan_info, archive_path, check_mode, params)
     finally:
         for plan in planned:
             os.close(plan.fd)
 
 
-def _run_planned(results, planned, refused, scan_info, archive_path, skip_refused, check_mode, params):
+def _run_planned(results, planned, refused, scan_info, archive_path, check_mode, params):
+    """PLANNED is this function's own list: files refused late are taken out of it (the caller closes them all)."""
+    skip_refused = bool(params.get("skip_refused"))
     archive_dir = None
     if archive_path and planned:
         try:
@@ -147,6 +150,13 @@ def _run_planned(results, planned, refused, scan_info, archive_path, skip_refuse
             for plan in planned:
                 plan.item.update(status="refused", failed=True, msg=exc.msg)
             return _result(results, [], scan_info, check_mode, params), [exc.msg]
+    if planned:
+        for plan, found in recheck.refused_now(planned, bool(params.get("allow_read_write"))):
+            plan.item.update(status="refused", failed=True, refusals=[{"rule": rule, "why": why} for rule, why in found],
+                             msg="%s is not reclaimed: it changed since the scan: %s" % (
+                                 plan.path, "; ".join(w for _r, w in found)))
+            refused.append(plan.item)
+            planned.remove(plan)
     failures = [r["msg"] for r in refused]
     if refused and not skip_refused:
         for plan in planned:
