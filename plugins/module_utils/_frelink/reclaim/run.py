@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: frelink developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""frelink_reclaim's whole task: select (select.py), judge every file by the rule (rules.py), open each
+"""frelink_reclaim's whole task: select (selection.py), judge every file by the rule (rules.py), open each
 through a holder's descriptor and verify it (handle.py), check archive_dir (archive.py), and only when
 nothing is refused: archive, truncate, and measure each filesystem (space.py).
 
@@ -25,7 +25,7 @@ from ansible_collections.frelink.frelink.plugins.module_utils._frelink.errors im
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim import recheck, rules
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.archive import ArchiveDir
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.handle import Gone, open_verified
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.select import select
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.selection import select
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.space import Filesystems
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.run import partial_scan_hint
 
