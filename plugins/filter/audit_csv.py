@@ -18,7 +18,8 @@ description:
   - One row per held deleted file; those at risk first, then the replaced ones, then the deliberate ones.
   - "Columns: C(host), C(class), C(path), C(type), C(size_bytes), C(allocated_bytes), C(fstype), C(mount_point),
     C(device), C(inode), C(owner), C(holder_kinds), C(holders), C(restart) (the restart targets, C(kind:name)),
-    C(package), C(restore), C(deliberate)."
+    C(package), C(restore), C(deliberate), C(reclaimable_bytes) (the allocated bytes M(frelink.frelink.frelink_reclaim)
+    gives back by default; 0 when its rule refuses the file)."
 options:
   _input:
     description: The data model from P(frelink.frelink.audit_report#filter).
@@ -49,7 +50,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 
 COLUMNS = ("host", "class", "path", "type", "size_bytes", "allocated_bytes", "fstype", "mount_point", "device",
-           "inode", "owner", "holder_kinds", "holders", "restart", "package", "restore", "deliberate")
+           "inode", "owner", "holder_kinds", "holders", "restart", "package", "restore", "deliberate", "reclaimable_bytes")
 
 
 def _cells(row):
@@ -59,7 +60,7 @@ def _cells(row):
             row.get("mount_point", ""), row.get("device", ""), row.get("ino", ""), row.get("owner", ""),
             " ".join(row.get("kinds") or []), "; ".join(row.get("holders") or []),
             " ".join("%s:%s" % (t.get("kind"), t.get("name")) for t in row.get("restart") or []),
-            row.get("package", ""), row.get("restore", ""), row.get("deliberate", "")]
+            row.get("package", ""), row.get("restore", ""), row.get("deliberate", ""), row.get("reclaimable_allocated", 0)]
 
 
 def audit_csv(report):

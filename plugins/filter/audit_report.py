@@ -26,6 +26,11 @@ description:
     orphans and allocated bytes that restarting all of that row's targets frees, by class. Each orphan is in
     exactly one row, so the rows add up to the totals. A row whose orphans include C(lost) ones says so: restarting
     before restoring them destroys their data."
+  - "C(reclaimable) answers what M(frelink.frelink.frelink_reclaim) would give back without restarting anything:
+    the orphans that pass its default safety rule (one definition, C(plugins/module_utils/_frelink/reclaim/rules.py);
+    class C(lost), not mapped, not an executable, no kernel holder, every writer write-only or appending) and their
+    allocated bytes, per orphan (C(reclaimable), C(reclaimable_allocated)), per host, per filesystem and in the
+    totals. The facts must list every orphan (C(limit=0), as C(playbooks/audit.yml) asks)."
   - Needs only Python's standard library on the controller.
 options:
   _input:
@@ -65,10 +70,11 @@ _value:
     - The report's data, as C(audit.json) stores it.
     - "C(totals): C(hosts), C(hosts_failed), C(hosts_with_orphans) (with orphans at risk), C(orphans) and
       C(allocated) (at risk: lost and kernel), C(size), C(loop_swap), C(replaced) and C(replaced_allocated),
-      C(deliberate) and C(deliberate_allocated), C(pinned) (every class but deliberate), C(by_class), each with
-      C(*_human) forms of the byte counts."
+      C(deliberate) and C(deliberate_allocated), C(pinned) (every class but deliberate), C(by_class), C(reclaimable)
+      and C(reclaimable_allocated), each with C(*_human) forms of the byte counts."
     - "C(hosts) (C(name), C(status) ok, partial, failed or unreachable, C(reason), C(orphans), C(allocated),
-      C(replaced), C(replaced_allocated), C(pinned), C(deliberate), C(loop_swap)), C(filesystems), C(top_holders),
+      C(replaced), C(replaced_allocated), C(pinned), C(deliberate), C(loop_swap), C(reclaimable),
+      C(reclaimable_allocated)), C(filesystems) (with C(reclaimable) and C(reclaimable_allocated)), C(top_holders),
       C(restart), C(orphans) (at risk), C(replaced), C(loop_swap), C(deliberate)."
   type: dict
 """
@@ -78,6 +84,7 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.formatters import bytes_to_human
 
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.rules import reclaimable
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.attribution import restart_target
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.classes import AT_RISK, CLASSES, KERNEL_KINDS
 
@@ -180,7 +187,8 @@ class _Fleet:
         facts = (result.get("ansible_facts") or {}).get("frelink")
         status, reason = _host_status(result, facts)
         host = {"name": name, "status": status, "reason": str(reason).strip(), "orphans": 0, "allocated": 0,
-                "replaced": 0, "replaced_allocated": 0, "pinned": 0, "deliberate": 0, "loop_swap": 0}
+                "replaced": 0, "replaced_allocated": 0, "pinned": 0, "deliberate": 0, "loop_swap": 0,
+                "reclaimable": 0, "reclaimable_allocated": 0}
         for orphan in (facts or {}).get("orphans") or []:
             self.add_orphan(host, orphan)
         self.hosts.append(host)
@@ -217,12 +225,18 @@ class _Fleet:
             "deliberate": deliberate.get("idiom", ""),
             "why": deliberate.get("why", ""),
             "restore": _restore_text(klass, orphan, targets),
+            # what frelink_reclaim truncates by default (reclaim/rules.py, the module's own rule)
+            "reclaimable": reclaimable(dict(orphan, **{"class": klass})),
         }
+        row["reclaimable_allocated"] = allocated if row["reclaimable"] else 0
         self.rows.append(row)
         if klass == "deliberate":
             host["deliberate"] += 1
             return
         host["pinned"] += allocated
+        if row["reclaimable"]:
+            host["reclaimable"] += 1
+            host["reclaimable_allocated"] += allocated
         if klass in AT_RISK:
             host["orphans"] += 1
             host["allocated"] += allocated
@@ -233,9 +247,12 @@ class _Fleet:
             host["replaced_allocated"] += allocated
         fs = self.filesystems.setdefault((host["name"], row["mount_point"]), {
             "host": host["name"], "mount_point": row["mount_point"], "fstype": row["fstype"],
-            "device": row["device"], "orphans": 0, "allocated": 0, "at_risk_allocated": 0, "replaced_allocated": 0})
+            "device": row["device"], "orphans": 0, "allocated": 0, "at_risk_allocated": 0, "replaced_allocated": 0,
+            "reclaimable": 0, "reclaimable_allocated": 0})
         fs["orphans"] += 1
         fs["allocated"] += allocated
+        fs["reclaimable"] += 1 if row["reclaimable"] else 0
+        fs["reclaimable_allocated"] += row["reclaimable_allocated"]
         fs["at_risk_allocated" if klass in AT_RISK else "replaced_allocated"] += allocated
         for holder in holders:
             key = (host["name"], _holder_label(holder))
@@ -291,16 +308,18 @@ class _Fleet:
             "deliberate_allocated": by_class["deliberate"]["allocated"],
             "restart_rows": len(restart),
             "by_class": by_class,
+            "reclaimable": sum(1 for r in self.rows if r["reclaimable"]),
+            "reclaimable_allocated": sum(r["reclaimable_allocated"] for r in self.rows),
         }
         totals["pinned"] = totals["allocated"] + totals["replaced_allocated"]
-        humanised([totals], "allocated", "replaced_allocated", "deliberate_allocated", "pinned")
+        humanised([totals], "allocated", "replaced_allocated", "deliberate_allocated", "pinned", "reclaimable_allocated")
         return {
             "generated": generated,
             "totals": totals,
-            "hosts": humanised(self.hosts, "allocated", "replaced_allocated", "pinned"),
+            "hosts": humanised(self.hosts, "allocated", "replaced_allocated", "pinned", "reclaimable_allocated"),
             "filesystems": humanised(sorted(self.filesystems.values(), key=lambda f: (-f["allocated"], f["host"],
                                                                                       f["mount_point"])),
-                                     "allocated", "at_risk_allocated", "replaced_allocated"),
+                                     "allocated", "at_risk_allocated", "replaced_allocated", "reclaimable_allocated"),
             "top_holders": humanised(sorted(self.holders.values(), key=lambda h: (-h["allocated"], h["host"],
                                                                                   h["holder"]))[:top_holders],
                                      "allocated"),

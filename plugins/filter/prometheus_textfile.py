@@ -26,6 +26,11 @@ description:
     by filesystem (labels C(devno), the C(major:minor) device number, and C(fstype) and C(mountpoint),
     which mean what they mean for the node exporter's C(node_filesystem_*) metrics): C(frelink_filesystem_orphans),
     C(frelink_filesystem_pinned_bytes), C(frelink_filesystem_free_bytes)."
+  - "What M(frelink.frelink.frelink_reclaim) would give back without a restart, by its default rule (one definition,
+    C(plugins/module_utils/_frelink/reclaim/rules.py): class C(lost), not mapped, not an executable, no kernel
+    holder, every writer write-only or appending): C(frelink_reclaimable_orphans), C(frelink_reclaimable_bytes) and
+    per filesystem C(frelink_filesystem_reclaimable_bytes), over the listed orphans (exact with C(limit=0), as
+    C(playbooks/audit.yml) asks)."
   - "The scan itself: C(frelink_scan_success) (V(0) when the module failed and returned no facts; then
     it is the only metric besides the timestamp), C(frelink_scan_complete) (V(0) when the scan was partial,
     for example without root), C(frelink_scan_timestamp_seconds), C(frelink_scan_processes),
@@ -150,6 +155,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.rules import reclaimable
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.scan.classes import AT_RISK, CLASSES
 
 KINDS = ("fd", "mmap", "cwd", "root", "exe", "loop", "swap", "mount")
@@ -421,6 +427,23 @@ def prometheus_textfile(data, timestamp=None, prefix="frelink_"):
               fs_series("count", 0))
     out.gauge("filesystem_pinned_bytes", "Allocated bytes of deleted files still held on this filesystem; "
               "container as for orphans_by_kind.", fs_series("bytes_pinned", 1))
+    # what frelink_reclaim frees by default, by its own rule (reclaim/rules.py), over the listed orphans
+    reclaim_by_device = {}
+    for orphan in orphans:
+        if isinstance(orphan, Mapping) and reclaimable(orphan):
+            count, total = reclaim_by_device.get(orphan.get("device"), (0, 0))
+            reclaim_by_device[orphan.get("device")] = (
+                count + 1, total + (_number(orphan.get("allocated"), "orphans[].allocated") or 0))
+    out.gauge("reclaimable_orphans", "Deleted files that frelink_reclaim would truncate by default, freeing their "
+              "space without a restart (class lost, not mapped, every writer write-only or appending: deleted logs "
+              "still written); over the listed ones.", [([], sum(c for c, _b in reclaim_by_device.values()))])
+    out.gauge("reclaimable_bytes", "Allocated bytes of those: what frelink_reclaim would give back by default.",
+              [([], sum(b for _c, b in reclaim_by_device.values()))])
+    out.gauge("filesystem_reclaimable_bytes", "Allocated bytes on this filesystem that frelink_reclaim would give "
+              "back by default (as reclaimable_bytes).",
+              [(fs_labels(fs), reclaim_by_device.get(fs.get("device"), (0, 0))[1]) for fs in filesystems]
+              + [(fs_labels(split.fs_labels[device]), reclaim_by_device[device][1]) for device in unknown
+                 if device in reclaim_by_device])
     out.gauge("filesystem_free_bytes", "Bytes available to unprivileged users on this filesystem (room for a copy).",
               [(fs_labels(fs), _number(fs.get("free_bytes"), "by_filesystem[].free_bytes")) for fs in filesystems])
     return out.text()

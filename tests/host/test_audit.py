@@ -61,6 +61,32 @@ def held_file(tmp_path):
         proc.wait()
 
 
+LOG_WRITER = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, b"l" * int(sys.argv[2]))
+os.unlink(sys.argv[1])
+print(fd, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def held_log(tmp_path):
+    """A 2 MiB log a process keeps appending to (O_APPEND) after it was unlinked: what a reclaim frees."""
+    path = tmp_path / "audit-service.log"
+    proc = subprocess.Popen([SYSTEM_PYTHON, "-c", LOG_WRITER, str(path), str(2 << 20)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = proc.stdout.readline().strip()
+        assert fd.isdigit(), "holder process did not start"
+        handle = "/proc/%d/fd/%s" % (proc.pid, fd)
+        yield {"path": str(path), "pid": proc.pid, "handle": handle, "allocated": os.stat(handle).st_blocks * 512}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 SEMAPHORE = r"""
 import multiprocessing, os, sys
 lock = multiprocessing.Lock()  # sem_open() then sem_unlink() at once: a mapped, deleted /dev/shm/sem.*
@@ -156,7 +182,7 @@ def held_odd_name(tmp_path):
 
 
 def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_image, replaced_library, held_odd_name,
-                                    tmp_path):
+                                    held_log, tmp_path):
     report = tmp_path / "report"
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(
@@ -239,7 +265,23 @@ def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_imag
     assert data["totals"]["deliberate"] >= 2 and data["totals"]["orphans"] == len(data["orphans"])
     assert hosts["web1"]["orphans"] == len([o for o in data["orphans"] if o["host"] == "web1"])
 
+    # What a reclaim gives back (frelink_reclaim's default rule): the appended log, not the file held read-write,
+    # the loop image, the replaced library nor the semaphore; per host it adds up over filesystems and files.
+    log = entries(held_log["path"])
+    assert sorted(o["host"] for o in log) == ["web1", "web2"] and all(o["reclaimable"] for o in log), log
+    assert log[0]["reclaimable_allocated"] == held_log["allocated"] >= 2 << 20
+    assert not any(o["reclaimable"] for o in held + image + lib + data["deliberate"])
+    every = data["orphans"] + data["replaced"] + data["deliberate"]
+    for name in ("web1", "web2"):
+        mine = sum(o["reclaimable_allocated"] for o in every if o["host"] == name)
+        assert hosts[name]["reclaimable_allocated"] == mine >= held_log["allocated"]
+        assert sum(f["reclaimable_allocated"] for f in data["filesystems"] if f["host"] == name) == mine
+    assert data["totals"]["reclaimable_allocated"] == sum(h["reclaimable_allocated"] for h in data["hosts"])
+
     rows = list(csv.DictReader((report / "audit.csv").open()))
+    log_row = next(r for r in rows if r["path"] == held_log["path"] and r["host"] == "web1")
+    assert int(log_row["reclaimable_bytes"]) == held_log["allocated"]
+    assert next(r for r in rows if r["path"] == held_file["path"])["reclaimable_bytes"] == "0"
     assert len(rows) == len(data["orphans"]) + len(data["replaced"]) + len(data["deliberate"])
     assert any(r["path"] == held_odd_name["shown"] for r in rows)
     assert next(r for r in rows if r["path"] == held_semaphore["path"])["deliberate"] == "posix_semaphore"
@@ -251,10 +293,12 @@ def test_audit_reports_real_orphans(held_file, held_semaphore, loop_mounted_imag
     assert "| gone | unreachable |" in markdown
     assert held_file["path"] in markdown and loop_mounted_image["loop"] in markdown
     assert "## Deliberate" in markdown and held_semaphore["path"] in markdown
+    assert "reclaimable without a restart" in markdown
 
     html = (report / "index.html").read_text()
     assert held_file["path"] in html and loop_mounted_image["path"] in html
     assert "What to restart" in html and replaced_library["path"] in html and held_odd_name["shown"] in html
+    assert "reclaimable without a restart" in html
     assert "<script" not in html and "http://" not in html and "https://" not in html
     check_screenshot(report / "index.html", tmp_path)
 

@@ -155,6 +155,29 @@ def test_filter_container_edge_cases():
             prometheus_textfile(broken)
 
 
+def test_filter_reclaimable_by_the_reclaim_rule():
+    """frelink_reclaimable_*: the listed orphans that frelink_reclaim truncates by default (reclaim/rules.py)."""
+    log = {"kind": "fd", "pid": 1, "fd": 3, "mode": "wa"}
+    facts = {"summary": {"count": 4, "listed": 4, "bytes_pinned": 15, "by_kind": {"fd": 4, "mmap": 1},
+                         "by_filesystem": [
+                             {"device": "254:0", "mount_point": "/var", "fstype": "ext4", "count": 3,
+                              "bytes_pinned": 7, "free_bytes": 1},
+                             {"device": "254:1", "mount_point": "/srv", "fstype": "xfs", "count": 1,
+                              "bytes_pinned": 8, "free_bytes": 1}]},
+             "orphans": [
+                 {"device": "254:0", "class": "lost", "allocated": 1, "holders": [log]},
+                 {"device": "254:0", "class": "lost", "allocated": 2, "holders": [dict(log, mode="w")]},
+                 {"device": "254:0", "class": "lost", "allocated": 4, "holders": [log, {"kind": "mmap", "pid": 2}]},
+                 {"device": "254:1", "class": "lost", "allocated": 8, "holders": [dict(log, mode="rw")]}],
+             "scan": {"complete": True}}
+    fams = families(prometheus_textfile(facts, timestamp=1))
+    assert value(fams, "frelink_reclaimable_orphans") == 2 and value(fams, "frelink_reclaimable_bytes") == 3
+    assert value(fams, "frelink_filesystem_reclaimable_bytes", devno="254:0", mountpoint="/var", fstype="ext4") == 3
+    assert value(fams, "frelink_filesystem_reclaimable_bytes", devno="254:1", mountpoint="/srv", fstype="xfs") == 0
+    # a mapped or read-write file stays pinned, not reclaimable
+    assert value(fams, "frelink_filesystem_pinned_bytes", devno="254:1") == 8
+
+
 # -- the audit playbook on this host ------------------------------------------
 
 @contextlib.contextmanager
@@ -233,6 +256,12 @@ def test_audit_writes_textfile_metrics(tmp_path):
         contained_allocated = in_container.stat().st_blocks * 512
         stack.enter_context(ctr.holder(_opens(str(in_container))))
         in_container.unlink()
+        # a log still appended to: what frelink_reclaim frees (the two files above are held read-only: not)
+        service_log = held_fs / "service.log"
+        service_log.write_bytes(os.urandom(2 << 20))
+        stack.enter_context(holder("out['fd'] = os.open(%r, os.O_WRONLY | os.O_APPEND)" % str(service_log)))
+        log_allocated = service_log.stat().st_blocks * 512
+        service_log.unlink()
 
         run_audit(tmp_path, textfile_dir, check=True)  # check mode changes nothing
         assert not (textfile_dir / "frelink.prom").exists()
@@ -263,11 +292,16 @@ def test_audit_writes_textfile_metrics(tmp_path):
         assert value(fams, "frelink_pinned_bytes_deliberate") >= 0
         assert value(fams, "frelink_pinned_bytes") >= allocated
         assert value(fams, "frelink_pinned_bytes_by_kind", kind="fd") >= allocated
-        # the held file is the host's only orphan of its tmpfs, at a mount point that needs escaping;
+        # the held file and the log are the host's orphans of its tmpfs, at a mount point that needs escaping;
         # the container's file has its own series
         mountpoint = str(held_fs)
-        assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs") == 1
-        assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs") == allocated
+        assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs") == 2
+        assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs") \
+            == allocated + log_allocated
+        assert value(fams, "frelink_filesystem_reclaimable_bytes", mountpoint=mountpoint, fstype="tmpfs") \
+            == log_allocated >= 2 << 20
+        assert value(fams, "frelink_reclaimable_bytes") >= log_allocated
+        assert value(fams, "frelink_reclaimable_orphans") >= 1
         assert value(fams, "frelink_filesystem_orphans", mountpoint=mountpoint, fstype="tmpfs",
                      container=ctr.short_id) == 1
         assert value(fams, "frelink_filesystem_pinned_bytes", mountpoint=mountpoint, fstype="tmpfs",

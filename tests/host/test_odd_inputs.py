@@ -89,7 +89,8 @@ def _cases(s):
         ("inode text", r, {"device": "8:1", "inode": "many"}, False, ("fail", ["inode"])),
         ("huge device", r, {"device": "99999:1", "inode": 5}, False, ("fail", ["no deleted file"])),
         ("no such inode", r, {"device": "0:0", "inode": 12345}, False, ("fail", ["no deleted file"])),
-        ("live inode", r, {"device": s["live"], "inode": s["live_ino"]}, False, ("fail", ["no deleted file"])),
+        # a held file that has a name (never deleted, or relinked): its name names it, nothing to do
+        ("live inode", r, {"device": s["live"], "inode": s["live_ino"]}, False, ("ok", "already_restored")),
         ("device without inode", r, {"device": "8:1"}, False, ("fail", ["inode"])),
         ("inode without device", r, {"inode": 5}, False, ("fail", ["device"])),
         ("path and src", r, {"path": "/x", "src": src("gone")}, False, ("fail", ["mutually exclusive"])),
@@ -146,7 +147,7 @@ def _cases(s):
         ("auto falls back to copy", r, {"src": src("auto"), "dest": w + "/auto.dat", "fallback": ["reflink", "copy"]},
          False, ("ok", "restored")),
         ("facts: bogus kind", f, {"kinds": ["bogus"]}, False, ("fail", ["kinds"])),
-        ("facts: negative min_size", f, {"min_size": -1}, False, ("fail", ["min_size must be 0"])),
+        ("facts: negative min_size", f, {"min_size": -1}, False, ("fail", ["min_size must be a size of 0 or more"])),
         ("facts: negative limit", f, {"limit": -1}, False, ("fail", ["limit must be 0"])),
         ("facts: min_size text", f, {"min_size": "big"}, False, ("fail", ["min_size"])),
         ("facts: include as a string", f, {"include": w + "/*"}, False, ("ok", None)),

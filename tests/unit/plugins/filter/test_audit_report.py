@@ -87,3 +87,69 @@ def test_audit_report_reads_facts_of_an_older_module():
     report = audit_report(["h"], {"h": _host(old)})
     assert sorted((o["path"], o["class"]) for o in report["orphans"] + report["deliberate"]) == [
         ("/a", "lost"), ("/b", "kernel"), ("/dev/shm/sem.c", "deliberate")]
+
+
+def test_reclaim_rule_refuses_with_why_and_what_to_restart():
+    """plugins/module_utils/_frelink/reclaim/rules.py: the one rule of what a reclaim truncates by default."""
+    from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim import rules
+    log = {"kind": "fd", "pid": 10, "fd": 3, "name": "nginx", "mode": "wa", "unit": "nginx.service"}
+
+    def rules_of(entry, allow_read_write=False):
+        return [rule for rule, _why in rules.refusals(entry, allow_read_write)]
+
+    assert rules_of(_orphan("/var/log/a.log", "lost", 4096, [log])) == []
+    writers = [log, dict(log, mode="w", fd=4), dict(log, mode="r", fd=5)]
+    assert rules.reclaimable_bytes(_orphan("/var/log/a.log", "lost", 4096, writers)) == 4096
+    assert rules_of(_orphan("/srv/db", "lost", 1, [dict(log, mode="rw")])) == ["read_write"]
+    assert rules_of(_orphan("/srv/db", "lost", 1, [dict(log, mode="rw")]), allow_read_write=True) == []
+    assert rules_of(_orphan("/srv/ro", "lost", 1, [dict(log, mode="r")])) == ["read_write"]
+    assert rules_of(_orphan("/srv/unknown", "lost", 1, [dict(log, mode=None)])) == ["read_write"]
+    mapped = _orphan("/srv/m", "lost", 1, [log, {"kind": "mmap", "pid": 11, "name": "app", "range": "7f-80"}])
+    assert rules_of(mapped, allow_read_write=True) == ["mapped"]
+    why = dict(rules.refusals(mapped))["mapped"]
+    assert "SIGBUS" in why and "systemd unit nginx.service" in why and "process app[11]" in why
+    assert rules_of(_orphan("/bin/x", "lost", 1, [log, {"kind": "exe", "pid": 12}])) == ["executable"]
+    assert rules_of(_orphan("/l.so", "replaced", 1, [log])) == ["class"]
+    assert rules_of(_orphan("/dev/shm/sem.x", "deliberate", 1, [log], deliberate={"idiom": "posix_semaphore"})) \
+        == ["class"]
+    loop = {"kind": "loop", "device": "/dev/loop0"}
+    assert rules_of(_orphan("/vm.img", "kernel", 1, [loop]), allow_read_write=True) == ["class"]
+    assert "loop device /dev/loop0" in rules.refusals(_orphan("/vm.img", "kernel", 1, [loop]))[0][1]
+    assert rules_of(_orphan("/vm.img", "lost", 1, [log, loop])) == ["kernel_holder"]
+    assert rules_of(_orphan("/many", "lost", 1, [log], holder_count=17)) == ["holders_not_listed"]
+    assert rules_of(_orphan("/cwd", "lost", 1, [{"kind": "cwd", "pid": 1}])) == ["no_descriptor"]
+    assert rules_of(_orphan("/d", "lost", 1, [log], type="directory")) == ["not_a_file"]
+    assert rules.reclaimable_bytes(mapped) == 0
+
+
+def test_audit_report_counts_what_a_reclaim_gives_back():
+    log = [{"kind": "fd", "pid": 10, "fd": 3, "name": "nginx", "mode": "wa", "unit": "nginx.service"}]
+    db = [{"kind": "fd", "pid": 20, "fd": 7, "name": "postgres", "mode": "rw", "unit": "postgresql.service"}]
+    hostvars = {
+        "a": _host([
+            _orphan("/var/log/nginx/access.log", "lost", 4096, log),
+            _orphan("/var/log/nginx/error.log", "lost", 1024, log, device="254:1", mount_point="/var"),
+            _orphan("/srv/db", "lost", 8192, db),
+            _orphan("/usr/lib/libssl.so.3", "replaced", 2048, [dict(log[0], kind="mmap", range="7f-80")]),
+            _orphan("/dev/shm/sem.x", "deliberate", 512, log, deliberate={"idiom": "posix_semaphore"}),
+        ]),
+        "b": _host([_orphan("/srv/db", "lost", 8192, db)]),
+    }
+    report = audit_report(["a", "b"], hostvars)
+    totals = report["totals"]
+    assert (totals["reclaimable"], totals["reclaimable_allocated"]) == (2, 4096 + 1024)
+    assert totals["reclaimable_allocated_human"] == "5.00 KB"
+    hosts = {h["name"]: h for h in report["hosts"]}
+    assert (hosts["a"]["reclaimable"], hosts["a"]["reclaimable_allocated"]) == (2, 5120)
+    assert (hosts["b"]["reclaimable"], hosts["b"]["reclaimable_allocated"]) == (0, 0)
+    by_fs = {(f["host"], f["mount_point"]): f for f in report["filesystems"]}
+    assert by_fs[("a", "/")]["reclaimable_allocated"] == 4096 and by_fs[("a", "/var")]["reclaimable_allocated"] == 1024
+    assert by_fs[("b", "/")]["reclaimable_allocated"] == 0
+    rows = {(o["host"], o["path"]): o for o in report["orphans"] + report["replaced"] + report["deliberate"]}
+    assert rows[("a", "/var/log/nginx/access.log")]["reclaimable"] is True
+    assert rows[("a", "/srv/db")]["reclaimable"] is False
+    assert rows[("a", "/usr/lib/libssl.so.3")]["reclaimable"] is False
+    assert rows[("a", "/dev/shm/sem.x")]["reclaimable"] is False
+    table = {(r["host"], r["path"]): r for r in csv.DictReader(io.StringIO(audit_csv(report)))}
+    assert table[("a", "/var/log/nginx/access.log")]["reclaimable_bytes"] == "4096"
+    assert table[("a", "/srv/db")]["reclaimable_bytes"] == "0"
