@@ -7,7 +7,11 @@ measured), and the same play with only that set_fact (Ansible's floor: inventory
 loop, the recorded result in every host's variables). The report step is the difference.
 Prints wall time and the controller's peak RSS of both, and their ratio.
 
-    python bench/audit/run.py [--hosts 1000] [--orphans 100] [--rounds 1]
+With --real-hosts N it also runs the unmodified audit.yml, real scans included, on N
+inventory hosts (local connections to this host, so each scans it for real while the
+files are held) in one play.
+
+    python bench/audit/run.py [--hosts 1000] [--orphans 100] [--rounds 1] [--real-hosts 50]
 """
 import argparse
 import json
@@ -39,22 +43,23 @@ RECORDED_TASK = """    - name: The recorded scan (bench/audit/run.py)
 """
 
 
-def record(work, orphans):
-    """One real frelink_facts result (as registered) listing `orphans` held deleted files."""
+def hold(work, orphans):
+    """A process holding `orphans` files of work/, deleted."""
     paths = []
     for k in range(orphans):
         path = work / ("app-%03d.log" % k)
         path.write_bytes(b"x" * (4096 * (k % 7 + 1)))
         paths.append(str(path))
     holder = subprocess.Popen([sys.executable, "-c", HOLD] + paths, stdout=subprocess.PIPE, text=True)
-    try:
-        holder.stdout.readline()
-        for path in paths:
-            os.unlink(path)
-        facts = scan(include=[str(work) + "/*"], limit=0)
-    finally:
-        holder.kill()
-        holder.wait()
+    holder.stdout.readline()
+    for path in paths:
+        os.unlink(path)
+    return holder
+
+
+def record(work, orphans):
+    """One real frelink_facts result (as registered) listing the `orphans` held deleted files."""
+    facts = scan(include=[str(work) + "/*"], limit=0)
     assert facts["summary"]["count"] == orphans, facts["summary"]
     return {"changed": False, "ansible_facts": {"frelink": facts}}
 
@@ -93,13 +98,15 @@ def main():
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--orphans", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--real-hosts", type=int, default=0, help="also audit.yml with real scans on N local hosts")
     args = parser.parse_args()
     if not shutil.which("/usr/bin/time"):
         raise SystemExit("bench/audit/run.py needs /usr/bin/time (Debian package time, installed by scripts/bootstrap.sh)")
     work = Path(tempfile.mkdtemp(prefix="frelink-bench-audit-"))
+    held = work / "held"
+    held.mkdir()
+    holder = hold(held, args.orphans)
     try:
-        held = work / "held"
-        held.mkdir()
         recording = record(held, args.orphans)
         extra = work / "recording.json"
         extra.write_text(json.dumps({"frelink_bench_recording": recording}))
@@ -125,7 +132,22 @@ def main():
         print("report step (difference): %.1f s; audit.yml / floor: %.2fx wall, %.2fx memory; report files: %s"
               % (audit_wall - floor_wall, audit_wall / floor_wall, audit_rss / floor_rss,
                  ", ".join("%s %.1f MiB" % (p.name, p.stat().st_size / mib) for p in sorted((work / "report").iterdir()))))
+        if args.real_hosts:
+            real_inventory = work / "real.ini"
+            real_inventory.write_text("[all:vars]\nansible_connection=local\nansible_python_interpreter=%s\n[fleet]\n%s\n"
+                                      % (sys.executable, "\n".join("real%03d" % n for n in range(args.real_hosts))))
+            shutil.rmtree(work / "report")
+            wall, rss, _out = run(REPO / "playbooks" / "audit.yml", real_inventory, extra, work)
+            report = json.loads((work / "report" / "audit.json").read_text())
+            mine = [o for o in report["orphans"] if o["path"].startswith(str(held) + "/")]
+            assert report["totals"]["hosts"] == args.real_hosts and report["totals"]["hosts_failed"] == 0
+            assert len(mine) == args.real_hosts * args.orphans, len(mine)
+            print("audit.yml, unmodified, real scans: %d hosts (local connections to this host) in one play: %.1f s, "
+                  "peak RSS %.0f MiB; %d orphans listed, %d of them the held files"
+                  % (args.real_hosts, wall, rss / mib, report["totals"]["orphans"], len(mine)))
     finally:
+        holder.kill()
+        holder.wait()
         if os.environ.get("FRELINK_BENCH_KEEP"):
             print("kept: %s" % work)
         else:

@@ -50,7 +50,7 @@ def test_ansible_test_units(collections):
 def test_ansible_test_integration_targets(collections):
     require_root()
     targets = sorted(p.name for p in (REPO / "tests" / "integration" / "targets").iterdir())
-    assert targets == ["frelink_facts", "frelink_filters", "frelink_restore"]
+    assert targets == ["frelink_facts", "frelink_filters", "frelink_reclaim", "frelink_restore"]
     tool_bin = SANITY_BIN if (SANITY_BIN / "ansible-test").exists() else BIN
     proc = _ansible_test(collections, tool_bin, "integration", "--local", "--python", PYTHON, "--allow-root",
                          "--allow-destructive")
