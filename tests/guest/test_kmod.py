@@ -21,7 +21,7 @@ pytestmark = pytest.mark.guest
 
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = REPO / "tests" / "guest" / "payload" / "kmod_suite.py"
-KMOD_ABI = REPO / "plugins" / "module_utils" / "kmod_abi.py"
+KMOD_ABI = REPO / "plugins" / "module_utils" / "_frelink" / "kmod_abi.py"
 REMOTE = "/root/frelink-kmod"
 RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
 STRESS = {"ext4": 240, "btrfs": 60}
