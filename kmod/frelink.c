@@ -281,6 +281,42 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 }
 #else
 /*
+ * Was @dentry made by vfs_tmpfile() and never given a name?  Call with the
+ * inode locked.
+ *
+ * open(O_TMPFILE | O_EXCL) promises that the file can never be linked:
+ * vfs_tmpfile() then leaves I_LINKABLE off.  The inode of such a file is in
+ * the very state of a deleted file (link count 0, no I_LINKABLE), the open
+ * file's f_flags do not tell either (do_dentry_open() clears O_EXCL), and
+ * by fd the module sees a descriptor of its caller, not the holder's.  What
+ * differs is the dentry.  d_tmpfile() names the dentry of an O_TMPFILE
+ * "#<inode number>" and makes it positive without ever hashing it; every
+ * other positive dentry of a regular file that is unhashed and not a root
+ * (d_unlinked()) lost a name, and on the way vfs_unlink() or vfs_rename()
+ * marked it with dont_mount() (DCACHE_CANT_MOUNT).  BY_INODE, the dentry is
+ * the one d_obtain_alias() found, the O_TMPFILE's own one while it is held;
+ * a disconnected alias it may make is a root, not d_unlinked().
+ *
+ * An O_TMPFILE without O_EXCL that its holder linked (vfs_link() cleared
+ * I_LINKABLE) and deleted again while the first descriptor is open looks
+ * the same and is refused too: the kernel keeps no other record of O_EXCL.
+ */
+static bool frelink_never_named(struct dentry *dentry, struct inode *inode)
+{
+	char tmpname[24];
+	bool ret;
+	int len;
+
+	len = snprintf(tmpname, sizeof(tmpname), "#%llu", (u64)inode->i_ino);
+	spin_lock(&dentry->d_lock);
+	ret = d_unlinked(dentry) && !cant_mount(dentry) &&
+	      dentry->d_name.len == len &&
+	      !memcmp(dentry->d_name.name, tmpname, len);
+	spin_unlock(&dentry->d_lock);
+	return ret;
+}
+
+/*
  * Link @old_dentry, whose link count is 0, as the negative @new_dentry in
  * @dir, whose inode the caller has locked (start_creating_path()).
  *
@@ -300,37 +336,48 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
  * source inode), and every vfs_link() elsewhere, which reads the flag only
  * under that lock, sees either link count 0 without the flag (ENOENT) or
  * the link count 1 after our link (and links a file that has a name, as it
- * may).  The link
- * count is checked in the same section, so a concurrent frelink cannot give
- * a second name either.
+ * may).  The link count, the O_TMPFILE | O_EXCL promise and the directory
+ * are checked in the same section, so neither a concurrent frelink nor the
+ * holder's own linkat() can slip in between a check and the link.
  *
  * The checks of vfs_link() before its lock (may_create() with
  * audit_inode_child(), same superblock, append-only and immutable, unmapped
  * ids, security_inode_link(): SELinux, Smack) are not exported one by one.
  * So vfs_link() runs first without the flag: with every check passed it
- * stops at the link count with ENOENT, having changed nothing.  The one other
- * ENOENT of vfs_link() before that point is a deleted directory, checked
- * below under the directory lock we hold.  An inode that still carries
- * I_LINKABLE (an O_TMPFILE not linked yet, which anyone may link) is linked
- * by that first vfs_link() itself.
+ * stops at the link count with ENOENT, having changed nothing.  Whether
+ * that ENOENT was the stop at the link count is then decided on the state
+ * under the inode lock, not on the errno: the link count still 0 and no
+ * I_LINKABLE (with the flag, vfs_link() would have linked, so its ENOENT
+ * came from elsewhere and is returned), the directory not deleted (the
+ * other ENOENT of may_create()).  An inode that still carries I_LINKABLE
+ * (an O_TMPFILE not linked yet, which anyone who reaches it may link) is
+ * linked by that first vfs_link() itself.
  */
 static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 			struct dentry *new_dentry, struct frelink_deleg *deleg)
 {
 	struct inode *dir_inode = d_inode(dir->dentry);
 	struct inode *inode = d_inode(old_dentry);
+	bool linkable;
 	int err;
 
 	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt), dir_inode,
 		       new_dentry, frelink_deleg_arg(deleg));
 	if (err != -ENOENT)
 		return err;
-	if (IS_DEADDIR(dir_inode))
-		return -ENOENT;
 
 	inode_lock(inode);
+	spin_lock(&inode->i_lock);
+	linkable = frelink_inode_state(inode) & I_LINKABLE;
+	spin_unlock(&inode->i_lock);
+	/* not the stop at the link count: vfs_link()'s own ENOENT stands */
+	if (linkable || IS_DEADDIR(dir_inode))
+		goto out_unlock;
 	err = -EMLINK;
 	if (inode->i_nlink)
+		goto out_unlock;
+	err = -ENOLINK;
+	if (frelink_never_named(old_dentry, inode))
 		goto out_unlock;
 	err = frelink_try_break_deleg(inode, deleg);
 	if (err)

@@ -74,6 +74,10 @@
  *			a name through a writable mount)
  *	EBUSY		the filesystem is frozen (fsfreeze, FIFREEZE);
  *			nothing waited, retry after the thaw
+ *	ENOLINK		the file was created with O_TMPFILE | O_EXCL, which
+ *			promises it never gets a name (also an O_TMPFILE that
+ *			its holder linked and deleted again while its first
+ *			descriptor is open: the kernel cannot tell the two apart)
  * Other errors come unchanged from the kernel or the filesystem: ENOTTY
  * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
  * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or

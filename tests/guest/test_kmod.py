@@ -8,6 +8,7 @@ exact results.  See docs/kmod.md.
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import shutil
@@ -28,6 +29,7 @@ STRESS = {"ext4": 240, "btrfs": 60}
 OVERLAY_BASES = ("ext4", "xfs")
 RACE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
 FREEZE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+TMPFILE_FILESYSTEMS = ("ext4", "xfs")
 RACE_ROUNDS, RACE_LOCKED_ROUNDS = 800, 200  # 1000 rounds per filesystem
 FUZZ_REQUESTS = 3000
 DEBUG_MEM_MB = 3072
@@ -99,9 +101,15 @@ def kmod_guest(request):
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
+        scenarios += ["tmpfile:" + fs for fs in TMPFILE_FILESYSTEMS]
         scenarios += ["fuzz"]
         if label == "debug":
             scenarios += ["hostile"]
+        # FRELINK_KMOD_ONLY="tmpfile:ext4 ...": only these scenarios (for a red run
+        # or while working on one scenario); the tests of the others skip
+        only = os.environ.get("FRELINK_KMOD_ONLY", "").split()
+        if only:
+            scenarios = [s for s in scenarios if s in only]
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d --hostile %d" % (
             REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS, HOSTILE_REQUESTS),
             timeout=3600)
@@ -139,6 +147,8 @@ def _assert_kfence_samples(guest):
 
 
 def scenario(kmod_guest, name):
+    if name not in kmod_guest.results and os.environ.get("FRELINK_KMOD_ONLY"):
+        pytest.skip("%s not in FRELINK_KMOD_ONLY" % name)
     res = kmod_guest.results[name]
     assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (kmod_guest.label, name, res["exception"])
     return res
@@ -580,3 +590,32 @@ def test_kasan_catches_a_use_after_free(kmod_guest, tmp_path):
     assert res["by_fd"] == "OK", res
     report = _new_console(kmod_guest, since)
     assert "BUG: KASAN: slab-use-after-free in frelink_test_judges" in report, report[-6000:]
+
+
+@pytest.mark.parametrize("fs", TMPFILE_FILESYSTEMS)
+def test_tmpfile_excl_never_linked(kmod_guest, fs):
+    """O_TMPFILE | O_EXCL: vfs_tmpfile() promises it never gets a name; frelink
+    keeps the promise (ENOLINK, both forms, nothing changed) and still relinks
+    an ordinary deleted file beside it.  Issue #24."""
+    res = scenario(kmod_guest, "tmpfile:" + fs)
+    assert res["excl_nlink"] == 0
+    assert res["excl_linkat"] == "ENOENT"
+    assert res["excl_by_fd"] == "ENOLINK"
+    assert res["excl_by_own_fd"] == "ENOLINK"
+    assert res["excl_by_inode"] == "ENOLINK"
+    assert res["excl_nlink_after"] == 0
+    assert res["excl_linkat_after"] == "ENOENT"
+    assert res["listing_after_excl"] == []
+    assert res["ordinary_by_fd"] == "OK"
+    assert res["ordinary_by_inode"] == "OK"
+    # a plain O_TMPFILE is linked as linkat() links it
+    assert res["plain_by_fd"] == "OK"
+    assert res["plain_nlink"] == 1
+    assert res["plain_same_inode"] is True
+    # linked by its holder, deleted again: refused like O_EXCL (see docs/kmod.md)
+    assert res["again_linkat"] == "OK"
+    assert res["again_by_fd"] == "ENOLINK"
+    assert res["again_nlink"] == 0
+    assert res["listing"] == ["ordinary", "ordinary2", "plain"]
+    assert res["fsck"] == CLEAN_FSCK
+

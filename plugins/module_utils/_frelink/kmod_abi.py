@@ -130,6 +130,10 @@ HINTS = {
                  "(a file seen read-only never gains a name through a writable mount)",
     errno.EBUSY: "the filesystem is frozen (fsfreeze, or a snapshot or backup tool froze it); nothing was changed "
                  "and nothing waited: retry after 'fsfreeze --unfreeze MOUNTPOINT' or when the snapshot is done",
+    errno.ENOLINK: "the file was created with O_TMPFILE | O_EXCL: its creator asked the kernel that it never get a "
+                   "name, and frelink keeps that promise (so it does for an O_TMPFILE that its holder linked and "
+                   "deleted again, which the kernel cannot tell apart); nothing was changed, copy its contents "
+                   "instead (fallback: [copy])",
     errno.ENOSPC: "the filesystem has no room for the new directory entry; free some space and retry",
     errno.EDQUOT: "the quota of the directory's owner is exhausted; raise it or free space and retry",
 }
