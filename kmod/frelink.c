@@ -317,6 +317,34 @@ static bool frelink_never_named(struct dentry *dentry, struct inode *inode)
 }
 
 /*
+ * may_linkat() of fs/namei.c, which do_linkat() calls before vfs_link():
+ * with fs.protected_hardlinks set, only the owner of the source, a caller
+ * with CAP_FOWNER over it, or one that may read and write it (a "safe"
+ * source: regular, neither setuid nor setgid-executable) may link it.
+ * Neither may_linkat() nor sysctl_protected_hardlinks is exported, so the
+ * rule applies as with the sysctl at 1, every distribution's default (with
+ * 0, frelink is stricter than linkat()).  Write access to the file itself is
+ * not needed (linkat() does not ask for it either): a descriptor opened
+ * read-only or O_PATH is fine.  may_linkat()'s EOVERFLOW for ids without a
+ * mapping is vfs_link()'s EPERM (HAS_UNMAPPED_ID) here.
+ */
+static int frelink_may_linkat(struct vfsmount *mnt, struct inode *inode)
+{
+	/* setgid and group-executable: S_ISGID | S_IXGRP */
+	const umode_t setgid_exec = S_ISGID | 0010;
+	umode_t mode = inode->i_mode;
+
+	if (inode_owner_or_capable(frelink_mnt_idmap(mnt), inode))
+		return 0;
+	if (S_ISREG(mode) && !(mode & S_ISUID) &&
+	    (mode & setgid_exec) != setgid_exec &&
+	    !inode_permission(frelink_mnt_idmap(mnt), inode,
+			      MAY_READ | MAY_WRITE))
+		return 0;
+	return -EPERM;
+}
+
+/*
  * Link @old_dentry, whose link count is 0, as the negative @new_dentry in
  * @dir, whose inode the caller has locked (start_creating_path()).
  *
@@ -361,6 +389,10 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 	bool linkable;
 	int err;
 
+	/* as do_linkat(): after the directory is locked, before vfs_link() */
+	err = frelink_may_linkat(dir->mnt, inode);
+	if (err)
+		return err;
 	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt), dir_inode,
 		       new_dentry, frelink_deleg_arg(deleg));
 	if (err != -ENOENT)

@@ -81,7 +81,10 @@
  * Other errors come unchanged from the kernel or the filesystem: ENOTTY
  * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
  * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or
- * append-only file or directory, EACCES when a security module (SELinux,
+ * append-only file or directory, EPERM as linkat() does with
+ * fs.protected_hardlinks (another user's file, the caller without
+ * CAP_FOWNER and without read and write access to it; applied as if the
+ * sysctl were 1), EACCES when a security module (SELinux,
  * Smack) refuses the link, and ENOENT when the directory itself was
  * deleted.  EBADF also when another thread replaced @dir_fd during the call.
  * The path-based link hook of AppArmor and TOMOYO (security_path_link()) is

@@ -102,6 +102,7 @@ def kmod_guest(request):
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
         scenarios += ["tmpfile:" + fs for fs in TMPFILE_FILESYSTEMS]
+        scenarios += ["protected_hardlinks"]
         scenarios += ["fuzz"]
         if label == "debug":
             scenarios += ["hostile"]
@@ -619,3 +620,16 @@ def test_tmpfile_excl_never_linked(kmod_guest, fs):
     assert res["listing"] == ["ordinary", "ordinary2", "plain"]
     assert res["fsck"] == CLEAN_FSCK
 
+
+def test_protected_hardlinks_as_may_linkat(kmod_guest):
+    """RELINK needs no write access to the file (linkat() does not either), but
+    may_linkat()'s fs.protected_hardlinks rule applies: another user's file,
+    held read-only, is relinked only with CAP_FOWNER.  Issue #24."""
+    res = scenario(kmod_guest, "protected_hardlinks")
+    assert res["without_fowner"] == {"linkat_live": "EPERM", "by_fd": "EPERM", "by_inode": "EPERM"}
+    assert res["nlink_after_refusals"] == [0, 0]
+    assert res["listing_after_refusals"] == ["live"]
+    assert res["root_by_fd"] == "OK"
+    assert res["root_by_inode"] == "OK"
+    assert res["listing"] == ["live", "restored", "restored2"]
+    assert res["fsck"] == CLEAN_FSCK

@@ -143,7 +143,9 @@ HINTS = {
 # HINTS for errors of the ioctl itself (not of opening the device).
 HINTS_BY_FD = {
     errno.EPERM: "the link was refused: the deleted file or the destination directory is immutable or append-only "
-                 "(lsattr), or the caller lacks CAP_SYS_ADMIN (run it with become: true)",
+                 "(lsattr), or fs.protected_hardlinks applies: the file belongs to another user and the caller "
+                 "has neither CAP_FOWNER nor read and write access to it (as linkat() refuses it), or the caller "
+                 "lacks CAP_SYS_ADMIN (run it with become: true)",
     errno.EACCES: "a security module (SELinux, Smack) refused the link; see the audit log",
     errno.EMLINK: HINTS[errno.EMLINK] + "; on overlayfs also when the file has no copy in the upper layer: its "
                   "lower-layer copy still has its name there, nothing to undelete",

@@ -1695,6 +1695,86 @@ def scenario_tmpfile(kind):
     return res
 
 
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
+
+
+def scenario_protected_hardlinks():
+    """may_linkat() with fs.protected_hardlinks = 1: another user's file that
+    the caller may not read and write is linked only with CAP_FOWNER.  Files
+    of the user "tester" (mode 0644), two of them held read-only by a tester
+    process and deleted; a root caller without CAP_FOWNER, CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH (still CAP_SYS_ADMIN) gets EPERM from linkat() of
+    the live one, and from frelink of the deleted ones, both forms; root with
+    CAP_FOWNER relinks them."""
+    import pwd  # pylint: disable=import-outside-toplevel
+    tester = pwd.getpwnam("tester")
+    sysctl = "/proc/sys/fs/protected_hardlinks"
+    with open(sysctl) as f:
+        before = f.read().strip()
+
+    def set_sysctl(value):
+        with open(sysctl, "w") as f:
+            f.write(value)
+
+    CLEANUP.append(lambda: set_sysctl(before))
+    set_sysctl("1")
+    fs = Fs("protected", "ext4")
+    res = {"sysctl_before": before}
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    os.chmod(directory, 0o777)
+    dir_fd = fs.open_dir(directory)
+    for name in ("live", "victim", "victim2"):
+        write_file(directory + "/" + name, b"tester's file\n")
+        os.chown(directory + "/" + name, tester.pw_uid, tester.pw_gid)
+    ready_r, ready_w = os.pipe()
+    quit_r, quit_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(tester.pw_gid)
+            os.setuid(tester.pw_uid)
+            fds = [os.open(directory + "/" + name, os.O_RDONLY) for name in ("victim", "victim2")]
+            os.write(ready_w, json.dumps(fds).encode())
+            os.read(quit_r, 1)
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(pid))
+    fds = json.loads(os.read(ready_r, 64).decode())
+    paths = ["/proc/%d/fd/%d" % (pid, fd) for fd in fds]
+    os.unlink(directory + "/victim")
+    os.unlink(directory + "/victim2")
+
+    def restricted():
+        for cap in (CAP_FOWNER, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            capset_without(cap)
+        out = {}
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live-link").encode(), 0)
+        out["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        src_fd = os.open(paths[0], os.O_RDONLY)
+        out["by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+        st = os.stat(paths[1])
+        out["by_inode"] = refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "restored2"))
+        return out
+
+    res["without_fowner"] = in_child(restricted)
+    res["nlink_after_refusals"] = [os.stat(p).st_nlink for p in paths]
+    res["listing_after_refusals"] = listing(directory)
+    src_fd = os.open(paths[0], os.O_RDONLY)
+    res["root_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    os.close(src_fd)
+    st = os.stat(paths[1])
+    res["root_by_inode"] = refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "restored2"))
+    os.write(quit_w, b"q")
+    os.waitpid(pid, 0)
+    res["listing"] = listing(directory)
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def scenario_ro_source():
     """A file seen only through a read-only bind mount does not gain a name
     through a writable mount of the same filesystem; through a writable
