@@ -231,25 +231,29 @@ static int frelink_check_inode(struct inode *inode, struct inode *dir)
  * and is cheaper than sync_filesystem(), which also writes back every dirty
  * page of the filesystem.
  *
- * Called with write access to the mount held (mnt_want_write() in
- * start_creating_path()) and the directory locked, as btrfs itself commits
- * under a locked directory when it creates a snapshot.  Write access keeps
- * the filesystem from being remounted read-only or frozen meanwhile, and the
- * open source file pins the superblock, so s_umount is not taken: taking it
- * here would invert the order of freeze_super(), which holds it while it
- * waits for writers like us.
+ * ->sync_fs() is called with s_umount held, as every caller in the kernel
+ * calls it (sync_filesystem(), freeze_super(), sync(2) through
+ * iterate_supers()): frelink_relink_dentry() takes it shared before the
+ * mount's write access and the directory lock, in freeze_super()'s order
+ * (s_umount, then the freeze protection), so a freeze cannot start while it
+ * is held and cannot wait for us while we wait for it.  Also with the
+ * directory locked, as btrfs itself commits under a locked directory when
+ * it creates a snapshot.
  */
-static int frelink_flush_delayed_unlink(struct super_block *sb)
+static bool frelink_needs_flush(struct super_block *sb)
 {
 #ifdef FRELINK_TEST_SKIP_BTRFS_COMMIT
 	/* negative control for tests/guest/test_kmod.py; never set otherwise */
-	return 0;
+	return false;
 #endif
+	return !strcmp(sb->s_type->name, "btrfs") && sb->s_op->sync_fs;
+}
 
-	if (strcmp(sb->s_type->name, "btrfs") || sb_rdonly(sb) ||
-	    !sb->s_op->sync_fs)
+static int frelink_flush_delayed_unlink(struct super_block *sb)
+{
+	lockdep_assert_held_read(&sb->s_umount);
+	if (sb_rdonly(sb))
 		return 0;
-
 	return sb->s_op->sync_fs(sb, 1);
 }
 
@@ -466,9 +470,52 @@ static inline void frelink_test_judges(struct inode *inode, const char *name)
 #endif
 
 /*
- * Give @old_dentry the name req->name in the directory @dir_file.
+ * Write access to @mnt, the mount the source descriptor was opened through,
+ * for as long as the link takes: a source seen through a read-only mount
+ * must not gain a name through a writable one.  A literal same-mount rule
+ * like do_linkat()'s would refuse the common case (the holder is in a
+ * container or a PrivateTmp namespace, its mounts are not the caller's), so
+ * the rule is: the mount the source was opened through must itself be
+ * writable, checked the way the VFS checks it, with the mount's write
+ * access (which a remount read-only waits for or fails on), not by reading
+ * its flags.  mnt_get_write_access() takes it without the freeze
+ * protection, which the directory's mnt_want_write() takes (once: it does
+ * not nest).  6.1 does not export it: there mnt_want_write() and
+ * mnt_drop_write() check it at one instant, and only a remount read-only
+ * of that mount between the check and the link is not excluded (the
+ * filesystem itself cannot become read-only: the directory's write access
+ * holds it).
+ */
+static int frelink_src_write_access(struct vfsmount *mnt)
+{
+	int err = 0;
+
+	if (!mnt)
+		return 0;
+#ifdef FRELINK_HAVE_MNT_GET_WRITE_ACCESS
+	err = mnt_get_write_access(mnt);
+#else
+	err = mnt_want_write(mnt);
+	if (!err)
+		mnt_drop_write(mnt);
+#endif
+	return err;
+}
+
+static void frelink_src_write_done(struct vfsmount *mnt)
+{
+#ifdef FRELINK_HAVE_MNT_GET_WRITE_ACCESS
+	if (mnt)
+		mnt_put_write_access(mnt);
+#endif
+}
+
+/*
+ * Give @old_dentry the name req->name in the directory @dir_file; BY_FD,
+ * @src_mnt is the mount the source was opened through, else NULL.
  *
- * Lock order: the directory's write access and inode lock
+ * Lock order: on btrfs s_umount (shared, for ->sync_fs()), the source
+ * mount's write access, the directory's write access and inode lock
  * (start_creating_path()), then frelink_mutex, then the source inode's lock
  * (frelink_link()).  Nothing that waits for a frozen filesystem runs under
  * frelink_mutex, so a relink on a frozen filesystem never stalls relinks
@@ -476,17 +523,19 @@ static inline void frelink_test_judges(struct inode *inode, const char *name)
  * arrives is refused at once with EBUSY instead of sleeping unkillably in
  * mnt_want_write() until the thaw; only a freeze that starts in the
  * instant between that check and mnt_want_write() makes this request wait,
- * as it does linkat().
+ * as it does linkat() (not on btrfs: s_umount keeps a freeze out).
  */
 static int frelink_relink_dentry(const struct frelink_relink *req,
 				 struct file *dir_file,
-				 struct dentry *old_dentry)
+				 struct dentry *old_dentry,
+				 struct vfsmount *src_mnt)
 {
 	struct inode *inode = d_inode(old_dentry);
 	struct super_block *sb = inode->i_sb;
 	struct frelink_deleg deleg = { };
 	struct dentry *new_dentry;
 	struct path dir_path;
+	bool flush;
 	int err;
 
 retry:
@@ -494,14 +543,26 @@ retry:
 	if (READ_ONCE(inode->i_nlink))
 		return -EMLINK;
 
+	flush = frelink_needs_flush(sb);
+	if (flush) {
+		err = down_read_killable(&sb->s_umount);
+		if (err)
+			return err;
+	}
+	err = -EBUSY;
 	if (!sb_start_write_trylock(sb))
-		return -EBUSY;
+		goto out_umount;
 	sb_end_write(sb);
+
+	err = frelink_src_write_access(src_mnt);
+	if (err)
+		goto out_umount;
 
 	new_dentry = frelink_start_creating_path(req->dir_fd, req->name,
 						 &dir_path, 0);
-	if (IS_ERR(new_dentry))
-		return PTR_ERR(new_dentry);
+	err = PTR_ERR_OR_ZERO(new_dentry);
+	if (err)
+		goto out_src;
 
 	/* another thread of the caller replaced dir_fd meanwhile */
 	err = -EBADF;
@@ -514,7 +575,7 @@ retry:
 	/* final: only a relink, under this mutex, names a link count 0 inode */
 	err = -EMLINK;
 	if (!READ_ONCE(inode->i_nlink)) {
-		err = frelink_flush_delayed_unlink(sb);
+		err = flush ? frelink_flush_delayed_unlink(sb) : 0;
 		if (!err)
 			err = frelink_link(old_dentry, &dir_path, new_dentry,
 					   &deleg);
@@ -522,6 +583,11 @@ retry:
 	mutex_unlock(&frelink_mutex);
 out_end:
 	frelink_end_creating_path(&dir_path, new_dentry);
+out_src:
+	frelink_src_write_done(src_mnt);
+out_umount:
+	if (flush)
+		up_read(&sb->s_umount);
 
 	/* an NFS delegation was in the way: wait for it, then retry */
 	if (frelink_is_delegated(&deleg)) {
@@ -537,18 +603,6 @@ out_end:
 		(int)strlen(req->name), req->name);
 	frelink_test_judges(inode, req->name);
 	return 0;
-}
-
-/*
- * A source seen through a read-only mount must not gain a name through a
- * writable one.  A literal same-mount rule like do_linkat()'s would refuse
- * the common case (the holder is in a container or a PrivateTmp namespace,
- * its mounts are not the caller's), so the rule is: the mount the source
- * descriptor was opened through must itself be writable.
- */
-static bool frelink_mnt_writable(const struct vfsmount *mnt)
-{
-	return !(mnt->mnt_flags & MNT_READONLY) && !sb_rdonly(mnt->mnt_sb);
 }
 
 /*
@@ -599,12 +653,7 @@ static int frelink_relink(const struct frelink_relink *req)
 		err = -EBADF;
 		if (!src_file)
 			goto out_dir;
-		err = -EROFS;
-		if (frelink_mnt_writable(src_file->f_path.mnt))
-			err = 0;
 		old_dentry = frelink_src_dentry(src_file);
-		if (err)
-			goto out_old;
 	} else {
 		/* overlayfs inodes are never searched: its st_dev is anonymous */
 		err = -EOPNOTSUPP;
@@ -635,7 +684,8 @@ static int frelink_relink(const struct frelink_relink *req)
 	if (!err && old_dev != dir_dev)
 		err = -EXDEV;
 	if (!err)
-		err = frelink_relink_dentry(req, dir_file, old_dentry);
+		err = frelink_relink_dentry(req, dir_file, old_dentry,
+					    src_file ? src_file->f_path.mnt : NULL);
 out_old:
 	dput(old_dentry);
 	if (src_file)

@@ -51,6 +51,10 @@ has linux/filelock.h 'try_break_deleg\(' && define FRELINK_HAVE_FILELOCK_H
 has linux/filelock.h 'try_break_deleg\(struct inode \*inode, unsigned int flags' &&
 	define FRELINK_HAVE_TRY_BREAK_DELEG_FLAGS
 
+# 6.12, 7.2 (not 6.1): a mount's write access without the freeze protection
+# is exported as mnt_get_write_access()/mnt_put_write_access()
+has linux/mount.h 'int mnt_get_write_access\(' && define FRELINK_HAVE_MNT_GET_WRITE_ACCESS
+
 # 6.12, 7.2 (not 6.1): get_file_rcu() takes the __rcu pointer to the file
 has linux/fs.h 'struct file \*get_file_rcu\(struct file __rcu' &&
 	define FRELINK_HAVE_GET_FILE_RCU_PTR
