@@ -231,14 +231,19 @@ static int frelink_check_inode(struct inode *inode, struct inode *dir)
  * and is cheaper than sync_filesystem(), which also writes back every dirty
  * page of the filesystem.
  *
- * ->sync_fs() is called with s_umount held, as every caller in the kernel
- * calls it (sync_filesystem(), freeze_super(), sync(2) through
- * iterate_supers()): frelink_relink_dentry() takes it shared before the
- * mount's write access and the directory lock, in freeze_super()'s order
- * (s_umount, then the freeze protection), so a freeze cannot start while it
- * is held and cannot wait for us while we wait for it.  Also with the
- * directory locked, as btrfs itself commits under a locked directory when
- * it creates a snapshot.
+ * ->sync_fs() is called with s_umount held shared, as every caller in the
+ * kernel calls it (sync_filesystem(), freeze_super(), syncfs(2)), and with
+ * the directory locked, as btrfs itself commits under a locked directory
+ * when it creates a snapshot.  s_umount is only tried, never waited for:
+ * its order against the freeze protection that the mounts' write access
+ * takes is not the same in every kernel (6.1's freeze_super() holds s_umount
+ * while it waits for writers; since 6.6 it lets it go first, "to preserve
+ * sb_start_write -> s_umount ordering"), and taking it before the write
+ * access was reported by lockdep on 7.2 as the inverse of freeze_super().
+ * A trylock waits for nothing, so it cannot close a cycle in either order;
+ * when it fails, someone holds s_umount exclusively (a freeze, a remount,
+ * an unmount is starting) and the request is refused with EBUSY, nothing
+ * changed, as a frozen filesystem is.
  */
 static bool frelink_needs_flush(struct super_block *sb)
 {
@@ -514,16 +519,16 @@ static void frelink_src_write_done(struct vfsmount *mnt)
  * Give @old_dentry the name req->name in the directory @dir_file; BY_FD,
  * @src_mnt is the mount the source was opened through, else NULL.
  *
- * Lock order: on btrfs s_umount (shared, for ->sync_fs()), the source
- * mount's write access, the directory's write access and inode lock
- * (start_creating_path()), then frelink_mutex, then the source inode's lock
- * (frelink_link()).  Nothing that waits for a frozen filesystem runs under
+ * Lock order: the source mount's write access, the directory's write
+ * access and inode lock (start_creating_path()), on btrfs s_umount (shared,
+ * only tried: see frelink_flush_delayed_unlink()), then frelink_mutex, then
+ * the source inode's lock (frelink_link()).  Nothing that waits for a frozen filesystem runs under
  * frelink_mutex, so a relink on a frozen filesystem never stalls relinks
  * elsewhere.  A filesystem frozen (fsfreeze, FIFREEZE) when the request
  * arrives is refused at once with EBUSY instead of sleeping unkillably in
  * mnt_want_write() until the thaw; only a freeze that starts in the
  * instant between that check and mnt_want_write() makes this request wait,
- * as it does linkat() (not on btrfs: s_umount keeps a freeze out).
+ * as it does linkat().
  */
 static int frelink_relink_dentry(const struct frelink_relink *req,
 				 struct file *dir_file,
@@ -543,20 +548,13 @@ retry:
 	if (READ_ONCE(inode->i_nlink))
 		return -EMLINK;
 
-	flush = frelink_needs_flush(sb);
-	if (flush) {
-		err = down_read_killable(&sb->s_umount);
-		if (err)
-			return err;
-	}
-	err = -EBUSY;
 	if (!sb_start_write_trylock(sb))
-		goto out_umount;
+		return -EBUSY;
 	sb_end_write(sb);
 
 	err = frelink_src_write_access(src_mnt);
 	if (err)
-		goto out_umount;
+		return err;
 
 	new_dentry = frelink_start_creating_path(req->dir_fd, req->name,
 						 &dir_path, 0);
@@ -569,9 +567,13 @@ retry:
 	if (!path_equal(&dir_path, &dir_file->f_path))
 		goto out_end;
 
+	flush = frelink_needs_flush(sb);
+	err = -EBUSY;
+	if (flush && !down_read_trylock(&sb->s_umount))
+		goto out_end;
 	err = mutex_lock_killable(&frelink_mutex);
 	if (err)
-		goto out_end;
+		goto out_umount;
 	/* final: only a relink, under this mutex, names a link count 0 inode */
 	err = -EMLINK;
 	if (!READ_ONCE(inode->i_nlink)) {
@@ -581,13 +583,13 @@ retry:
 					   &deleg);
 	}
 	mutex_unlock(&frelink_mutex);
+out_umount:
+	if (flush)
+		up_read(&sb->s_umount);
 out_end:
 	frelink_end_creating_path(&dir_path, new_dentry);
 out_src:
 	frelink_src_write_done(src_mnt);
-out_umount:
-	if (flush)
-		up_read(&sb->s_umount);
 
 	/* an NFS delegation was in the way: wait for it, then retry */
 	if (frelink_is_delegated(&deleg)) {
