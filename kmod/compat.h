@@ -2,7 +2,7 @@
 /*
  * The few kernel APIs frelink uses that differ between the kernels it
  * supports (Debian 12's 6.1, Debian 13's 6.12, 7.x).  Which variant a kernel
- * has is detected from its headers at build time, see scripts/detect-compat.sh.
+ * has is decided by compile probes at build time, see scripts/detect-compat.sh.
  */
 #ifndef FRELINK_COMPAT_H
 #define FRELINK_COMPAT_H

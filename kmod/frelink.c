@@ -231,25 +231,34 @@ static int frelink_check_inode(struct inode *inode, struct inode *dir)
  * and is cheaper than sync_filesystem(), which also writes back every dirty
  * page of the filesystem.
  *
- * Called with write access to the mount held (mnt_want_write() in
- * start_creating_path()) and the directory locked, as btrfs itself commits
- * under a locked directory when it creates a snapshot.  Write access keeps
- * the filesystem from being remounted read-only or frozen meanwhile, and the
- * open source file pins the superblock, so s_umount is not taken: taking it
- * here would invert the order of freeze_super(), which holds it while it
- * waits for writers like us.
+ * ->sync_fs() is called with s_umount held shared, as every caller in the
+ * kernel calls it (sync_filesystem(), freeze_super(), syncfs(2)), and with
+ * the directory locked, as btrfs itself commits under a locked directory
+ * when it creates a snapshot.  s_umount is only tried, never waited for:
+ * its order against the freeze protection that the mounts' write access
+ * takes is not the same in every kernel (6.1's freeze_super() holds s_umount
+ * while it waits for writers; since 6.6 it lets it go first, "to preserve
+ * sb_start_write -> s_umount ordering"), and taking it before the write
+ * access was reported by lockdep on 7.2 as the inverse of freeze_super().
+ * A trylock waits for nothing, so it cannot close a cycle in either order;
+ * when it fails, someone holds s_umount exclusively (a freeze, a remount,
+ * an unmount is starting) and the request is refused with EBUSY, nothing
+ * changed, as a frozen filesystem is.
  */
-static int frelink_flush_delayed_unlink(struct super_block *sb)
+static bool frelink_needs_flush(struct super_block *sb)
 {
 #ifdef FRELINK_TEST_SKIP_BTRFS_COMMIT
 	/* negative control for tests/guest/test_kmod.py; never set otherwise */
-	return 0;
+	return false;
 #endif
+	return !strcmp(sb->s_type->name, "btrfs") && sb->s_op->sync_fs;
+}
 
-	if (strcmp(sb->s_type->name, "btrfs") || sb_rdonly(sb) ||
-	    !sb->s_op->sync_fs)
+static int frelink_flush_delayed_unlink(struct super_block *sb)
+{
+	lockdep_assert_held_read(&sb->s_umount);
+	if (sb_rdonly(sb))
 		return 0;
-
 	return sb->s_op->sync_fs(sb, 1);
 }
 
@@ -281,6 +290,70 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 }
 #else
 /*
+ * Was @dentry made by vfs_tmpfile() and never given a name?  Call with the
+ * inode locked.
+ *
+ * open(O_TMPFILE | O_EXCL) promises that the file can never be linked:
+ * vfs_tmpfile() then leaves I_LINKABLE off.  The inode of such a file is in
+ * the very state of a deleted file (link count 0, no I_LINKABLE), the open
+ * file's f_flags do not tell either (do_dentry_open() clears O_EXCL), and
+ * by fd the module sees a descriptor of its caller, not the holder's.  What
+ * differs is the dentry.  d_tmpfile() names the dentry of an O_TMPFILE
+ * "#<inode number>" and makes it positive without ever hashing it; every
+ * other positive dentry of a regular file that is unhashed and not a root
+ * (d_unlinked()) lost a name, and on the way vfs_unlink() or vfs_rename()
+ * marked it with dont_mount() (DCACHE_CANT_MOUNT).  BY_INODE, the dentry is
+ * the one d_obtain_alias() found, the O_TMPFILE's own one while it is held;
+ * a disconnected alias it may make is a root, not d_unlinked().
+ *
+ * An O_TMPFILE without O_EXCL that its holder linked (vfs_link() cleared
+ * I_LINKABLE) and deleted again while the first descriptor is open looks
+ * the same and is refused too: the kernel keeps no other record of O_EXCL.
+ */
+static bool frelink_never_named(struct dentry *dentry, struct inode *inode)
+{
+	char tmpname[24];
+	bool ret;
+	int len;
+
+	len = snprintf(tmpname, sizeof(tmpname), "#%llu", (u64)inode->i_ino);
+	spin_lock(&dentry->d_lock);
+	ret = d_unlinked(dentry) && !cant_mount(dentry) &&
+	      dentry->d_name.len == len &&
+	      !memcmp(dentry->d_name.name, tmpname, len);
+	spin_unlock(&dentry->d_lock);
+	return ret;
+}
+
+/*
+ * may_linkat() of fs/namei.c, which do_linkat() calls before vfs_link():
+ * with fs.protected_hardlinks set, only the owner of the source, a caller
+ * with CAP_FOWNER over it, or one that may read and write it (a "safe"
+ * source: regular, neither setuid nor setgid-executable) may link it.
+ * Neither may_linkat() nor sysctl_protected_hardlinks is exported, so the
+ * rule applies as with the sysctl at 1, every distribution's default (with
+ * 0, frelink is stricter than linkat()).  Write access to the file itself is
+ * not needed (linkat() does not ask for it either): a descriptor opened
+ * read-only or O_PATH is fine.  may_linkat()'s EOVERFLOW for ids without a
+ * mapping is vfs_link()'s EPERM (HAS_UNMAPPED_ID) here.
+ */
+static int frelink_may_linkat(struct vfsmount *mnt, struct inode *inode)
+{
+	/* setgid and group-executable: S_ISGID | S_IXGRP */
+	const umode_t setgid_exec = S_ISGID | 0010;
+	umode_t mode = inode->i_mode;
+
+	if (inode_owner_or_capable(frelink_mnt_idmap(mnt), inode))
+		return 0;
+	if (S_ISREG(mode) && !(mode & S_ISUID) &&
+	    (mode & setgid_exec) != setgid_exec &&
+	    !inode_permission(frelink_mnt_idmap(mnt), inode,
+			      MAY_READ | MAY_WRITE))
+		return 0;
+	return -EPERM;
+}
+
+/*
  * Link @old_dentry, whose link count is 0, as the negative @new_dentry in
  * @dir, whose inode the caller has locked (start_creating_path()).
  *
@@ -300,37 +373,52 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
  * source inode), and every vfs_link() elsewhere, which reads the flag only
  * under that lock, sees either link count 0 without the flag (ENOENT) or
  * the link count 1 after our link (and links a file that has a name, as it
- * may).  The link
- * count is checked in the same section, so a concurrent frelink cannot give
- * a second name either.
+ * may).  The link count, the O_TMPFILE | O_EXCL promise and the directory
+ * are checked in the same section, so neither a concurrent frelink nor the
+ * holder's own linkat() can slip in between a check and the link.
  *
  * The checks of vfs_link() before its lock (may_create() with
  * audit_inode_child(), same superblock, append-only and immutable, unmapped
  * ids, security_inode_link(): SELinux, Smack) are not exported one by one.
  * So vfs_link() runs first without the flag: with every check passed it
- * stops at the link count with ENOENT, having changed nothing.  The one other
- * ENOENT of vfs_link() before that point is a deleted directory, checked
- * below under the directory lock we hold.  An inode that still carries
- * I_LINKABLE (an O_TMPFILE not linked yet, which anyone may link) is linked
- * by that first vfs_link() itself.
+ * stops at the link count with ENOENT, having changed nothing.  Whether
+ * that ENOENT was the stop at the link count is then decided on the state
+ * under the inode lock, not on the errno: the link count still 0 and no
+ * I_LINKABLE (with the flag, vfs_link() would have linked, so its ENOENT
+ * came from elsewhere and is returned), the directory not deleted (the
+ * other ENOENT of may_create()).  An inode that still carries I_LINKABLE
+ * (an O_TMPFILE not linked yet, which anyone who reaches it may link) is
+ * linked by that first vfs_link() itself.
  */
 static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 			struct dentry *new_dentry, struct frelink_deleg *deleg)
 {
 	struct inode *dir_inode = d_inode(dir->dentry);
 	struct inode *inode = d_inode(old_dentry);
+	bool linkable;
 	int err;
 
+	/* as do_linkat(): after the directory is locked, before vfs_link() */
+	err = frelink_may_linkat(dir->mnt, inode);
+	if (err)
+		return err;
 	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt), dir_inode,
 		       new_dentry, frelink_deleg_arg(deleg));
 	if (err != -ENOENT)
 		return err;
-	if (IS_DEADDIR(dir_inode))
-		return -ENOENT;
 
 	inode_lock(inode);
+	spin_lock(&inode->i_lock);
+	linkable = frelink_inode_state(inode) & I_LINKABLE;
+	spin_unlock(&inode->i_lock);
+	/* not the stop at the link count: vfs_link()'s own ENOENT stands */
+	if (linkable || IS_DEADDIR(dir_inode))
+		goto out_unlock;
 	err = -EMLINK;
 	if (inode->i_nlink)
+		goto out_unlock;
+	err = -ENOLINK;
+	if (frelink_never_named(old_dentry, inode))
 		goto out_unlock;
 	err = frelink_try_break_deleg(inode, deleg);
 	if (err)
@@ -387,11 +475,54 @@ static inline void frelink_test_judges(struct inode *inode, const char *name)
 #endif
 
 /*
- * Give @old_dentry the name req->name in the directory @dir_file.
+ * Write access to @mnt, the mount the source descriptor was opened through,
+ * for as long as the link takes: a source seen through a read-only mount
+ * must not gain a name through a writable one.  A literal same-mount rule
+ * like do_linkat()'s would refuse the common case (the holder is in a
+ * container or a PrivateTmp namespace, its mounts are not the caller's), so
+ * the rule is: the mount the source was opened through must itself be
+ * writable, checked the way the VFS checks it, with the mount's write
+ * access (which a remount read-only waits for or fails on), not by reading
+ * its flags.  mnt_get_write_access() takes it without the freeze
+ * protection, which the directory's mnt_want_write() takes (once: it does
+ * not nest).  6.1 does not export it: there mnt_want_write() and
+ * mnt_drop_write() check it at one instant, and only a remount read-only
+ * of that mount between the check and the link is not excluded (the
+ * filesystem itself cannot become read-only: the directory's write access
+ * holds it).
+ */
+static int frelink_src_write_access(struct vfsmount *mnt)
+{
+	int err = 0;
+
+	if (!mnt)
+		return 0;
+#ifdef FRELINK_HAVE_MNT_GET_WRITE_ACCESS
+	err = mnt_get_write_access(mnt);
+#else
+	err = mnt_want_write(mnt);
+	if (!err)
+		mnt_drop_write(mnt);
+#endif
+	return err;
+}
+
+static void frelink_src_write_done(struct vfsmount *mnt)
+{
+#ifdef FRELINK_HAVE_MNT_GET_WRITE_ACCESS
+	if (mnt)
+		mnt_put_write_access(mnt);
+#endif
+}
+
+/*
+ * Give @old_dentry the name req->name in the directory @dir_file; BY_FD,
+ * @src_mnt is the mount the source was opened through, else NULL.
  *
- * Lock order: the directory's write access and inode lock
- * (start_creating_path()), then frelink_mutex, then the source inode's lock
- * (frelink_link()).  Nothing that waits for a frozen filesystem runs under
+ * Lock order: the source mount's write access, the directory's write
+ * access and inode lock (start_creating_path()), on btrfs s_umount (shared,
+ * only tried: see frelink_flush_delayed_unlink()), then frelink_mutex, then
+ * the source inode's lock (frelink_link()).  Nothing that waits for a frozen filesystem runs under
  * frelink_mutex, so a relink on a frozen filesystem never stalls relinks
  * elsewhere.  A filesystem frozen (fsfreeze, FIFREEZE) when the request
  * arrives is refused at once with EBUSY instead of sleeping unkillably in
@@ -401,13 +532,15 @@ static inline void frelink_test_judges(struct inode *inode, const char *name)
  */
 static int frelink_relink_dentry(const struct frelink_relink *req,
 				 struct file *dir_file,
-				 struct dentry *old_dentry)
+				 struct dentry *old_dentry,
+				 struct vfsmount *src_mnt)
 {
 	struct inode *inode = d_inode(old_dentry);
 	struct super_block *sb = inode->i_sb;
 	struct frelink_deleg deleg = { };
 	struct dentry *new_dentry;
 	struct path dir_path;
+	bool flush;
 	int err;
 
 retry:
@@ -419,30 +552,44 @@ retry:
 		return -EBUSY;
 	sb_end_write(sb);
 
+	err = frelink_src_write_access(src_mnt);
+	if (err)
+		return err;
+
 	new_dentry = frelink_start_creating_path(req->dir_fd, req->name,
 						 &dir_path, 0);
-	if (IS_ERR(new_dentry))
-		return PTR_ERR(new_dentry);
+	err = PTR_ERR_OR_ZERO(new_dentry);
+	if (err)
+		goto out_src;
 
 	/* another thread of the caller replaced dir_fd meanwhile */
 	err = -EBADF;
 	if (!path_equal(&dir_path, &dir_file->f_path))
 		goto out_end;
 
+	flush = frelink_needs_flush(sb);
+	err = -EBUSY;
+	if (flush && !down_read_trylock(&sb->s_umount))
+		goto out_end;
 	err = mutex_lock_killable(&frelink_mutex);
 	if (err)
-		goto out_end;
+		goto out_umount;
 	/* final: only a relink, under this mutex, names a link count 0 inode */
 	err = -EMLINK;
 	if (!READ_ONCE(inode->i_nlink)) {
-		err = frelink_flush_delayed_unlink(sb);
+		err = flush ? frelink_flush_delayed_unlink(sb) : 0;
 		if (!err)
 			err = frelink_link(old_dentry, &dir_path, new_dentry,
 					   &deleg);
 	}
 	mutex_unlock(&frelink_mutex);
+out_umount:
+	if (flush)
+		up_read(&sb->s_umount);
 out_end:
 	frelink_end_creating_path(&dir_path, new_dentry);
+out_src:
+	frelink_src_write_done(src_mnt);
 
 	/* an NFS delegation was in the way: wait for it, then retry */
 	if (frelink_is_delegated(&deleg)) {
@@ -458,18 +605,6 @@ out_end:
 		(int)strlen(req->name), req->name);
 	frelink_test_judges(inode, req->name);
 	return 0;
-}
-
-/*
- * A source seen through a read-only mount must not gain a name through a
- * writable one.  A literal same-mount rule like do_linkat()'s would refuse
- * the common case (the holder is in a container or a PrivateTmp namespace,
- * its mounts are not the caller's), so the rule is: the mount the source
- * descriptor was opened through must itself be writable.
- */
-static bool frelink_mnt_writable(const struct vfsmount *mnt)
-{
-	return !(mnt->mnt_flags & MNT_READONLY) && !sb_rdonly(mnt->mnt_sb);
 }
 
 /*
@@ -520,12 +655,7 @@ static int frelink_relink(const struct frelink_relink *req)
 		err = -EBADF;
 		if (!src_file)
 			goto out_dir;
-		err = -EROFS;
-		if (frelink_mnt_writable(src_file->f_path.mnt))
-			err = 0;
 		old_dentry = frelink_src_dentry(src_file);
-		if (err)
-			goto out_old;
 	} else {
 		/* overlayfs inodes are never searched: its st_dev is anonymous */
 		err = -EOPNOTSUPP;
@@ -556,7 +686,8 @@ static int frelink_relink(const struct frelink_relink *req)
 	if (!err && old_dev != dir_dev)
 		err = -EXDEV;
 	if (!err)
-		err = frelink_relink_dentry(req, dir_file, old_dentry);
+		err = frelink_relink_dentry(req, dir_file, old_dentry,
+					    src_file ? src_file->f_path.mnt : NULL);
 out_old:
 	dput(old_dentry);
 	if (src_file)

@@ -74,10 +74,17 @@
  *			a name through a writable mount)
  *	EBUSY		the filesystem is frozen (fsfreeze, FIFREEZE);
  *			nothing waited, retry after the thaw
+ *	ENOLINK		the file was created with O_TMPFILE | O_EXCL, which
+ *			promises it never gets a name (also an O_TMPFILE that
+ *			its holder linked and deleted again while its first
+ *			descriptor is open: the kernel cannot tell the two apart)
  * Other errors come unchanged from the kernel or the filesystem: ENOTTY
  * (unknown ioctl), EFAULT (bad pointer), EINTR (killed while waiting),
  * ENOSPC, EDQUOT, EIO; vfs_link() also gives EPERM for an immutable or
- * append-only file or directory, EACCES when a security module (SELinux,
+ * append-only file or directory, EPERM as linkat() does with
+ * fs.protected_hardlinks (another user's file, the caller without
+ * CAP_FOWNER and without read and write access to it; applied as if the
+ * sysctl were 1), EACCES when a security module (SELinux,
  * Smack) refuses the link, and ENOENT when the directory itself was
  * deleted.  EBADF also when another thread replaced @dir_fd during the call.
  * The path-based link hook of AppArmor and TOMOYO (security_path_link()) is

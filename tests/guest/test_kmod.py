@@ -8,6 +8,7 @@ exact results.  See docs/kmod.md.
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import shutil
@@ -21,13 +22,14 @@ pytestmark = pytest.mark.guest
 
 REPO = Path(__file__).resolve().parents[2]
 PAYLOAD = REPO / "tests" / "guest" / "payload" / "kmod_suite.py"
-KMOD_ABI = REPO / "plugins" / "module_utils" / "kmod_abi.py"
+KMOD_ABI = REPO / "plugins" / "module_utils" / "_frelink" / "kmod_abi.py"
 REMOTE = "/root/frelink-kmod"
 RELINK_FILESYSTEMS = ("ext4", "ext4-orphan_file", "xfs", "btrfs", "tmpfs")
 STRESS = {"ext4": 240, "btrfs": 60}
 OVERLAY_BASES = ("ext4", "xfs")
 RACE_FILESYSTEMS = ("ext4", "xfs", "btrfs", "tmpfs")
 FREEZE_FILESYSTEMS = ("ext4", "xfs", "btrfs")
+TMPFILE_FILESYSTEMS = ("ext4", "xfs")
 RACE_ROUNDS, RACE_LOCKED_ROUNDS = 800, 200  # 1000 rounds per filesystem
 FUZZ_REQUESTS = 3000
 DEBUG_MEM_MB = 3072
@@ -99,9 +101,16 @@ def kmod_guest(request):
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
+        scenarios += ["tmpfile:" + fs for fs in TMPFILE_FILESYSTEMS]
+        scenarios += ["protected_hardlinks"]
         scenarios += ["fuzz"]
         if label == "debug":
             scenarios += ["hostile"]
+        # FRELINK_KMOD_ONLY="tmpfile:ext4 ...": only these scenarios (for a red run
+        # or while working on one scenario); the tests of the others skip
+        only = os.environ.get("FRELINK_KMOD_ONLY", "").split()
+        if only:
+            scenarios = [s for s in scenarios if s in only]
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d --hostile %d" % (
             REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS, HOSTILE_REQUESTS),
             timeout=3600)
@@ -139,6 +148,8 @@ def _assert_kfence_samples(guest):
 
 
 def scenario(kmod_guest, name):
+    if name not in kmod_guest.results and os.environ.get("FRELINK_KMOD_ONLY"):
+        pytest.skip("%s not in FRELINK_KMOD_ONLY" % name)
     res = kmod_guest.results[name]
     assert "exception" not in res, "%s: %s raised in the guest:\n%s" % (kmod_guest.label, name, res["exception"])
     return res
@@ -436,13 +447,20 @@ def test_unload_refused_while_in_use_then_idle(kmod_guest):
     assert guest.run("stat -c %a /dev/frelink").stdout.strip() == "600"
 
 
+def _first_report(log):
+    """The first report of LOG and what follows it (the tail would show only relinks
+    logged after it)."""
+    start = max(OOPS.search(log).start() - 500, 0)
+    return log[start:start + 8000]
+
+
 def test_no_oops_or_warning(kmod_guest):
     """Last: nothing in dmesg or on the serial console after all of the above."""
     guest = kmod_guest.guest
     dmesg = guest.run("dmesg").stdout
-    assert not OOPS.findall(dmesg), dmesg[-6000:]
+    assert not OOPS.findall(dmesg), _first_report(dmesg)
     console = guest.console_log()
-    assert not OOPS.findall(console), console[-6000:]
+    assert not OOPS.findall(console), _first_report(console)
     assert "frelink: pid" in dmesg  # the relinks were logged, so this is the right log
 
 
@@ -580,3 +598,45 @@ def test_kasan_catches_a_use_after_free(kmod_guest, tmp_path):
     assert res["by_fd"] == "OK", res
     report = _new_console(kmod_guest, since)
     assert "BUG: KASAN: slab-use-after-free in frelink_test_judges" in report, report[-6000:]
+
+
+@pytest.mark.parametrize("fs", TMPFILE_FILESYSTEMS)
+def test_tmpfile_excl_never_linked(kmod_guest, fs):
+    """O_TMPFILE | O_EXCL: vfs_tmpfile() promises it never gets a name; frelink
+    keeps the promise (ENOLINK, both forms, nothing changed) and still relinks
+    an ordinary deleted file beside it.  Issue #24."""
+    res = scenario(kmod_guest, "tmpfile:" + fs)
+    assert res["excl_nlink"] == 0
+    assert res["excl_linkat"] == "ENOENT"
+    assert res["excl_by_fd"] == "ENOLINK"
+    assert res["excl_by_own_fd"] == "ENOLINK"
+    assert res["excl_by_inode"] == "ENOLINK"
+    assert res["excl_nlink_after"] == 0
+    assert res["excl_linkat_after"] == "ENOENT"
+    assert res["listing_after_excl"] == []
+    assert res["ordinary_by_fd"] == "OK"
+    assert res["ordinary_by_inode"] == "OK"
+    # a plain O_TMPFILE is linked as linkat() links it
+    assert res["plain_by_fd"] == "OK"
+    assert res["plain_nlink"] == 1
+    assert res["plain_same_inode"] is True
+    # linked by its holder, deleted again: refused like O_EXCL (see docs/kmod.md)
+    assert res["again_linkat"] == "OK"
+    assert res["again_by_fd"] == "ENOLINK"
+    assert res["again_nlink"] == 0
+    assert res["listing"] == ["ordinary", "ordinary2", "plain"]
+    assert res["fsck"] == CLEAN_FSCK
+
+
+def test_protected_hardlinks_as_may_linkat(kmod_guest):
+    """RELINK needs no write access to the file (linkat() does not either), but
+    may_linkat()'s fs.protected_hardlinks rule applies: another user's file,
+    held read-only, is relinked only with CAP_FOWNER.  Issue #24."""
+    res = scenario(kmod_guest, "protected_hardlinks")
+    assert res["without_fowner"] == {"linkat_live": "EPERM", "by_fd": "EPERM", "by_inode": "EPERM"}
+    assert res["nlink_after_refusals"] == [0, 0]
+    assert res["listing_after_refusals"] == ["live"]
+    assert res["root_by_fd"] == "OK"
+    assert res["root_by_inode"] == "OK"
+    assert res["listing"] == ["live", "restored", "restored2"]
+    assert res["fsck"] == CLEAN_FSCK

@@ -131,6 +131,10 @@ HINTS = {
                  "(a file seen read-only never gains a name through a writable mount)",
     errno.EBUSY: "the filesystem is frozen (fsfreeze, or a snapshot or backup tool froze it); nothing was changed "
                  "and nothing waited: retry after 'fsfreeze --unfreeze MOUNTPOINT' or when the snapshot is done",
+    errno.ENOLINK: "the file was created with O_TMPFILE | O_EXCL: its creator asked the kernel that it never get a "
+                   "name, and frelink keeps that promise (so it does for an O_TMPFILE that its holder linked and "
+                   "deleted again, which the kernel cannot tell apart); nothing was changed, copy its contents "
+                   "instead (fallback: [copy])",
     errno.ENOSPC: "the filesystem has no room for the new directory entry; free some space and retry",
     errno.EDQUOT: "the quota of the directory's owner is exhausted; raise it or free space and retry",
 }
@@ -140,7 +144,9 @@ HINTS = {
 # HINTS for errors of the ioctl itself (not of opening the device).
 HINTS_BY_FD = {
     errno.EPERM: "the link was refused: the deleted file or the destination directory is immutable or append-only "
-                 "(lsattr), or the caller lacks CAP_SYS_ADMIN (run it with become: true)",
+                 "(lsattr), or fs.protected_hardlinks applies: the file belongs to another user and the caller "
+                 "has neither CAP_FOWNER nor read and write access to it (as linkat() refuses it), or the caller "
+                 "lacks CAP_SYS_ADMIN (run it with become: true)",
     errno.EACCES: "a security module (SELinux, Smack) refused the link; see the audit log",
     errno.EMLINK: HINTS[errno.EMLINK] + "; on overlayfs also when the file has no copy in the upper layer: its "
                   "lower-layer copy still has its name there, nothing to undelete",

@@ -1628,6 +1628,153 @@ def scenario_not_allowed():
     return res
 
 
+def scenario_tmpfile(kind):
+    """O_TMPFILE | O_EXCL: the kernel promises such a file never gets a name
+    (vfs_tmpfile() leaves I_LINKABLE off), so frelink refuses it (ENOLINK)
+    by fd and by (dev, ino), changing nothing; an ordinary deleted file on
+    the same filesystem is still relinked.  A plain O_TMPFILE is linked as
+    linkat() links it; one that was linked and deleted again while its first
+    descriptor is open is refused as well (the kernel keeps no record of
+    O_EXCL but the missing I_LINKABLE, which the link cleared too)."""
+    fs = Fs("tmpfile-" + kind, kind)
+    res = {}
+    os.mkdir(fs.mnt + "/dir")
+    dir_fd = fs.open_dir(fs.mnt + "/dir")
+
+    def proc_link(fd, name):
+        rc = LIBC.linkat(AT_FDCWD, ("/proc/self/fd/%d" % fd).encode(), AT_FDCWD,
+                         ("%s/dir/%s" % (fs.mnt, name)).encode(), AT_SYMLINK_FOLLOW)
+        return name_of(ctypes.get_errno()) if rc else "OK"
+
+    excl = os.open(fs.mnt + "/dir", os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+    os.write(excl, b"never to be linked\n")
+    st = os.fstat(excl)
+    res["excl_nlink"] = st.st_nlink
+    res["excl_linkat"] = proc_link(excl, "try")
+    src_fd = os.open("/proc/self/fd/%d" % excl, os.O_RDONLY)
+    res["excl_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "excl"))
+    res["excl_by_own_fd"] = refusal(lambda: abi.relink_by_fd(excl, dir_fd, "excl"))
+    res["excl_by_inode"] = refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "excl"))
+    os.close(src_fd)
+    res["excl_nlink_after"] = os.fstat(excl).st_nlink
+    res["excl_linkat_after"] = proc_link(excl, "try")
+    res["listing_after_excl"] = listing(fs.mnt + "/dir")
+
+    # an ordinary deleted file beside it is relinked, both forms
+    holder, unused = deleted_file(fs.mnt + "/dir/victim", b"ordinary\n")
+    src_fd = os.open(holder.proc_path, os.O_RDONLY)
+    res["ordinary_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "ordinary"))
+    os.close(src_fd)
+    holder.stop()
+    holder, unused = deleted_file(fs.mnt + "/dir/victim2", b"ordinary 2\n")
+    st2 = os.stat(holder.proc_path)
+    res["ordinary_by_inode"] = refusal(lambda: abi.relink_by_inode(st2.st_dev, st2.st_ino, dir_fd, "ordinary2"))
+    holder.stop()
+
+    # a plain O_TMPFILE carries I_LINKABLE: linked like linkat() links it
+    plain = os.open(fs.mnt + "/dir", os.O_TMPFILE | os.O_RDWR, 0o600)
+    os.write(plain, b"linkable\n")
+    res["plain_by_fd"] = refusal(lambda: abi.relink_by_fd(plain, dir_fd, "plain"))
+    res["plain_nlink"] = os.fstat(plain).st_nlink
+    res["plain_same_inode"] = same_file(os.stat(fs.mnt + "/dir/plain"), os.fstat(plain))
+    # linked by its holder and deleted again: O_EXCL or not, the kernel cannot tell
+    again = os.open(fs.mnt + "/dir", os.O_TMPFILE | os.O_RDWR, 0o600)
+    res["again_linkat"] = proc_link(again, "again")
+    os.unlink(fs.mnt + "/dir/again")
+    res["again_by_fd"] = refusal(lambda: abi.relink_by_fd(again, dir_fd, "again"))
+    res["again_nlink"] = os.fstat(again).st_nlink
+
+    res["listing"] = listing(fs.mnt + "/dir")
+    for fd in (excl, plain, again):
+        os.close(fd)
+    if kind != "tmpfs":
+        os.sync()
+        fs.umount()
+        res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
+
+
+def scenario_protected_hardlinks():
+    """may_linkat() with fs.protected_hardlinks = 1: another user's file that
+    the caller may not read and write is linked only with CAP_FOWNER.  Files
+    of the user "tester" (mode 0644), two of them held read-only by a tester
+    process and deleted; a root caller without CAP_FOWNER, CAP_DAC_OVERRIDE
+    and CAP_DAC_READ_SEARCH (still CAP_SYS_ADMIN) gets EPERM from linkat() of
+    the live one, and from frelink of the deleted ones, both forms; root with
+    CAP_FOWNER relinks them."""
+    import pwd  # pylint: disable=import-outside-toplevel
+    tester = pwd.getpwnam("tester")
+    sysctl = "/proc/sys/fs/protected_hardlinks"
+    with open(sysctl) as f:
+        before = f.read().strip()
+
+    def set_sysctl(value):
+        with open(sysctl, "w") as f:
+            f.write(value)
+
+    CLEANUP.append(lambda: set_sysctl(before))
+    set_sysctl("1")
+    fs = Fs("protected", "ext4")
+    res = {"sysctl_before": before}
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    os.chmod(directory, 0o777)
+    dir_fd = fs.open_dir(directory)
+    for name in ("live", "victim", "victim2"):
+        write_file(directory + "/" + name, b"tester's file\n")
+        os.chown(directory + "/" + name, tester.pw_uid, tester.pw_gid)
+    ready_r, ready_w = os.pipe()
+    quit_r, quit_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(tester.pw_gid)
+            os.setuid(tester.pw_uid)
+            fds = [os.open(directory + "/" + name, os.O_RDONLY) for name in ("victim", "victim2")]
+            os.write(ready_w, json.dumps(fds).encode())
+            os.read(quit_r, 1)
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(pid))
+    fds = json.loads(os.read(ready_r, 64).decode())
+    paths = ["/proc/%d/fd/%d" % (pid, fd) for fd in fds]
+    os.unlink(directory + "/victim")
+    os.unlink(directory + "/victim2")
+
+    def restricted():
+        for cap in (CAP_FOWNER, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            capset_without(cap)
+        out = {}
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live-link").encode(), 0)
+        out["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        src_fd = os.open(paths[0], os.O_RDONLY)
+        out["by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+        st = os.stat(paths[1])
+        out["by_inode"] = refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "restored2"))
+        return out
+
+    res["without_fowner"] = in_child(restricted)
+    res["nlink_after_refusals"] = [os.stat(p).st_nlink for p in paths]
+    res["listing_after_refusals"] = listing(directory)
+    src_fd = os.open(paths[0], os.O_RDONLY)
+    res["root_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    os.close(src_fd)
+    st = os.stat(paths[1])
+    res["root_by_inode"] = refusal(lambda: abi.relink_by_inode(st.st_dev, st.st_ino, dir_fd, "restored2"))
+    os.write(quit_w, b"q")
+    os.waitpid(pid, 0)
+    res["listing"] = listing(directory)
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def scenario_ro_source():
     """A file seen only through a read-only bind mount does not gain a name
     through a writable mount of the same filesystem; through a writable
@@ -1860,6 +2007,8 @@ def main():
                 results[scenario] = scenario_freeze(scenario.split(":", 1)[1])
             elif scenario.startswith("overlay:"):
                 results[scenario] = scenario_overlay(scenario.split(":", 1)[1])
+            elif scenario.startswith("tmpfile:"):
+                results[scenario] = scenario_tmpfile(scenario.split(":", 1)[1])
             elif scenario.startswith("race:"):
                 kind, rounds, locked = scenario.split(":")[1:]
                 results[scenario] = scenario_race(kind, int(rounds), int(locked))

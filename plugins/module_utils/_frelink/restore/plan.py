@@ -22,8 +22,10 @@ FALLBACKS = ("reflink", "copy")
 # copy can still work: method auto goes on to the fallback.  EOPNOTSUPP: not on
 # the module's allowlist; EXDEV: another filesystem (or an overlay's other
 # layer); EPERM: an immutable or append-only file; EACCES: a security module
-# (SELinux, Smack); EROFS by fd: the file was opened through a read-only mount.
-LINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS))
+# (SELinux, Smack); EROFS by fd: the file was opened through a read-only mount;
+# ENOLINK: an O_TMPFILE | O_EXCL file, which its creator asked never to be linked.
+LINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS,
+                           errno.ENOLINK))
 # FICLONE answers meaning "this filesystem or pair cannot share extents"
 REFLINK_REFUSALS = frozenset((errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV, errno.ENOSYS))
 
