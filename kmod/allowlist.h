@@ -4,7 +4,7 @@
  * whose ->link() is proven to take an inode with link count 0 off its
  * orphan list (tests/guest/test_kmod.py).  Everything else is refused with
  * EOPNOTSUPP.  plugins/module_utils/_frelink/kmod_abi.py has the same table
- * (RELINK_MAGICS); tests/unit/test_kmod_abi.py compiles this file and
+ * (RELINK_MAGICS); tests/unit/plugins/module_utils/_frelink/test_kmod_abi.py compiles this file and
  * compares the two.
  */
 #ifndef FRELINK_ALLOWLIST_H

@@ -4,7 +4,7 @@
  *
  * Userspace ABI of the /dev/frelink misc device.  The Python mirror in
  * plugins/module_utils/_frelink/kmod_abi.py must follow every change here; the unit
- * test tests/unit/test_kmod_abi.py compiles this header and compares.
+ * test tests/unit/plugins/module_utils/_frelink/test_kmod_abi.py compiles this header and compares.
  */
 #ifndef _UAPI_LINUX_FRELINK_H
 #define _UAPI_LINUX_FRELINK_H

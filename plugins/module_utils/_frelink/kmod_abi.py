@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Python mirror of kmod/uapi/frelink.h: the /dev/frelink relink and listing ioctls.
 
-Standard library only.  tests/unit/test_kmod_abi.py compiles the C header
+Standard library only.  tests/unit/plugins/module_utils/_frelink/test_kmod_abi.py compiles the C header
 and checks every constant and the structure layout below against it.  The
 header carries the Linux-syscall-note, so this mirror of its interface is
 licensed like the rest of the collection (GPL-3.0-or-later).
