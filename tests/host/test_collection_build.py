@@ -8,6 +8,7 @@ runs frelink_facts ad hoc from there against a real deleted-but-held file.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,11 +23,12 @@ BIN = Path(sys.executable).parent  # the venv with ansible-core
 REPO = Path(__file__).resolve().parents[2]
 
 # what a collection artifact may hold at its top level
-ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "LICENSE", "LICENSES", "REUSE.toml", "changelogs", "docs", "kmod",
+ALLOWED_TOP = {"MANIFEST.json", "FILES.json", "README.md", "LICENSE", "LICENSES", "REUSE.toml", "changelogs", "docs",
                "meta", "playbooks", "plugins", "roles", "tests"}
 REQUIRED = ("plugins/modules/frelink_facts.py", "plugins/modules/frelink_restore.py",
             "plugins/module_utils/_frelink/scan/facts.py", "roles/frelink_kmod/tasks/main.yml",
-            "kmod/frelink.c", "kmod/dkms.conf", "kmod/uapi/frelink.h", "playbooks/recover.yml",
+            "roles/frelink_kmod/files/kmod/frelink.c", "roles/frelink_kmod/files/kmod/dkms.conf",
+            "roles/frelink_kmod/files/kmod/uapi/frelink.h", "playbooks/recover.yml",
             "playbooks/audit.yml", "meta/runtime.yml")
 
 
@@ -47,7 +49,7 @@ def _checkout_copy(root: Path) -> Path:
     (root / ".pytest_cache/v/cache/lastfailed").write_text("{}")
     (root / "tests/output/.tmp").mkdir(parents=True)
     for product in ("frelink.o", "frelink.ko", "frelink.mod.c", ".frelink.o.cmd", "compat-config.h"):
-        (root / "kmod" / product).write_text("build product\n")
+        (root / "roles/frelink_kmod/files/kmod" / product).write_text("build product\n")
     return root
 
 
@@ -84,8 +86,8 @@ def test_installed_artifact_runs_frelink_facts(artifact, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     installed = collections / "ansible_collections" / "frelink" / "frelink"
     assert (installed / "MANIFEST.json").is_file()
-    # the role finds the module sources where frelink_kmod_source_dir says
-    assert (installed / "roles/frelink_kmod/../../kmod/dkms.conf").resolve().is_file()
+    # the role finds the module sources where frelink_kmod_source_dir says: inside the role
+    assert (installed / "roles/frelink_kmod/files/kmod/dkms.conf").is_file()
 
     env = user_env(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_LOCALHOST_WARNING="false",
                    ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
@@ -105,3 +107,27 @@ def test_installed_artifact_runs_frelink_facts(artifact, tmp_path):
                          capture_output=True, text=True, env=env, cwd=workdir, check=False)
     assert doc.returncode == 0, doc.stderr
     assert str(installed) in json.loads(doc.stdout)["frelink.frelink.frelink_restore"]["doc"]["filename"]
+
+
+def test_role_works_with_only_the_collection_s_runtime_directories(artifact, tmp_path):
+    """Installed, then cut down to meta/, plugins/, roles/ and playbooks/: the role still finds
+    its module sources and version (check mode predicts the DKMS build of 0.1.0)."""
+    require_root()
+    collections = tmp_path / "collections"
+    proc = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(collections),
+                           str(artifact)], capture_output=True, text=True, env=user_env(), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installed = collections / "ansible_collections" / "frelink" / "frelink"
+    for entry in installed.iterdir():
+        if entry.name not in ("meta", "plugins", "roles", "playbooks", "MANIFEST.json", "FILES.json"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    play = tmp_path / "role.yml"
+    play.write_text("- hosts: localhost\n  connection: local\n  gather_facts: false\n  roles:\n"
+                    "    - role: frelink.frelink.frelink_kmod\n")
+    env = user_env(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_LOCALHOST_WARNING="false",
+                   ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "--check", str(play), "-e", "frelink_kmod_install_packages=false",
+                           "-e", "ansible_python_interpreter=%s" % sys.executable],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert "Would build and install frelink 0.1.0 with DKMS" in proc.stdout, proc.stdout[-5000:]

@@ -22,7 +22,7 @@ from ansible_collections.frelink.frelink.plugins.lookup import kmod_source_archi
 
 # the collection's root (ansible-test units runs a copy of it)
 REPO = Path(__file__).resolve().parents[4]
-KMOD = REPO / "kmod"
+KMOD = REPO / "roles" / "frelink_kmod" / "files" / "kmod"
 COLLECTIONS = REPO.parents[2] if REPO.parents[1].name == "ansible_collections" else REPO / ".build" / "collections"
 
 # the role's list (roles/frelink_kmod/vars/main.yml)

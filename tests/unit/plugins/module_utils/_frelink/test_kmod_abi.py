@@ -18,7 +18,8 @@ from ansible_collections.frelink.frelink.plugins.module_utils._frelink import km
 
 # the collection's root (ansible-test units runs a copy of it)
 REPO = Path(__file__).resolve().parents[5]
-HEADER = REPO / "kmod" / "uapi" / "frelink.h"
+KMOD = REPO / "roles" / "frelink_kmod" / "files" / "kmod"  # the role ships the sources
+HEADER = KMOD / "uapi" / "frelink.h"
 
 FIELDS = ("flags", "src_fd", "dir_fd", "reserved0", "dev", "ino", "reserved", "name")
 
@@ -124,7 +125,7 @@ def test_allowlist_matches_the_module(tmp_path):
     if gcc is None:
         pytest.fail("gcc is needed to compile kmod/allowlist.h: apt-get install gcc (scripts/bootstrap.sh does)")
     (tmp_path / "probe.c").write_text(ALLOWLIST_PROBE)
-    subprocess.run([gcc, "-Wall", "-Werror", "-I", str(REPO / "kmod"), "-o", str(tmp_path / "probe"),
+    subprocess.run([gcc, "-Wall", "-Werror", "-I", str(KMOD), "-o", str(tmp_path / "probe"),
                     str(tmp_path / "probe.c")], check=True)
     lines = subprocess.run([str(tmp_path / "probe")], check=True, capture_output=True, text=True).stdout.split("\n")
     magics = [int(line) for line in lines if line and not line.startswith("via_upper")]
