@@ -32,7 +32,7 @@ def test_parsers_on_each_tools_own_output(tmp_path):
 
         lsof = bench.lsof_text_found(bench.run_cmd(["lsof", "-nP", "+L1"])[2], workload)
         lsof_f = bench.lsof_found(subprocess.run(["lsof", "-nP", "+L1", "-F", "pfDi"], stdout=subprocess.PIPE,
-                                                 text=True, check=False).stdout, workload)
+                                                 text=True, errors="surrogateescape", check=False).stdout, workload)
         assert lsof == lsof_f  # the default text and the -F fields say the same
         assert fd_truth <= lsof and not (truth - fd_truth) & lsof and lsof - truth
 

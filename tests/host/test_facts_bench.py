@@ -31,12 +31,12 @@ def test_small_workload_recall_and_precision(tmp_path):
         assert bench.score(found, truth) == (1.0, 1.0)
 
         lsof = bench.lsof_found(subprocess.run(["lsof", "-nP", "+L1", "-F", "pfDi"], stdout=subprocess.PIPE,
-                                               text=True, check=False).stdout, workload)
+                                               text=True, errors="surrogateescape", check=False).stdout, workload)
         assert fd_truth <= lsof  # every fd-held orphan ...
         assert not (truth - fd_truth) & lsof  # ... but no mapped-only or loop-only one
         assert lsof - truth  # and decoys (O_TMPFILE, memfd) as false positives
 
-        floor_paths = bench.floor_found(subprocess.run([floor, "-p"], stdout=subprocess.PIPE, text=True,
+        floor_paths = bench.floor_found(subprocess.run([floor, "-p"], stdout=subprocess.PIPE, text=True, errors="surrogateescape",
                                                        stderr=subprocess.DEVNULL, check=True).stdout, workload)
         fd_paths = {path for key, (_kind, path) in workload.truth.items() if key in fd_truth}
         assert fd_paths <= floor_paths and floor_paths - fd_paths  # text only: decoys included
