@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import sys
-import tempfile
 from html import escape as html_escape
 from pathlib import Path
 
@@ -143,10 +142,10 @@ def _restore_playbook(results_file, names):
 
 
 @pytest.fixture(scope="module", params=SUITES)
-def audited(request):
+def audited(request, tmp_path_factory):
     suite = request.param
     module = harness.build_module(suite, REPO / "kmod")
-    tmp = Path(tempfile.mkdtemp(prefix="frelink-audit-%s-" % suite))
+    tmp = tmp_path_factory.mktemp("audit-%s-" % suite)  # pytest's: removed with its old runs
     with harness.Guest(suite) as guest:
         load_frelink(guest, module, WORK)
         info = json.loads(guest.run(SETUP % {"work": WORK, "cid": CONTAINER_ID, "lib": LIB},
