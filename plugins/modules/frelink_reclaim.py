@@ -210,12 +210,10 @@ scan:
   sample: {complete: true, warnings: []}
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.run import RestoreError, run
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.module_result import exit_with_run
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.reclaim.run import run
 
 
 def main():
@@ -238,23 +236,13 @@ def main():
         required_one_of=[("path", "src", "device", "paths")],
         supports_check_mode=True,
     )
-    try:
-        result, failures = run(module.params, check_mode=module.check_mode)
-    except RestoreError as exc:
-        msg = names.shown(exc.msg).rstrip(".")
-        module.fail_json(msg=msg + ("" if "nothing was changed" in msg else ". Nothing was changed."),
-                         **names.json_safe(exc.details))
-    except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback
-        module.fail_json(msg="frelink_reclaim stopped on an unforeseen %s: %s. Nothing was truncated. This is a bug: "
-                             "please report it with the task's arguments (the traceback is shown with -vvv)"
-                             % (type(exc).__name__, names.shown(str(exc))), exception=names.shown(traceback.format_exc()))
-    if not module._diff:
-        result.pop("diff", None)
-    result = names.json_safe(result)
-    if failures:
-        result.pop("msg", None)
-        module.fail_json(msg=names.shown("; ".join(failures)), **result)
-    module.exit_json(**result)
+    exit_with_run(module, "frelink_reclaim", run, "Nothing was truncated.", refusal=_nothing_changed)
+
+
+def _nothing_changed(msg):
+    """A refusal comes before any change: say so, once."""
+    msg = msg.rstrip(".")
+    return msg + ("" if "nothing was changed" in msg else ". Nothing was changed.")
 
 
 if __name__ == "__main__":

@@ -312,15 +312,12 @@ scan:
   sample: {complete: true, warnings: []}
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.frelink.frelink.plugins.module_utils._frelink import names
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink.module_result import exit_with_run
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.restore.run import (
     FALLBACKS,
     METHODS,
-    RestoreError,
     run,
 )
 
@@ -351,22 +348,7 @@ def main():
         required_one_of=[("path", "src", "device", "paths")],
         supports_check_mode=True,
     )
-    try:
-        result, failures = run(module.params, check_mode=module.check_mode)
-    except RestoreError as exc:
-        module.fail_json(msg=names.shown(exc.msg), **names.json_safe(exc.details))
-    except Exception as exc:  # pylint: disable=broad-except  # a message, never a bare traceback
-        module.fail_json(msg="frelink_restore stopped on an unforeseen %s: %s. Nothing was overwritten. This is a bug: "
-                             "please report it with the task's arguments (the traceback is shown with -vvv)"
-                             % (type(exc).__name__, names.shown(str(exc))), exception=names.shown(traceback.format_exc()))
-    if not module._diff:
-        result.pop("diff", None)
-    # names that are not UTF-8 as text plus <key>_b64: Ansible refuses anything else
-    result = names.json_safe(result)
-    if failures:
-        result.pop("msg", None)
-        module.fail_json(msg=names.shown("; ".join(failures)), **result)
-    module.exit_json(**result)
+    exit_with_run(module, "frelink_restore", run, "Nothing was overwritten.")
 
 
 if __name__ == "__main__":
