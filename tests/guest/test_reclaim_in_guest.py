@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -99,9 +98,9 @@ def _figures(output, word):
 
 
 @pytest.fixture(scope="module", params=SUITES)
-def reclaimed(request):
+def reclaimed(request, tmp_path_factory):
     suite = request.param
-    tmp = Path(tempfile.mkdtemp(prefix="frelink-reclaim-%s-" % suite))
+    tmp = tmp_path_factory.mktemp("reclaim-%s-" % suite)  # pytest's: removed with its old runs
     extra = {"frelink_reclaim_paths": [MNT + "/*"]}
     with harness.Guest(suite) as guest:
         guest.run("mkdir -p %s" % WORK)

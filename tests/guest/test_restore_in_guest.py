@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -305,11 +304,11 @@ def _main_playbook(h, results_file):
 
 
 @pytest.fixture(scope="module", params=SUITES)
-def restored(request):
+def restored(request, tmp_path_factory):
     """(suite, holders, results of every task, recover.yml runs)."""
     suite = request.param
     module = harness.build_module(suite, REPO / "kmod")
-    tmp = Path(tempfile.mkdtemp(prefix="frelink-restore-%s-" % suite))
+    tmp = tmp_path_factory.mktemp("restore-%s-" % suite)  # pytest's: removed with its old runs
     with harness.Guest(suite) as guest:
         load_frelink(guest, module, WORK)
         holders = json.loads(guest.run(SETUP % {"work": WORK}, timeout=300).stdout.splitlines()[-1])
