@@ -113,9 +113,16 @@ def pytest_runtest_logreport(report):
 _seconds_this_run = {}
 
 
+def _part_of_units(config):
+    """Did this run select only some tests of a unit (-k, node ids, FRELINK_KMOD_ONLY)? Its
+    times would then stand for whole units and put them last in the next full run."""
+    return bool(config.option.keyword or os.environ.get("FRELINK_KMOD_ONLY")
+                or any("::" in arg for arg in config.args))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The controller (or a run without workers) keeps the units' times for the next run."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not _seconds_this_run:
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _seconds_this_run or _part_of_units(session.config):
         return
     timed = _timed_units()
     timed.update({unit: round(value, 1) for unit, value in _seconds_this_run.items()})
