@@ -237,6 +237,39 @@ def test_bind_mount_in_another_namespace(work, contained):
         assert dest.read_bytes() == b"container config\n"
 
 
+def test_first_process_of_the_namespace_chrooted(work):
+    """The namespace's first process chroots into an empty directory after the bind mount: its
+    mountinfo shows no mount outside its root.  A later process of the namespace (not chrooted)
+    still sees the mount, and so must the scan."""
+    source = work / "srv" / "app.conf"
+    source.parent.mkdir()
+    source.write_bytes(b"jailed namespace config\n")
+    st = os.stat(source)
+    target = mount_point_file(work)
+    jail = work / "jail"
+    jail.mkdir()
+    code = bind_in_namespace_code(source, target) + (
+        "import time\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    while True:\n"
+        "        time.sleep(3600)\n"
+        "out['child'] = child\n"
+        "os.chroot(%r)\n"
+        "os.chdir('/')\n") % str(jail)
+    with holder(code, argv=UNSHARE + [PYTHON]) as (proc, out):
+        replace_by_rename(source, b"new config\n")
+        host_path = "/proc/%d/root%s" % (out["child"], target)
+        assert identity(host_path) == (st.st_dev, st.st_ino)
+        assert os.readlink("/proc/%d/ns/mnt" % proc.pid) == os.readlink("/proc/%d/ns/mnt" % out["child"])
+        with open("/proc/%d/mountinfo" % proc.pid) as f:
+            assert "//deleted" not in f.read()  # the chrooted first process does not show it
+        entry = entry_of(full_scan(), st.st_dev, st.st_ino)
+        assert entry is not None, "a bind mount hidden from the namespace's chrooted first process was not found"
+        assert [(h["kind"], h["mount_point"], h["host_path"]) for h in entry["holders"]] == [
+            ("mount", str(target), host_path)]
+
+
 def test_filesystem_only_another_namespace_mounts_needs_dest(work):
     """The bind mount's source is on a tmpfs that only that namespace has: the path is the one
     within that tmpfs, and frelink_restore does not guess a destination in ours."""

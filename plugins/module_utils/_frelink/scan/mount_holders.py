@@ -11,7 +11,8 @@ path within its filesystem, dentry_path()) with '//deleted' appended.
 
 Part of discovery.py's pass (Scanner.collect() calls scan_mounts); it adds to the
 scanner's orphans.  One readlink of /proc/PID/ns/mnt per process finds the mount
-namespaces; one process's mountinfo is read per namespace (ours is the scanner's).
+namespaces; one process's mountinfo is read per namespace and root directory (ours is the
+scanner's).
 Standard library only.
 """
 
@@ -79,30 +80,51 @@ def _foreign_namespaces(proc_fd, self_mntns):
 
 
 def _scan_namespace(scanner, proc_fd, mntns, pids):
-    """Read the mountinfo of the first process of the namespace that can be read."""
+    """Read the mountinfo of one process per root directory in the namespace: a chrooted
+    process's mountinfo leaves out the mounts outside its root, so the first process of a
+    namespace alone may not show them.  The least chrooted view (most mounts) goes first; a
+    mount seen again through another root is one holder, not two."""
     refused = None
+    roots = {}
     for pid in pids:
         try:
-            text = read_text(pid + "/mountinfo", dir_fd=proc_fd)
+            st = os.stat(pid + "/root", dir_fd=proc_fd)
         except PermissionError:
             refused = pid
             continue
         except OSError:
-            continue  # exited meanwhile: another process of the namespace will do
+            continue  # exited, or a zombie
+        roots.setdefault((st.st_dev, st.st_ino), []).append(pid)
+    views = []
+    for candidates in roots.values():
+        for pid in candidates:
+            try:
+                text = read_text(pid + "/mountinfo", dir_fd=proc_fd)
+            except PermissionError:
+                refused = pid
+                continue
+            except OSError:
+                continue  # exited meanwhile: another process with this root will do
+            views.append((text.count("\n"), pid, text))
+            break
+    if not views and refused is not None:
+        scanner.partial("the mounts of mount namespace %s (pid %s) could not be read (permission denied): run as "
+                        "root (become: true)" % (mntns, refused))
+    seen = set()
+    for _count, pid, text in sorted(views, key=lambda view: -view[0]):
         if MOUNT_DELETED not in text:
-            return
+            continue
         container = None
         for mount in _held_roots(parse_mountinfo(text)):
+            if mount["id"] in seen:
+                continue
+            seen.add(mount["id"])
             if container is None:
                 try:
                     container = container_of(read_text(pid + "/cgroup", dir_fd=proc_fd)) or False
                 except OSError:
                     container = False
             _add_mount(scanner, mount, pid, mntns, "%s/%s/root" % (scanner.proc, pid), container, proc_fd)
-        return
-    if refused is not None:
-        scanner.partial("the mounts of mount namespace %s (pid %s) could not be read (permission denied): run as "
-                        "root (become: true)" % (mntns, refused))
 
 
 def _held_roots(mounts):
