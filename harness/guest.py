@@ -465,7 +465,11 @@ def _snapshot_dir(guest) -> Path:
 def _snapshot_key(guest) -> str:
     kernel = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in (guest.vmlinuz, guest.initrd)
               if path] if (guest.vmlinuz, guest.initrd) != (guest.env.vmlinuz, guest.env.initrd) else []
-    recipe = [guest.env.key, guest.cmdline, guest.mem_mb, SMP, _qemu_version(), 1] + kernel
+    # the base disk's identity: an image rebuilt with the same key (a newer kernel in the archive, a
+    # rebuild by hand) is another disk under the saved state's copy-on-write overlay
+    disk = Path(guest.env.disk).stat()
+    recipe = [guest.env.key, guest.cmdline, guest.mem_mb, SMP, _qemu_version(), 1,
+              [disk.st_ino, disk.st_size, disk.st_mtime_ns]] + kernel
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
 
 
