@@ -98,6 +98,7 @@ def kmod_guest(request):
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
+        scenarios += ["held_overlay:ext4"]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
@@ -431,6 +432,20 @@ def test_listing_of_held_deleted_files(kmod_guest):
     assert res["without_cap_sys_ptrace"] == "EPERM"
     assert res["unchanged"] is True and res["after_exit"] == 0
     assert res["fsck"] == {"ext4": 0, "xfs": 0, "btrfs": 0}
+
+
+def test_listing_of_overlay_mappings(kmod_guest):
+    """Mappings of files deleted in an overlay's merged dir are listed as /proc shows them
+    (6.7 and later keep the layer's real path in the mapped file): the merged path and the
+    overlay's st_dev, for a file still present in the lower layer and for an upper-only one."""
+    res = scenario(kmod_guest, "held_overlay:ext4")
+    assert res["lower_still_named"] is True and res["upper_gone"] is True
+    assert res["missing"] == [] and res["extra"] == [], (res["missing"], res["extra"], res["kernel"], res["proc"])
+    assert sorted(res["oracle"]) == ["lower", "upper"], (res["oracle"], res["kernel"], res["proc"])
+    assert all(same_dev for _path, same_dev, _nlink in res["oracle"].values()), res["oracle"]
+    # each holder: its mapping and the descriptor Python's mmap keeps
+    assert [k[:2] for k in res["kernel"]] == [["lower", "fd"], ["lower", "mmap"], ["upper", "fd"], ["upper", "mmap"]]
+    assert all(k[3] for k in res["kernel"]), res["kernel"]  # the overlay's st_dev
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):

@@ -963,10 +963,11 @@ def held_key(record):
             st.st_size, st.st_blocks, path, fdinfo)
 
 
-def proc_oracle(pids):
+def proc_oracle(pids, nlink_zero=True):
     """What a /proc reader sees of PIDS: held_key() tuples of every fd, mapping, exe, cwd
-    and root whose readlink ends in ' (deleted)' and whose stat says st_nlink 0, except
-    the files of the kernel's internal shmem mount (memfd, SysV shm), which never had a name."""
+    and root whose readlink ends in ' (deleted)' and whose stat says st_nlink 0 (any with
+    nlink_zero=False), except the files of the kernel's internal shmem mount (memfd,
+    SysV shm), which never had a name."""
     found = set()
     probe = os.memfd_create("oracle-probe")
     shm_dev = os.fstat(probe).st_dev
@@ -981,7 +982,7 @@ def proc_oracle(pids):
             with open("/proc/%d/fdinfo/%d" % (pid, fd)) as info:
                 fields = dict(line.split(":", 1) for line in info if ":" in line)
             fdinfo = (int(fields["flags"], 8) & ~os.O_CLOEXEC, int(fields["pos"]))
-        if st.st_nlink == 0 and st.st_dev != shm_dev:
+        if (st.st_nlink == 0 or not nlink_zero) and st.st_dev != shm_dev:
             found.add((kind, pid, fd, rng, st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
                        st.st_size, st.st_blocks, target, fdinfo))
 
@@ -1598,6 +1599,83 @@ def scenario_overlay(kind):
     return res
 
 
+class MapHolder:
+    """A forked child that maps `path` (MAP_SHARED, read-only) until stopped: the mapping
+    and the descriptor Python's mmap keeps (a dup) hold the file."""
+
+    def __init__(self, path, length=4096):
+        ready_r, ready_w = os.pipe()
+        self.quit_r, self.quit_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                mapping = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+                os.close(fd)
+                os.write(ready_w, b"k")
+                os.read(self.quit_r, 1)
+                mapping.close()
+            finally:
+                os._exit(0)  # pylint: disable=protected-access
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        CLEANUP.append(self.stop)
+
+    def stop(self):
+        if self.pid is None:
+            return
+        os.write(self.quit_w, b"q")
+        os.waitpid(self.pid, 0)
+        self.pid = None
+
+
+def scenario_held_overlay(kind):
+    """Mappings of files deleted in an overlay's merged dir (a container's view), one still
+    present in the lower layer, one of the upper layer only: FRELINK_IOC_HELD lists them as
+    /proc/PID/maps and a stat of /proc/PID/map_files/A-B show them (merged path, overlay
+    st_dev), and lists nothing more of the holders."""
+    fs = Fs("hovl-" + kind, kind)
+    base = fs.mnt
+    for sub in ("lower", "upper", "work", "merged"):
+        os.mkdir(base + "/" + sub)
+    write_file(base + "/lower/lowlib", seeded_bytes(21, 8192))
+    merged = base + "/merged"
+    run("mount", "-t", "overlay", "overlay", "-o",
+        "lowerdir=%s/lower,upperdir=%s/upper,workdir=%s/work" % (base, base, base), merged)
+    CLEANUP.append(lambda: run("umount", "-l", merged, check=False))
+    write_file(merged + "/uplib", seeded_bytes(22, 8192))
+    holders = {"lower": MapHolder(merged + "/lowlib"), "upper": MapHolder(merged + "/uplib")}
+    os.unlink(merged + "/lowlib")
+    os.unlink(merged + "/uplib")
+    res = {"lower_still_named": os.path.exists(base + "/lower/lowlib"),
+           "upper_gone": not os.path.lexists(base + "/upper/uplib")}
+    overlay_dev = os.stat(merged).st_dev
+    pids = {h.pid: name for name, h in holders.items()}
+    records = [r for r in abi.list_held()[0] if r[1] in pids]
+    # the lower file keeps its name in the lower layer: st_nlink 1, yet maps says deleted
+    want = proc_oracle(sorted(pids), nlink_zero=False)
+    got = {held_key(r) for r in records}
+    res["oracle"] = {pids[k[1]]: [k[12], k[4] == overlay_dev, k[7]] for k in want}
+    res["kernel"] = sorted([pids[r[1]], r[0], r[6], r[5].st_dev == overlay_dev, r[5].st_nlink] for r in records)
+    res["proc"] = []
+    for pid, name in sorted(pids.items()):
+        with open("/proc/%d/maps" % pid) as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and "/merged/" in fields[5]:
+                    st = os.stat("/proc/%d/map_files/%s" % (pid, fields[0]))
+                    res["proc"].append([name, fields[5].strip(), st.st_dev == overlay_dev, st.st_nlink])
+    res["missing"] = sorted(map(str, want - got))
+    res["extra"] = sorted(map(str, got - want))
+    res["records_of_holders"] = len(records)
+    for holder in holders.values():
+        holder.stop()
+    run("umount", merged)
+    fs.destroy()
+    return res
+
+
 def scenario_not_allowed():
     """Filesystems off the allowlist refuse with EOPNOTSUPP, both forms, and
     nothing changes: vfat and jfs (on loop devices), ramfs, hugetlbfs."""
@@ -2005,6 +2083,8 @@ def main():
                 results[scenario] = scenario_stress(kind, int(cycles or args.stress))
             elif scenario.startswith("freeze:"):
                 results[scenario] = scenario_freeze(scenario.split(":", 1)[1])
+            elif scenario.startswith("held_overlay:"):
+                results[scenario] = scenario_held_overlay(scenario.split(":", 1)[1])
             elif scenario.startswith("overlay:"):
                 results[scenario] = scenario_overlay(scenario.split(":", 1)[1])
             elif scenario.startswith("tmpfile:"):

@@ -862,15 +862,19 @@ static int frelink_held_maps(struct frelink_held_walk *walk,
 		VMA_ITERATOR(vmi, mm, 0);
 
 		for_each_vma(vmi, vma) {
-			if (!vma->vm_file ||
-			    !frelink_held_candidate(vma->vm_file->f_path.dentry))
+			const struct path *path;
+
+			if (!vma->vm_file)
+				continue;
+			/* as map_files and maps see it: an overlay's path */
+			path = frelink_file_user_path(vma->vm_file);
+			if (!frelink_held_candidate(path->dentry))
 				continue;
 			err = frelink_held_reserve(walk);
 			if (err)
 				break;
-			frelink_held_add(walk, &vma->vm_file->f_path,
-					 FRELINK_HELD_MMAP, -1, vma->vm_start,
-					 vma->vm_end);
+			frelink_held_add(walk, path, FRELINK_HELD_MMAP, -1,
+					 vma->vm_start, vma->vm_end);
 		}
 		mmap_read_unlock(mm);
 	}

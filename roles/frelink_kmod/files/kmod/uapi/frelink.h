@@ -131,7 +131,9 @@ struct frelink_relink {
  * @pos:	FRELINK_HELD_FD: the file position, as "pos" in fdinfo; else 0
  * @path:	the handle's path as readlink(2) of /proc/PID/fd/N (or
  *		map_files, exe, cwd, root) gives it to the caller, ending in
- *		" (deleted)" for an unlinked file; NUL-terminated
+ *		" (deleted)" for an unlinked file (a mapping: as
+ *		/proc/PID/maps shows it, an overlay's path and st_dev, not
+ *		its layer's); NUL-terminated
  *
  * A record is written for every handle whose dentry is unlinked or, on NFS,
  * silly-renamed: @nlink says whether the file is deleted (0) or still named.
