@@ -98,7 +98,7 @@ def kmod_guest(request):
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
-        scenarios += ["held_overlay:ext4"]
+        scenarios += ["held_overlay:ext4", "held_split"]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
@@ -446,6 +446,25 @@ def test_listing_of_overlay_mappings(kmod_guest):
     # each holder: its mapping and the descriptor Python's mmap keeps
     assert [k[:2] for k in res["kernel"]] == [["lower", "fd"], ["lower", "mmap"], ["upper", "fd"], ["upper", "mmap"]]
     assert all(k[3] for k in res["kernel"]), res["kernel"]  # the overlay's st_dev
+
+
+def test_listing_resumes_inside_a_process(kmod_guest):
+    """A process whose records (5,000 descriptors and 200 mappings of a deleted file with a
+    ~3,000-byte path) far exceed a 64 KiB buffer is listed with that buffer, the calls
+    resuming inside it: every record exactly once, in order; bad resume points refused;
+    a caller without FRELINK_HELD_SPLIT still gets EOVERFLOW for it."""
+    res = scenario(kmod_guest, "held_split")
+    assert "error" not in res, res
+    assert res["path_len"] > 2900
+    assert res["fds_listed"] == 5000 and res["fds_right"] is True and res["fds_more_than_once"] == 0
+    assert res["maps_listed"] == 200 and res["maps_more_than_once"] == 0
+    assert res["order"] is True and res["paths"] is True
+    processes, proc = res["processes_vs_proc"]
+    assert abs(processes - proc) <= 3, res["processes_vs_proc"]  # each process counted once
+    assert res["without_split"] == "EOVERFLOW"
+    assert res["refusals"] == dict.fromkeys(res["refusals"], "EINVAL") and len(res["refusals"]) == 6
+    assert res["resume_middle"] == ["OK", True, True]
+    assert res["record_too_large"] == ["EOVERFLOW", True, 1, True]
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):

@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import random
+import resource
 import select
 import shutil
 import signal
@@ -863,7 +864,10 @@ def fuzz_held_request(rng, kind, records, straddling, bad_pointers):
     return abi.pack_held(pointer, size, rng.choice((abi.HELD_ALL, abi.HELD_FD, abi.HELD_MMAP, 0, 0x20, 0x3f,
                                                     rng.getrandbits(32))),
                          rng.choice((0, 0, 1, os.getpid(), rng.getrandbits(31), -1, -2 ** 31)),
-                         tuple(rng.choice((0, 0, 0, 0, 1)) for dummy in range(4)))
+                         tuple(rng.choice((0, 0, 0, 0, 1)) for dummy in range(2)),
+                         flags=rng.choice((0, 0, 0, abi.HELD_SPLIT, 2)),
+                         next_kind=rng.choice((0, 0, 0, abi.HELD_FD, abi.HELD_MMAP, abi.HELD_EXE, 3)),
+                         next_at=rng.choice((0, 0, 0, 1, 2 ** 63)))
 
 
 def scenario_fuzz(count, seed=7):
@@ -1002,9 +1006,10 @@ def proc_oracle(pids, nlink_zero=True):
     return found
 
 
-def held_request(buf_ptr, buf_size, kinds=abi.HELD_ALL, next_pid=0, reserved=(0, 0, 0, 0)):
-    """(errno name, next_pid, used, processes, fds) of one raw FRELINK_IOC_HELD."""
-    request = ctypes.create_string_buffer(abi.pack_held(buf_ptr, buf_size, kinds, next_pid, reserved),
+def held_request(buf_ptr, buf_size, kinds=abi.HELD_ALL, next_pid=0, reserved=(0, 0), **split):
+    """(errno name, next_pid, used, processes, fds) of one raw FRELINK_IOC_HELD; split: its
+    flags, next_kind, next_at."""
+    request = ctypes.create_string_buffer(abi.pack_held(buf_ptr, buf_size, kinds, next_pid, reserved, **split),
                                           abi.HELD_STRUCT_SIZE)
     dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
     try:
@@ -1155,7 +1160,7 @@ def scenario_held():
     res["refusals"] = {
         "no_kinds": held_request(ctypes.addressof(buf), 4096, kinds=0)[0],
         "unknown_kind": held_request(ctypes.addressof(buf), 4096, kinds=0x20)[0],
-        "reserved": held_request(ctypes.addressof(buf), 4096, reserved=(0, 0, 1, 0))[0],
+        "reserved": held_request(ctypes.addressof(buf), 4096, reserved=(1, 0))[0],
         "negative_pid": held_request(ctypes.addressof(buf), 4096, next_pid=-1)[0],
         "huge_buffer": held_request(ctypes.addressof(buf), (1 << 30) + 1)[0],
         "bad_request_pointer": raw_cmd(abi.IOC_HELD, 0xdeadbeef),
@@ -1172,6 +1177,93 @@ def scenario_held():
             fs.umount()
             res.setdefault("fsck", {})[fs.kind] = fs.fsck()["rc"]
         fs.destroy()
+    return res
+
+
+def scenario_held_split(dups=5000, maps=200, buf_size=65536):
+    """One process holds a deleted file with a ~3,000-byte path by DUPS descriptors and
+    MAPS mappings: more records than BUF_SIZE takes.  The listing, never given a larger
+    buffer, resumes inside the process (FRELINK_HELD_SPLIT) and returns every record
+    exactly once; resume points it refuses; an old caller (no flag) still gets EOVERFLOW."""
+    fs = Fs("held-split", "tmpfs")
+    path = fs.mnt
+    for i in range(12):
+        path += "/" + ("d%02d" % i) * 80
+        os.mkdir(path)
+    path += "/victim"
+    write_file(path, seeded_bytes(31, 4096))
+    ready_r, ready_w = os.pipe()
+    quit_r, quit_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (dups + 100, dups + 100))
+            LIBC.mmap.restype = ctypes.c_void_p
+            LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long)
+            fd = os.open(path, os.O_RDONLY)
+            for dummy in range(maps):
+                LIBC.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            fds = [fd] + [os.dup(fd) for dummy in range(dups - 1)]
+            os.write(ready_w, json.dumps(fds).encode() + b"\n")
+            os.read(quit_r, 1)
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        want_fds = sorted(json.loads(ready.readline().decode()))
+    os.unlink(path)
+    res = {"path_len": len(path)}
+    try:
+        records, processes, _fds = abi.list_held(buf_size=buf_size, buf_max=buf_size)
+        mine = [r for r in records if r[1] == pid]
+        fd_counts = collections.Counter(r[2] for r in mine if r[0] == "fd")
+        map_counts = collections.Counter(r[3] for r in mine if r[0] == "mmap")
+        res["fds_listed"] = len(fd_counts)
+        res["fds_right"] = sorted(fd_counts) == want_fds
+        res["fds_more_than_once"] = sum(1 for n in fd_counts.values() if n > 1)
+        res["maps_listed"] = len(map_counts)
+        res["maps_more_than_once"] = sum(1 for n in map_counts.values() if n > 1)
+        res["order"] = [r[0] for r in mine] == ["fd"] * len(fd_counts) + ["mmap"] * len(map_counts)
+        res["paths"] = sorted({r[6] for r in mine}) == [path + " (deleted)"]
+        res["processes_vs_proc"] = [processes, len([n for n in os.listdir("/proc") if n.isdigit()])]
+    except OSError as exc:
+        res["error"] = name_of(exc.errno)
+    buf = ctypes.create_string_buffer(buf_size)
+    # an old caller, whole processes only: this one does not fit
+    res["without_split"] = held_request(ctypes.addressof(buf), buf_size, next_pid=pid)[0]
+    res["refusals"] = {
+        "unknown_flag": held_request(ctypes.addressof(buf), buf_size, next_pid=pid, flags=2)[0],
+        "next_kind_without_split": held_request(ctypes.addressof(buf), buf_size, next_pid=pid,
+                                                next_kind=abi.HELD_FD)[0],
+        "next_at_without_kind": held_request(ctypes.addressof(buf), buf_size, next_pid=pid,
+                                             flags=abi.HELD_SPLIT, next_at=5)[0],
+        "two_kinds": held_request(ctypes.addressof(buf), buf_size, next_pid=pid, flags=abi.HELD_SPLIT,
+                                  next_kind=abi.HELD_FD | abi.HELD_MMAP)[0],
+        "at_for_cwd": held_request(ctypes.addressof(buf), buf_size, next_pid=pid, flags=abi.HELD_SPLIT,
+                                   next_kind=abi.HELD_CWD, next_at=1)[0],
+        "kind_without_pid": held_request(ctypes.addressof(buf), buf_size, flags=abi.HELD_SPLIT,
+                                         next_kind=abi.HELD_FD)[0],
+    }
+    # a resume point in the middle of the descriptors: the next record is that descriptor
+    middle = want_fds[len(want_fds) // 2]
+    out = held_request(ctypes.addressof(buf), buf_size, next_pid=pid, flags=abi.HELD_SPLIT,
+                       next_kind=abi.HELD_FD, next_at=middle)
+    first = next(abi.iter_held_records(buf.raw[:out[2]]))[0] if out[2] else None
+    res["resume_middle"] = [out[0], out[1] == pid, first and (first.pid, first.fd) == (pid, middle)]
+    # one record alone larger than the buffer: EOVERFLOW, the resume point as passed
+    request = ctypes.create_string_buffer(abi.pack_held(ctypes.addressof(buf), 512, abi.HELD_ALL, pid,
+                                                        flags=abi.HELD_SPLIT, next_kind=abi.HELD_FD,
+                                                        next_at=middle), abi.HELD_STRUCT_SIZE)
+    dev_fd = os.open(abi.DEVICE_PATH, os.O_RDWR)
+    rc = LIBC.ioctl(dev_fd, abi.IOC_HELD, ctypes.addressof(request))
+    err = ctypes.get_errno()
+    os.close(dev_fd)
+    fields = abi.HELD_STRUCT.unpack(request.raw)
+    res["record_too_large"] = [name_of(err) if rc else "OK", fields[3] == pid, fields[8], fields[9] == middle]
+    os.write(quit_w, b"q")
+    os.waitpid(pid, 0)
+    fs.destroy()
     return res
 
 

@@ -112,6 +112,9 @@ struct frelink_relink {
 /* record flags */
 #define FRELINK_HELD_NFS_RENAMED 0x1U	/* NFS "silly rename": .nfsXXXX, live */
 
+/* held.flags */
+#define FRELINK_HELD_SPLIT	0x1U	/* a process's records may span calls */
+
 /**
  * struct frelink_held_record - one holder of a deleted file, in the buffer
  * @rec_len:	bytes of this record including @path and padding (a multiple
@@ -171,21 +174,41 @@ struct frelink_held_record {
  * @used:	out: bytes of records written
  * @processes:	out: processes (thread groups) looked at
  * @fds:	out: open descriptors looked at
+ * @flags:	FRELINK_HELD_SPLIT or 0
+ * @next_kind:	with FRELINK_HELD_SPLIT, in: where in process @next_pid to
+ *		go on (0: at its start), the kind of its next record; out:
+ *		set when the buffer filled inside process @next_pid, else 0.
+ *		Without the flag: 0
+ * @next_at:	in and out with @next_kind: FRELINK_HELD_FD the descriptor
+ *		number, FRELINK_HELD_MMAP the mapping's start address to go
+ *		on at; 0 for the other kinds
  * @reserved:	must be zero
  *
  * Walks the processes of the caller's pid namespace from @next_pid on, in
  * pid order, and writes a record for each handle on a deleted file: no
- * per-descriptor text or system call in userspace.  The buffer receives
- * whole processes only; when the next one does not fit, the call returns
- * with @next_pid set to it.  Like a read of /proc, it is no snapshot:
+ * per-descriptor text or system call in userspace.  A process's records
+ * come in the order exe, cwd, root, fd (by number), mmap (by address).
+ * Without FRELINK_HELD_SPLIT the buffer receives whole processes only;
+ * when the next one does not fit, the call returns with @next_pid set to
+ * it.  With it, a buffer that fills inside a process after some records
+ * ends the call there: pass @next_pid, @next_kind and @next_at back as
+ * they came, the process goes on at that descriptor or mapping (as a
+ * re-read of /proc/PID/fd goes on at a position: what changed meanwhile
+ * before it is not seen again).  @processes counts a process in the call
+ * that writes its last records; @fds each descriptor once.  If process
+ * @next_pid is gone, the walk goes on at the next one from its start.
+ * Like a read of /proc, it is no snapshot:
  * processes may come and go meanwhile.  Memory-less processes (kernel
  * threads, zombies) have no mappings and no executable.
  *
  * Errors: EPERM (the caller lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE), EINVAL
- * (no or unknown kinds, non-zero reserved fields, @next_pid negative, a
- * buffer over 1 GiB), EOVERFLOW (the records of process @next_pid alone do
- * not fit in @buf_size: retry with a larger buffer), EFAULT, EINTR (killed),
- * ENOMEM.
+ * (no or unknown kinds or flags, non-zero reserved fields, @next_pid
+ * negative, a buffer over 1 GiB, @next_kind or @next_at set without
+ * FRELINK_HELD_SPLIT or @next_pid, @next_kind not one kind, @next_at set
+ * for exe, cwd or root), EOVERFLOW (the records of process @next_pid alone
+ * do not fit in @buf_size, with FRELINK_HELD_SPLIT its next record alone:
+ * retry with a larger buffer; @next_pid, @next_kind and @next_at are as
+ * they were passed), EFAULT, EINTR (killed), ENOMEM.
  */
 struct frelink_held {
 	__u64	buf;
@@ -195,7 +218,10 @@ struct frelink_held {
 	__u32	used;
 	__u32	processes;
 	__u32	fds;
-	__u64	reserved[4];
+	__u32	flags;
+	__u32	next_kind;
+	__u64	next_at;
+	__u64	reserved[2];
 };
 
 /* 0xF4 is unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst */
