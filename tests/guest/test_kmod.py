@@ -98,7 +98,7 @@ def kmod_guest(request):
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
-        scenarios += ["held_overlay:ext4", "held_split"]
+        scenarios += ["held_overlay:ext4", "held_split", "held_threads"]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
@@ -465,6 +465,21 @@ def test_listing_resumes_inside_a_process(kmod_guest):
     assert res["refusals"] == dict.fromkeys(res["refusals"], "EINVAL") and len(res["refusals"]) == 6
     assert res["resume_middle"] == ["OK", True, True]
     assert res["record_too_large"] == ["EOVERFLOW", True, 1, True]
+
+
+def test_listing_of_threads_own_tables_and_zombie_leaders(kmod_guest):
+    """A thread's own fd table (unshare(CLONE_FILES)) and a process whose main thread
+    exited are listed as /proc/PID/task/TID shows them, under the thread group's pid."""
+    res = scenario(kmod_guest, "held_threads")
+    assert res["zombie_leader_state"] == "Z" and res["proc_fd_of_zombie_leader"] == 0
+    assert res["missing"] == [] and res["extra"] == [], res
+    assert res["listed"] == [
+        ["unshared", "fd", "own (deleted)", True],      # in the thread's own table: its tid
+        ["unshared", "fd", "shared (deleted)", False],  # the process's table
+        ["unshared", "fd", "shared (deleted)", True],   # copied into the thread's table
+        ["zombie_leader", "fd", "orphaned (deleted)", True],  # /proc/PID/task/TID/fd only
+        ["zombie_leader", "mmap", "mapped (deleted)", False],
+    ], res["listed"]
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):

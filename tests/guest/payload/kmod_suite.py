@@ -1267,6 +1267,94 @@ def scenario_held_split(dups=5000, maps=200, buf_size=65536):
     return res
 
 
+def scenario_held_threads():
+    """Two processes /proc shows only under /proc/PID/task/TID: one with a thread that
+    unshared its fd table (unshare(CLONE_FILES)) and opened a deleted file there, one whose
+    main thread exited (pthread_exit) while another thread holds a deleted file by fd and
+    by a mapping.  FRELINK_IOC_HELD lists them with the thread group's pid; a descriptor
+    that /proc/PID/fd does not show has its thread's tid in start."""
+    fs = Fs("held-threads", "tmpfs")
+    paths = {name: "%s/%s" % (fs.mnt, name) for name in ("shared", "own", "orphaned", "mapped")}
+    for i, path in enumerate(paths.values()):
+        write_file(path, seeded_bytes(40 + i, 4096))
+    ready_r, ready_w = os.pipe()
+    quit_r, quit_w = os.pipe()
+    pids = []
+    for role in ("unshared", "zombie_leader"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                LIBC.mmap.restype = ctypes.c_void_p
+                LIBC.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_long)
+                if role == "unshared":
+                    os.open(paths["shared"], os.O_RDONLY)
+
+                    def own_table():
+                        if LIBC.unshare(0x400) != 0:  # CLONE_FILES
+                            os._exit(3)  # pylint: disable=protected-access
+                        os.open(paths["own"], os.O_RDONLY)
+                        os.write(ready_w, b"%d\n" % threading.get_native_id())
+                        os.read(quit_r, 1)
+                        os._exit(0)  # pylint: disable=protected-access
+                    threading.Thread(target=own_table).start()
+                    os.read(quit_r, 1)
+                else:
+                    os.open(paths["orphaned"], os.O_RDONLY)
+                    fd = os.open(paths["mapped"], os.O_RDONLY)
+                    LIBC.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+                    os.close(fd)
+
+                    def survivor():
+                        os.write(ready_w, b"%d\n" % threading.get_native_id())
+                        os.read(quit_r, 1)
+                        os._exit(0)  # pylint: disable=protected-access
+                    threading.Thread(target=survivor).start()
+                    time.sleep(0.2)
+                    LIBC.pthread_exit(None)  # ctypes releases the GIL first
+            finally:
+                os._exit(0)  # pylint: disable=protected-access
+        pids.append(pid)
+    ready = os.fdopen(ready_r, "rb")
+    tids = sorted(int(ready.readline()) for dummy in pids)
+    unshared, zombie = pids
+    for dummy in range(100):
+        with open("/proc/%d/stat" % zombie) as stat_file:
+            if stat_file.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.1)
+    for path in paths.values():
+        os.unlink(path)
+    res = {"zombie_leader_state": open("/proc/%d/stat" % zombie).read().rsplit(")", 1)[1].split()[0],
+           "proc_fd_of_zombie_leader": len(os.listdir("/proc/%d/fd" % zombie))}
+    want = set()
+    for pid in pids:
+        for tid in sorted(int(t) for t in os.listdir("/proc/%d/task" % pid)):
+            base = "/proc/%d/task/%d" % (pid, tid)
+            # /proc/PID/fd shows the main thread's table; any other: its tid in the record
+            table = 0 if tid == pid else tid
+            for name in os.listdir(base + "/fd"):
+                target = os.readlink("%s/fd/%s" % (base, name))
+                if target.endswith(" (deleted)"):
+                    want.add(("fd", pid, int(name), table, target))
+            with open(base + "/maps") as maps:
+                for line in maps:
+                    fields = line.rstrip("\n").split(None, 5)
+                    if len(fields) == 6 and fields[5].endswith(" (deleted)") and fields[5].startswith(fs.mnt):
+                        start = int(fields[0].split("-")[0], 16)
+                        want.add(("mmap", pid, -1, start, fields[5]))
+    got = {(r[0], r[1], r[2], r[3][0], r[6]) for r in abi.list_held()[0] if r[1] in pids}
+    res["missing"] = sorted(map(str, want - got))
+    res["extra"] = sorted(map(str, got - want))
+    res["listed"] = sorted((["unshared", "zombie_leader"][pids.index(k[1])], k[0], os.path.basename(k[4]),
+                            k[3] in tids) for k in got if k[4].startswith(fs.mnt + "/"))
+    os.write(quit_w, b"qqqq")
+    for pid in pids:
+        os.waitpid(pid, 0)
+    fs.destroy()
+    return res
+
+
 # --- issue #11: a fuzzer that tries to break the module ------------------
 
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878

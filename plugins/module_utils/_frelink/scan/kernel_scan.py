@@ -55,6 +55,10 @@ def collect_from_kernel(scanner, mask):
             if record.pid != last_pid:
                 last_pid, pid, mapped_here = record.pid, str(record.pid), {}
             kind = record.kind
+            if kind == fd_kind and record.start:
+                # in a table only /proc/PID/task/TID/fd shows (TID in start): the /proc scan
+                # and everything that opens /proc/PID/fd/N know no such handle yet
+                continue
             if kind == fd_kind:
                 target = raw.decode(encoding, errors)
                 if fd_hit(record, target):

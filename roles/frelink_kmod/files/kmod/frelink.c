@@ -740,6 +740,8 @@ struct frelink_held_walk {
 	unsigned int limit;	/* FRELINK_HELD_SPLIT: handles worth collecting */
 	unsigned int fds;
 	u32 kinds;
+	pid_t tid;		/* the fd table's thread, 0: the process's */
+	struct pid_namespace *ns;
 	bool split;		/* out: the process goes on at @next */
 	struct frelink_held_pos from;	/* in: skip what comes before */
 	struct frelink_held_pos cut;	/* the first handle not collected */
@@ -837,7 +839,7 @@ static int frelink_held_fd(const void *arg, struct file *file, unsigned int fd)
 	if (walk->count == walk->cap ||
 	    (walk->limit && walk->count >= walk->limit))
 		return fd + 1;
-	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, 0, 0);
+	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, walk->tid, 0);
 	walk->fds++;
 	/* read as /proc/PID/fdinfo/N reads them: unlocked, a snapshot */
 	walk->handles[walk->count - 1].open_flags = READ_ONCE(file->f_flags);
@@ -855,17 +857,22 @@ static int frelink_held_limit(struct frelink_held_walk *walk, u32 kind, u64 at)
 	return -ENOSPC;
 }
 
-static int frelink_held_fds(struct frelink_held_walk *walk,
-			    struct task_struct *task)
+/* a descriptor's place: its table's thread (0: the process's), its number */
+#define FRELINK_HELD_FD_AT(tid, fd)	(((u64)(tid) << 32) | (u32)(fd))
+
+/* the fd table of @task, as thread @tid's own (0: the process's) */
+static int frelink_held_table(struct frelink_held_walk *walk,
+			      struct task_struct *task, pid_t tid)
 {
+	u64 from = walk->from.kind == FRELINK_HELD_FD ? walk->from.at : 0;
 	unsigned int next = 0;
 	int err;
 
-	if (walk->from.kind == FRELINK_HELD_FD) {
-		if (walk->from.at > INT_MAX)
-			return 0;
-		next = walk->from.at;
-	}
+	if (FRELINK_HELD_FD_AT(tid, U32_MAX) < from)
+		return 0;
+	if (from >> 32 == tid)
+		next = (u32)from;
+	walk->tid = tid;
 	for (;;) {
 		task_lock(task);
 		next = iterate_fd(task->files, next, frelink_held_fd, walk);
@@ -873,12 +880,80 @@ static int frelink_held_fds(struct frelink_held_walk *walk,
 		if (!next)
 			return 0;
 		next--;
-		err = frelink_held_limit(walk, FRELINK_HELD_FD, next);
+		err = frelink_held_limit(walk, FRELINK_HELD_FD,
+					 FRELINK_HELD_FD_AT(tid, next));
 		if (!err)
 			err = frelink_held_grow(walk);
 		if (err)
 			return err;
 	}
+}
+
+struct frelink_held_table {
+	struct task_struct *task;
+	pid_t tid;
+};
+
+/*
+ * The process's fd table and those of its threads cloned without
+ * CLONE_FILES (/proc/PID/task/TID/fd), each table once, in the order of
+ * their tid: 0 for the one /proc/PID/fd shows, @main_tid for the process's
+ * table when its main thread exited.
+ */
+static int frelink_held_fds(struct frelink_held_walk *walk,
+			    struct task_struct *task, pid_t main_tid)
+{
+	struct frelink_held_table *tables;
+	struct files_struct *files, *own;
+	unsigned int count = 1, n = 1, i, j;
+	struct task_struct *t;
+	pid_t tid;
+	int err = 0;
+
+	task_lock(task);
+	files = task->files;
+	task_unlock(task);
+	rcu_read_lock();
+	for_each_thread(task, t) {
+		own = READ_ONCE(t->files);
+		if (own && own != files)
+			count++;
+	}
+	rcu_read_unlock();
+	tables = kvmalloc_array(count, sizeof(*tables), GFP_KERNEL);
+	if (!tables)
+		return -ENOMEM;
+	get_task_struct(task);
+	tables[0].task = task;
+	tables[0].tid = main_tid;
+	rcu_read_lock();
+	for_each_thread(task, t) {
+		own = READ_ONCE(t->files);
+		tid = task_pid_nr_ns(t, walk->ns);
+		if (n == count)
+			break;
+		if (!own || own == files || tid <= 0)
+			continue;
+		for (j = 0; j < n && READ_ONCE(tables[j].task->files) != own; j++)
+			;
+		if (j < n)
+			continue;
+		get_task_struct(t);
+		/* by tid, the order a resume point counts on */
+		for (j = n++; j && tables[j - 1].tid > tid; j--)
+			tables[j] = tables[j - 1];
+		tables[j].task = t;
+		tables[j].tid = tid;
+	}
+	rcu_read_unlock();
+	for (i = 0; i < n; i++) {
+		if (!err)
+			err = frelink_held_table(walk, tables[i].task, tables[i].tid);
+		put_task_struct(tables[i].task);
+	}
+	walk->tid = 0;
+	kvfree(tables);
+	return err;
 }
 
 static int frelink_held_reserve(struct frelink_held_walk *walk, u32 kind,
@@ -1055,7 +1130,8 @@ static void frelink_held_split(struct frelink_held_walk *walk,
 {
 	walk->split = true;
 	walk->next.kind = handle->kind;
-	walk->next.at = handle->kind == FRELINK_HELD_FD ? handle->fd :
+	walk->next.at = handle->kind == FRELINK_HELD_FD ?
+			FRELINK_HELD_FD_AT(handle->start, handle->fd) :
 			handle->start;
 	walk->fds = handle->fds;
 }
@@ -1068,11 +1144,35 @@ static void frelink_held_split(struct frelink_held_walk *walk,
  * inside the process instead (@walk->split, @walk->next), and only the
  * handles the room left can take are collected.
  */
+/*
+ * @leader, or when it exited (a zombie leader: mm, files and fs gone) a
+ * live thread of its group, which holds them for the process; referenced.
+ */
+static struct task_struct *frelink_held_live(struct task_struct *leader)
+{
+	struct task_struct *t, *live = leader;
+
+	rcu_read_lock();
+	if (READ_ONCE(leader->flags) & PF_EXITING) {
+		for_each_thread(leader, t) {
+			if (!(READ_ONCE(t->flags) & PF_EXITING)) {
+				live = t;
+				break;
+			}
+		}
+	}
+	get_task_struct(live);
+	rcu_read_unlock();
+	return live;
+}
+
 static int frelink_held_process(struct frelink_held_walk *walk,
-				struct task_struct *task, pid_t pid,
+				struct task_struct *leader, pid_t pid,
 				char __user *buf, u32 buf_size, u32 *used,
 				bool split)
 {
+	struct task_struct *task = frelink_held_live(leader);
+	pid_t main_tid = task == leader ? 0 : task_pid_nr_ns(task, walk->ns);
 	u32 at = *used;
 	int i, len, err = 0;
 
@@ -1088,7 +1188,7 @@ static int frelink_held_process(struct frelink_held_walk *walk,
 		err = frelink_held_fs(walk, task);
 	if (!err && (walk->kinds & FRELINK_HELD_FD) &&
 	    !frelink_held_before(walk, FRELINK_HELD_FD, U64_MAX))
-		err = frelink_held_fds(walk, task);
+		err = frelink_held_fds(walk, task, main_tid);
 	if (!err && (walk->kinds & FRELINK_HELD_MMAP))
 		err = frelink_held_maps(walk, task);
 	if (err == -ENOSPC)	/* collected up to walk->cut */
@@ -1112,6 +1212,7 @@ static int frelink_held_process(struct frelink_held_walk *walk,
 		walk->next = walk->cut;
 	}
 	frelink_held_release(walk);
+	put_task_struct(task);
 	if (!err)
 		*used = at;
 	return err;
@@ -1142,7 +1243,7 @@ static int frelink_held(struct frelink_held *req)
 {
 	struct pid_namespace *ns = task_active_pid_ns(current);
 	char __user *buf = u64_to_user_ptr(req->buf);
-	struct frelink_held_walk walk = { .kinds = req->kinds };
+	struct frelink_held_walk walk = { .kinds = req->kinds, .ns = ns };
 	bool split = req->flags & FRELINK_HELD_SPLIT;
 	struct task_struct *task;
 	pid_t nr = req->next_pid;

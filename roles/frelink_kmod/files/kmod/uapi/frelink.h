@@ -120,10 +120,15 @@ struct frelink_relink {
  * @rec_len:	bytes of this record including @path and padding (a multiple
  *		of 8): the next record starts @rec_len bytes further
  * @kind:	one FRELINK_HELD_* bit
- * @pid:	the process (thread group) as the caller's pid namespace sees it
+ * @pid:	the process (thread group id) as the caller's pid namespace
+ *		sees it, also for the handles of its other threads
  * @fd:		FRELINK_HELD_FD: the descriptor number; else -1
  * @flags:	FRELINK_HELD_NFS_RENAMED or 0
- * @start:	FRELINK_HELD_MMAP: first address of the mapping; else 0
+ * @start:	FRELINK_HELD_MMAP: first address of the mapping;
+ *		FRELINK_HELD_FD: 0 for the fd table /proc/PID/fd shows, else
+ *		the tid TID of the thread whose table holds it, shown as
+ *		/proc/PID/task/TID/fd/N (a thread cloned without CLONE_FILES,
+ *		or the process's table when its main thread exited); else 0
  * @end:	FRELINK_HELD_MMAP: the address after it; else 0
  * @dev, @ino, @mode, @nlink, @uid, @gid, @size, @blocks, @mtime_sec,
  * @mtime_nsec:	what fstat(2) of the handle reports (vfs_getattr(); @dev
@@ -179,15 +184,20 @@ struct frelink_held_record {
  *		go on (0: at its start), the kind of its next record; out:
  *		set when the buffer filled inside process @next_pid, else 0.
  *		Without the flag: 0
- * @next_at:	in and out with @next_kind: FRELINK_HELD_FD the descriptor
- *		number, FRELINK_HELD_MMAP the mapping's start address to go
- *		on at; 0 for the other kinds
+ * @next_at:	in and out with @next_kind: FRELINK_HELD_FD the record's
+ *		@start (its table's tid) << 32 | the descriptor number,
+ *		FRELINK_HELD_MMAP the mapping's start address to go on at; 0
+ *		for the other kinds
  * @reserved:	must be zero
  *
  * Walks the processes of the caller's pid namespace from @next_pid on, in
  * pid order, and writes a record for each handle on a deleted file: no
  * per-descriptor text or system call in userspace.  A process's records
- * come in the order exe, cwd, root, fd (by number), mmap (by address).
+ * come in the order exe, cwd, root, fd (by table, then number), mmap (by
+ * address).  Its fd tables: the one /proc/PID/fd shows, then those of
+ * threads cloned without CLONE_FILES, each table once, by tid.  When the
+ * main thread exited (a zombie leader), a live thread's mm, fd table, cwd
+ * and root are the process's.
  * Without FRELINK_HELD_SPLIT the buffer receives whole processes only;
  * when the next one does not fit, the call returns with @next_pid set to
  * it.  With it, a buffer that fills inside a process after some records
