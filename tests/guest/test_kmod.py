@@ -98,7 +98,7 @@ def kmod_guest(request):
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
-        scenarios += ["held_overlay:ext4", "held_split", "held_threads"]
+        scenarios += ["held_overlay:ext4", "held_split", "held_threads", "held_fuse"]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
@@ -112,6 +112,8 @@ def kmod_guest(request):
         only = os.environ.get("FRELINK_KMOD_ONLY", "").split()
         if only:
             scenarios = [s for s in scenarios if s in only]
+        if "held_fuse" in scenarios:
+            guest.install_debs(["bindfs"])
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d --hostile %d" % (
             REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS, HOSTILE_REQUESTS),
             timeout=3600)
@@ -480,6 +482,16 @@ def test_listing_of_threads_own_tables_and_zombie_leaders(kmod_guest):
         ["zombie_leader", "fd", "orphaned (deleted)", True],  # /proc/PID/task/TID/fd only
         ["zombie_leader", "mmap", "mapped (deleted)", False],
     ], res["listed"]
+
+
+def test_listing_does_not_wait_for_a_stopped_fuse_daemon(kmod_guest):
+    """A deleted file held on FUSE (attr_timeout=0) whose daemon is stopped: the listing
+    returns at once with the cached attributes instead of waiting for the daemon."""
+    res = scenario(kmod_guest, "held_fuse")
+    assert res["mounted"] is True, res
+    assert res["unlinked_in_source"] is True
+    assert res["listing"] == "RETURNED", res
+    assert res["records"] == [["/mnt/frelink-held-fuse/victim (deleted)", 0, 8192]], res
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):

@@ -1355,6 +1355,62 @@ def scenario_held_threads():
     return res
 
 
+def scenario_held_fuse(timeout=30):
+    """A deleted file held on a FUSE filesystem (bindfs, attr_timeout=0; bindfs's libfuse3
+    knows no hard_remove, so its source is renamed .fuse_hidden*, yet the kernel's dentry is
+    unlinked) whose daemon is stopped (SIGSTOP): a listing must not wait for the daemon
+    (an unprivileged user's) to answer.  Run in a child with a timeout; the
+    daemon is continued afterwards either way."""
+    src = Fs("held-fuse-src", "tmpfs")
+    mnt = "/mnt/frelink-held-fuse"
+    os.makedirs(mnt, exist_ok=True)
+    daemon = subprocess.Popen(["bindfs", "-f", "-o", "attr_timeout=0,entry_timeout=0",
+                               src.mnt, mnt], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def unmount():
+        os.kill(daemon.pid, signal.SIGCONT)
+        run("umount", "-l", mnt, check=False)
+        daemon.terminate()
+        daemon.wait()
+    CLEANUP.append(unmount)
+    for dummy in range(100):
+        if os.path.ismount(mnt):
+            break
+        time.sleep(0.1)
+    res = {"mounted": os.path.ismount(mnt)}
+    if not res["mounted"]:
+        daemon.kill()
+        res["bindfs"] = [daemon.wait(), daemon.stderr.read().decode(errors="replace")[-2000:]]
+        return res
+    write_file(mnt + "/victim", seeded_bytes(51, 8192))
+    holder = ReadHolder(mnt + "/victim")
+    os.unlink(mnt + "/victim")
+    res["unlinked_in_source"] = not os.path.lexists(src.mnt + "/victim")
+    res["source_hidden"] = [n.startswith(".fuse_hidden") for n in os.listdir(src.mnt)]
+    os.kill(daemon.pid, signal.SIGSTOP)
+    read_r, read_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            records = abi.list_held(kinds=abi.HELD_FD)[0]
+            os.write(read_w, json.dumps([[r[6], r[5].st_nlink, r[5].st_size] for r in records
+                                         if r[1] == holder.pid]).encode())
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.close(read_w)
+    ready = select.select([read_r], [], [], timeout)[0]
+    res["listing"] = "RETURNED" if ready else "BLOCKED"
+    res["listing_seconds"] = round(time.monotonic() - started, 1)
+    os.kill(daemon.pid, signal.SIGCONT)  # a blocked listing goes on now
+    with os.fdopen(read_r, "rb") as out:
+        data = out.read()
+    os.waitpid(pid, 0)
+    res["records"] = json.loads(data.decode() or "null")
+    holder.stop()
+    return res
+
+
 # --- issue #11: a fuzzer that tries to break the module ------------------
 
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878

@@ -1077,8 +1077,13 @@ static int frelink_held_write(struct frelink_held_walk *walk,
 	char *path;
 	int err;
 
+	/*
+	 * Cached attributes: a FUSE (or network) filesystem is not asked, so
+	 * that its daemon, maybe an unprivileged user's, cannot stall the
+	 * listing by not answering (as frelink_stat_dev() does).
+	 */
 	err = vfs_getattr(&handle->path, &stat, STATX_BASIC_STATS,
-			  AT_STATX_SYNC_AS_STAT);
+			  AT_STATX_DONT_SYNC);
 	if (err)
 		return err == -EINTR ? err : 0;
 	path = d_path(&handle->path, walk->pathbuf, PATH_MAX);

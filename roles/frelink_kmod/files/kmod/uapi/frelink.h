@@ -133,7 +133,9 @@ struct frelink_relink {
  * @dev, @ino, @mode, @nlink, @uid, @gid, @size, @blocks, @mtime_sec,
  * @mtime_nsec:	what fstat(2) of the handle reports (vfs_getattr(); @dev
  *		in glibc makedev() encoding, ids in the caller's user
- *		namespace)
+ *		namespace), as the kernel has it cached: on FUSE and network
+ *		filesystems the server is not asked (AT_STATX_DONT_SYNC), so
+ *		size and mtime may lag behind what stat(2) would fetch
  * @open_flags:	FRELINK_HELD_FD: the file's open flags, as "flags" in
  *		/proc/PID/fdinfo/N but without O_CLOEXEC; else 0
  * @pos:	FRELINK_HELD_FD: the file position, as "pos" in fdinfo; else 0
