@@ -861,13 +861,15 @@ def fuzz_held_request(rng, kind, records, straddling, bad_pointers):
     size = rng.choice((0, 1, 95, 96, 200, 4096, 8192, 1 << 30, (1 << 30) + 1, 0xffffffff))
     if pointer == ctypes.addressof(records):
         size = min(size, 8192) if rng.random() < 0.9 else size  # mostly the true size, sometimes a lie
+    split = {}
+    if rng.random() < 0.3:  # a resume point, plausible or odd
+        split = {"flags": rng.choice((abi.HELD_SPLIT, abi.HELD_SPLIT, 2)),
+                 "next_kind": rng.choice((0, abi.HELD_FD, abi.HELD_MMAP, abi.HELD_EXE, 3)),
+                 "next_at": rng.choice((0, 0, 1, 2 ** 63))}
     return abi.pack_held(pointer, size, rng.choice((abi.HELD_ALL, abi.HELD_FD, abi.HELD_MMAP, 0, 0x20, 0x3f,
                                                     rng.getrandbits(32))),
                          rng.choice((0, 0, 1, os.getpid(), rng.getrandbits(31), -1, -2 ** 31)),
-                         tuple(rng.choice((0, 0, 0, 0, 1)) for dummy in range(2)),
-                         flags=rng.choice((0, 0, 0, abi.HELD_SPLIT, 2)),
-                         next_kind=rng.choice((0, 0, 0, abi.HELD_FD, abi.HELD_MMAP, abi.HELD_EXE, 3)),
-                         next_at=rng.choice((0, 0, 0, 1, 2 ** 63)))
+                         tuple(rng.choice((0, 0, 0, 0, 1)) for dummy in range(2)), **split)
 
 
 def scenario_fuzz(count, seed=7):

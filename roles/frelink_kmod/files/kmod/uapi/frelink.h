@@ -213,6 +213,13 @@ struct frelink_held_record {
  * processes may come and go meanwhile.  Memory-less processes (kernel
  * threads, zombies) have no mappings and no executable.
  *
+ * Access: where /proc/PID/fd and map_files ask ptrace_may_access(task,
+ * PTRACE_MODE_READ_FSCREDS) per process, which modules cannot call (it,
+ * security_ptrace_access_check() and mm_access() are not exported), the
+ * listing requires CAP_SYS_PTRACE of the caller: that capability passes
+ * the check's capability part for every process, but a security module's
+ * ptrace hook (Yama, SELinux, AppArmor) is not consulted.
+ *
  * Errors: EPERM (the caller lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE), EINVAL
  * (no or unknown kinds or flags, non-zero reserved fields, @next_pid
  * negative, a buffer over 1 GiB, @next_kind or @next_at set without
