@@ -1142,14 +1142,6 @@ static void frelink_held_split(struct frelink_held_walk *walk,
 }
 
 /*
- * Collect the candidate handles of @task, then, with no lock held (the
- * copy to the caller may fault, and the caller may be @task), write their
- * records at @buf + *used.  All or nothing: -EOVERFLOW leaves *used as it
- * was.  With @split, a full buffer after some records ends the call
- * inside the process instead (@walk->split, @walk->next), and only the
- * handles the room left can take are collected.
- */
-/*
  * @leader, or when it exited (a zombie leader: mm, files and fs gone) a
  * live thread of its group, which holds them for the process; referenced.
  */
@@ -1171,6 +1163,14 @@ static struct task_struct *frelink_held_live(struct task_struct *leader)
 	return live;
 }
 
+/*
+ * Collect the candidate handles of @leader's process, then, with no lock
+ * held (the copy to the caller may fault, and the caller may be the
+ * process), write their records at @buf + *used.  All or nothing: -EOVERFLOW leaves *used as it
+ * was.  With @split, a full buffer after some records ends the call
+ * inside the process instead (@walk->split, @walk->next), and only the
+ * handles the room left can take are collected.
+ */
 static int frelink_held_process(struct frelink_held_walk *walk,
 				struct task_struct *leader, pid_t pid,
 				char __user *buf, u32 buf_size, u32 *used,
