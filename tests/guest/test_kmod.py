@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from role_run import run_playbook
 
 pytestmark = pytest.mark.guest
 
@@ -701,3 +702,66 @@ def test_protected_hardlinks_as_may_linkat(kmod_guest):
     assert res["root_by_inode"] == "OK"
     assert res["listing"] == ["live", "restored", "restored2"]
     assert res["fsck"] == CLEAN_FSCK
+
+
+CONTAINER_MAPS_SETUP = r"""
+set -eu
+C=/root/frelink-ctr
+rm -rf $C && mkdir -p $C/lower $C/upper $C/work $C/merged
+head -c 65536 /dev/urandom > $C/lower/liblower.so
+cat > $C/hold.py <<'PY'
+import mmap, os, sys, time
+merged = sys.argv[1]
+with open(os.path.join(merged, "libupper.so"), "wb") as f:
+    f.write(os.urandom(65536))
+maps = []
+for name in ("liblower.so", "libupper.so"):  # one still in the image's layer, one only in the upper
+    path = os.path.join(merged, name)
+    fd = os.open(path, os.O_RDONLY)
+    maps.append(mmap.mmap(fd, 65536, prot=mmap.PROT_READ))
+    os.close(fd)
+    os.unlink(path)
+open(sys.argv[2], "w").close()
+while True:
+    time.sleep(3600)
+PY
+setsid unshare -m -p -f --propagation private sh -c \
+  "mount -t overlay overlay -o lowerdir=$C/lower,upperdir=$C/upper,workdir=$C/work $C/merged &&
+   exec python3 $C/hold.py $C/merged $C/ready" </dev/null >/dev/null 2>&1 &
+for i in $(seq 100); do [ -e $C/ready ] && break; sleep 0.2; done
+pgrep -f "^python3 $C/hold.py"
+"""
+
+
+def _facts(guest, tmp_path, backend):
+    text = ("- hosts: guest\n  gather_facts: false\n  tasks:\n"
+            "    - frelink.frelink.frelink_facts: {backend: %s, limit: 0}\n      register: facts\n"
+            "    - ansible.builtin.copy: {content: '{{ facts | to_json }}', dest: '%s'}\n"
+            "      delegate_to: localhost\n" % (backend, tmp_path / ("facts-%s.json" % backend)))
+    proc, out = run_playbook(guest, tmp_path, text, name="facts-%s.yml" % backend, timeout=600)
+    assert proc.returncode == 0, out[-6000:]
+    return json.loads((tmp_path / ("facts-%s.json" % backend)).read_text())["ansible_facts"]["frelink"]
+
+
+def test_both_backends_agree_on_a_containers_deleted_mappings(kmod_guest, tmp_path):
+    """A process in its own mount and pid namespace (a container) maps two files of its overlay
+    root and deletes them in its merged view: backend=kernel (FRELINK_IOC_HELD) and
+    backend=proc give the same facts, through Ansible.  Since 6.7 a mapping's f_path is the
+    layer's real path; /proc uses file_user_path().  Issue #24."""
+    guest = kmod_guest.guest
+    pid = int(guest.run(CONTAINER_MAPS_SETUP, timeout=120).stdout.split()[-1])
+    try:
+        facts = {backend: _facts(guest, tmp_path, backend) for backend in ("kernel", "proc")}
+    finally:
+        guest.run("pkill -f '^python3 /root/frelink-ctr/hold.py'; rm -rf /root/frelink-ctr/ready", check=False)
+    held = {}
+    for backend, found in facts.items():
+        assert found["scan"]["backend"] == backend
+        held[backend] = sorted(
+            (o["path"], o["fstype"], o["dev"], o["ino"], sorted((h["kind"], h["pid"]) for h in o["holders"]))
+            for o in found["orphans"] if any(h.get("pid") == pid for h in o["holders"]))
+    assert held["kernel"] == held["proc"], held
+    # the upper-only file is deleted (its data is in the upper layer alone); the lower one still
+    # has its name in the image's layer, so it is no orphan
+    assert [(path, fstype) for path, fstype, *_ in held["proc"]] == [
+        ("/root/frelink-ctr/merged/libupper.so", "overlay")], held
