@@ -99,6 +99,7 @@ def kmod_guest(request):
         scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
+        scenarios += ["held_overlay:ext4", "held_split", "held_threads", "held_fuse"]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
@@ -112,6 +113,8 @@ def kmod_guest(request):
         only = os.environ.get("FRELINK_KMOD_ONLY", "").split()
         if only:
             scenarios = [s for s in scenarios if s in only]
+        if "held_fuse" in scenarios:
+            guest.install_debs(["bindfs"])
         proc = guest.run("cd %s && python3 kmod_suite.py %s --fuzz %d --hostile %d" % (
             REMOTE, " ".join(shlex.quote(s) for s in scenarios), FUZZ_REQUESTS, HOSTILE_REQUESTS),
             timeout=3600)
@@ -432,6 +435,64 @@ def test_listing_of_held_deleted_files(kmod_guest):
     assert res["without_cap_sys_ptrace"] == "EPERM"
     assert res["unchanged"] is True and res["after_exit"] == 0
     assert res["fsck"] == {"ext4": 0, "xfs": 0, "btrfs": 0}
+
+
+def test_listing_of_overlay_mappings(kmod_guest):
+    """Mappings of files deleted in an overlay's merged dir are listed as /proc shows them
+    (6.7 and later keep the layer's real path in the mapped file): the merged path and the
+    overlay's st_dev, for a file still present in the lower layer and for an upper-only one."""
+    res = scenario(kmod_guest, "held_overlay:ext4")
+    assert res["lower_still_named"] is True and res["upper_gone"] is True
+    assert res["missing"] == [] and res["extra"] == [], (res["missing"], res["extra"], res["kernel"], res["proc"])
+    assert sorted(res["oracle"]) == ["lower", "upper"], (res["oracle"], res["kernel"], res["proc"])
+    assert all(same_dev for _path, same_dev, _nlink in res["oracle"].values()), res["oracle"]
+    # each holder: its mapping and the descriptor Python's mmap keeps
+    assert [k[:2] for k in res["kernel"]] == [["lower", "fd"], ["lower", "mmap"], ["upper", "fd"], ["upper", "mmap"]]
+    assert all(k[3] for k in res["kernel"]), res["kernel"]  # the overlay's st_dev
+
+
+def test_listing_resumes_inside_a_process(kmod_guest):
+    """A process whose records (5,000 descriptors and 200 mappings of a deleted file with a
+    ~3,000-byte path) far exceed a 64 KiB buffer is listed with that buffer, the calls
+    resuming inside it: every record exactly once, in order; bad resume points refused;
+    a caller without FRELINK_HELD_SPLIT still gets EOVERFLOW for it."""
+    res = scenario(kmod_guest, "held_split")
+    assert "error" not in res, res
+    assert res["path_len"] > 2900
+    assert res["fds_listed"] == 5000 and res["fds_right"] is True and res["fds_more_than_once"] == 0
+    assert res["maps_listed"] == 200 and res["maps_more_than_once"] == 0
+    assert res["order"] is True and res["paths"] is True
+    processes, proc = res["processes_vs_proc"]
+    assert abs(processes - proc) <= 3, res["processes_vs_proc"]  # each process counted once
+    assert res["without_split"] == "EOVERFLOW"
+    assert res["refusals"] == dict.fromkeys(res["refusals"], "EINVAL") and len(res["refusals"]) == 6
+    assert res["resume_middle"] == ["OK", True, True]
+    assert res["record_too_large"] == ["EOVERFLOW", True, 1, True]
+
+
+def test_listing_of_threads_own_tables_and_zombie_leaders(kmod_guest):
+    """A thread's own fd table (unshare(CLONE_FILES)) and a process whose main thread
+    exited are listed as /proc/PID/task/TID shows them, under the thread group's pid."""
+    res = scenario(kmod_guest, "held_threads")
+    assert res["zombie_leader_state"] == "Z" and res["proc_fd_of_zombie_leader"] == 0
+    assert res["missing"] == [] and res["extra"] == [], res
+    assert res["listed"] == [
+        ["unshared", "fd", "own (deleted)", True],      # in the thread's own table: its tid
+        ["unshared", "fd", "shared (deleted)", False],  # the process's table
+        ["unshared", "fd", "shared (deleted)", True],   # copied into the thread's table
+        ["zombie_leader", "fd", "orphaned (deleted)", True],  # /proc/PID/task/TID/fd only
+        ["zombie_leader", "mmap", "mapped (deleted)", False],
+    ], res["listed"]
+
+
+def test_listing_does_not_wait_for_a_stopped_fuse_daemon(kmod_guest):
+    """A deleted file held on FUSE (attr_timeout=0) whose daemon is stopped: the listing
+    returns at once with the cached attributes instead of waiting for the daemon."""
+    res = scenario(kmod_guest, "held_fuse")
+    assert res["mounted"] is True, res
+    assert res["unlinked_in_source"] is True
+    assert res["listing"] == "RETURNED", res
+    assert res["records"] == [["/mnt/frelink-held-fuse/victim (deleted)", 0, 8192]], res
 
 
 def test_unload_refused_while_in_use_then_idle(kmod_guest):

@@ -61,9 +61,11 @@ HELD_ALL = 0x1F  # FRELINK_HELD_ALL
 HELD_KINDS = {"fd": HELD_FD, "mmap": HELD_MMAP, "exe": HELD_EXE, "cwd": HELD_CWD, "root": HELD_ROOT}
 HELD_KIND_NAMES = {bit: name for name, bit in HELD_KINDS.items()}
 HELD_NFS_RENAMED = 0x1  # FRELINK_HELD_NFS_RENAMED
+HELD_SPLIT = 0x1  # FRELINK_HELD_SPLIT: a process's records may span calls
 
-# struct frelink_held: buf, buf_size, kinds, next_pid, used, processes, fds, reserved[4]
-HELD_STRUCT = struct.Struct("=QIIiIII4Q")
+# struct frelink_held: buf, buf_size, kinds, next_pid, used, processes, fds, flags, next_kind, next_at,
+# reserved[2]
+HELD_STRUCT = struct.Struct("=QIIiIIIIIQ2Q")
 HELD_STRUCT_SIZE = HELD_STRUCT.size  # 64
 # struct frelink_held_record, then path[]; dev..blocks named as os.stat_result names them
 HELD_RECORD_FIELDS = ("rec_len", "kind", "pid", "fd", "flags", "start", "end", "st_dev", "st_ino", "st_mode",
@@ -254,9 +256,9 @@ class HeldRecord(collections.namedtuple("HeldRecord", HELD_RECORD_FIELDS)):
         return self.mtime_sec + self.mtime_nsec / 1e9
 
 
-def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0, 0, 0)):
+def pack_held(buf, buf_size, kinds, next_pid=0, reserved=(0, 0), flags=0, next_kind=0, next_at=0):
     """Build the raw struct frelink_held bytes (also used by tests for malformed requests)."""
-    return HELD_STRUCT.pack(buf, buf_size, kinds, next_pid, 0, 0, 0, *reserved)
+    return HELD_STRUCT.pack(buf, buf_size, kinds, next_pid, 0, 0, 0, flags, next_kind, next_at, *reserved)
 
 
 def iter_held_records(data):
@@ -283,31 +285,40 @@ def parse_held_records(data, used):
              (r.open_flags, r.pos)) for r, raw in iter_held_records(data[:used])]
 
 
-def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):
+def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START, buf_max=HELD_BUF_MAX):
     """Every handle on a deleted (or NFS silly-renamed) file, listed by the kernel.
 
     Returns (chunks, processes, fds): the record bytes of each call (iter_held_records()
-    reads them) and the counts of processes and descriptors looked at.  Raises OSError:
-    ENOENT without the module, ENOTTY from a module without this ioctl, EPERM without
-    CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+    reads them) and the counts of processes and descriptors looked at.  A process's records
+    may span calls (FRELINK_HELD_SPLIT: the call resumes inside it), so the buffer only
+    grows when one record does not fit; a module without FRELINK_HELD_SPLIT (EINVAL for
+    it) gets whole processes as before.  Raises OSError: ENOENT without the module, ENOTTY
+    from a module without this ioctl, EPERM without CAP_SYS_ADMIN and CAP_SYS_PTRACE.
     """
     dev_fd = os.open(DEVICE_PATH, os.O_RDONLY | os.O_CLOEXEC)
     chunks = []
     processes = fds = 0
-    next_pid = 0
+    next_pid = next_kind = next_at = 0
+    flags = HELD_SPLIT
     try:
         buf = ctypes.create_string_buffer(buf_size)
         while True:
-            request = bytearray(pack_held(ctypes.addressof(buf), buf_size, kinds, next_pid))
+            request = bytearray(pack_held(ctypes.addressof(buf), buf_size, kinds, next_pid, flags=flags,
+                                          next_kind=next_kind, next_at=next_at))
             try:
                 fcntl.ioctl(dev_fd, IOC_HELD, request, True)
             except OSError as exc:
-                if exc.errno != errno.EOVERFLOW or buf_size >= HELD_BUF_MAX:
+                if exc.errno == errno.EINVAL and flags and not chunks:
+                    flags = 0  # an older module: whole processes only
+                    continue
+                if exc.errno != errno.EOVERFLOW or buf_size >= buf_max:
                     raise
-                buf_size = min(buf_size * 4, HELD_BUF_MAX)  # one process's records need more room
+                buf_size = min(buf_size * 4, buf_max)  # one record (or process) needs more room
                 buf = ctypes.create_string_buffer(buf_size)
                 continue
-            _buf, _size, _kinds, next_pid, used, seen, seen_fds = HELD_STRUCT.unpack(bytes(request))[:7]
+            fields = HELD_STRUCT.unpack(bytes(request))
+            next_pid, used, seen, seen_fds = fields[3:7]
+            next_kind, next_at = fields[8:10]
             chunks.append(ctypes.string_at(ctypes.addressof(buf), used))
             processes += seen
             fds += seen_fds
@@ -317,7 +328,7 @@ def list_held_raw(kinds=HELD_ALL, buf_size=HELD_BUF_START):
         os.close(dev_fd)
 
 
-def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START):
+def list_held(kinds=HELD_ALL, buf_size=HELD_BUF_START, buf_max=HELD_BUF_MAX):
     """list_held_raw() with the records parsed (parse_held_records()), processes, fds."""
-    chunks, processes, fds = list_held_raw(kinds, buf_size)
+    chunks, processes, fds = list_held_raw(kinds, buf_size, buf_max)
     return [record for chunk in chunks for record in parse_held_records(chunk, len(chunk))], processes, fds

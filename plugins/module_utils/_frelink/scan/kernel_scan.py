@@ -37,8 +37,9 @@ def collect_from_kernel(scanner, mask):
     """Fill SCANNER's orphans, processes and fds from the kernel's listing.
     Raises OSError when the module cannot list (see kmod_abi.list_held_raw).
 
-    One pass over the records, which come a whole process at a time in the order a /proc
-    scan meets the handles (exe, cwd, root, fds, mappings); each is judged by the
+    One pass over the records, which come a process at a time (its records may span
+    chunks, consecutive) in the order a /proc scan meets the handles (exe, cwd, root, fds,
+    mappings); each is judged by the
     Scanner's own rules for one handle (fd_hit, add_fd, add_link, mapping_orphan).  A
     record is its own stat (kmod_abi.HeldRecord)."""
     chunks, processes, fds = kmod_abi.list_held_raw(mask)
@@ -54,6 +55,10 @@ def collect_from_kernel(scanner, mask):
             if record.pid != last_pid:
                 last_pid, pid, mapped_here = record.pid, str(record.pid), {}
             kind = record.kind
+            if kind == fd_kind and record.start:
+                # in a table only /proc/PID/task/TID/fd shows (TID in start): the /proc scan
+                # and everything that opens /proc/PID/fd/N know no such handle yet
+                continue
             if kind == fd_kind:
                 target = raw.decode(encoding, errors)
                 if fd_hit(record, target):

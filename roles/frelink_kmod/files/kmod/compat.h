@@ -132,4 +132,15 @@ static inline struct file *frelink_mm_exe_file(struct mm_struct *mm)
 	return exe;
 }
 
+/*
+ * The path /proc/PID/maps and map_files show for a mapped file: 6.12 and 7.2
+ * keep the layer's real path in an overlayfs mapping's f_path (a backing
+ * file) and the overlay's one apart; 6.1 has only f_path, the user's path.
+ */
+#ifdef FRELINK_HAVE_FILE_USER_PATH
+#define frelink_file_user_path(file)	file_user_path(file)
+#else
+#define frelink_file_user_path(file)	(&(file)->f_path)
+#endif
+
 #endif /* FRELINK_COMPAT_H */

@@ -709,6 +709,9 @@ out_dir:
 /* larger than any sane request; keeps @used and rec_len arithmetic small */
 #define FRELINK_HELD_MAX_BUF	SZ_1G
 
+/* the shortest record: a one-character path */
+#define FRELINK_HELD_MIN_REC	ALIGN(sizeof(struct frelink_held_record) + 2, 8)
+
 /* one handle of the process being listed on a candidate file */
 struct frelink_handle {
 	struct path path;
@@ -718,16 +721,59 @@ struct frelink_handle {
 	u64 end;
 	u32 open_flags;
 	loff_t pos;
+	unsigned int fds;	/* descriptors looked at before it */
+};
+
+/*
+ * A point within a process: a kind and the fd or mapping start where its
+ * records go on, in the order exe, cwd, root, fd, mmap.  Kind 0: its start.
+ */
+struct frelink_held_pos {
+	u32 kind;
+	u64 at;
 };
 
 struct frelink_held_walk {
 	struct frelink_handle *handles;
 	unsigned int count;
 	unsigned int cap;
+	unsigned int limit;	/* FRELINK_HELD_SPLIT: handles worth collecting */
 	unsigned int fds;
 	u32 kinds;
+	pid_t tid;		/* the fd table's thread, 0: the process's */
+	struct pid_namespace *ns;
+	bool split;		/* out: the process goes on at @next */
+	struct frelink_held_pos from;	/* in: skip what comes before */
+	struct frelink_held_pos cut;	/* the first handle not collected */
+	struct frelink_held_pos next;
 	char *pathbuf;
 };
+
+static int frelink_held_rank(u32 kind)
+{
+	switch (kind) {
+	case FRELINK_HELD_EXE:
+		return 1;
+	case FRELINK_HELD_CWD:
+		return 2;
+	case FRELINK_HELD_ROOT:
+		return 3;
+	case FRELINK_HELD_FD:
+		return 4;
+	case FRELINK_HELD_MMAP:
+		return 5;
+	}
+	return 0;
+}
+
+/* true if the handle (@kind, @at) comes before the resume point */
+static bool frelink_held_before(const struct frelink_held_walk *walk,
+				u32 kind, u64 at)
+{
+	int rank = frelink_held_rank(kind), from = frelink_held_rank(walk->from.kind);
+
+	return rank < from || (rank == from && at < walk->from.at);
+}
 
 /*
  * What readlink() of the handle would end in " (deleted)", or name an NFS
@@ -774,6 +820,7 @@ static void frelink_held_add(struct frelink_held_walk *walk,
 	handle->end = end;
 	handle->open_flags = 0;
 	handle->pos = 0;
+	handle->fds = walk->fds;
 }
 
 /*
@@ -789,22 +836,43 @@ static int frelink_held_fd(const void *arg, struct file *file, unsigned int fd)
 		walk->fds++;
 		return 0;
 	}
-	if (walk->count == walk->cap)
+	if (walk->count == walk->cap ||
+	    (walk->limit && walk->count >= walk->limit))
 		return fd + 1;
+	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, walk->tid, 0);
 	walk->fds++;
-	frelink_held_add(walk, &file->f_path, FRELINK_HELD_FD, fd, 0, 0);
 	/* read as /proc/PID/fdinfo/N reads them: unlocked, a snapshot */
 	walk->handles[walk->count - 1].open_flags = READ_ONCE(file->f_flags);
 	walk->handles[walk->count - 1].pos = READ_ONCE(file->f_pos);
 	return 0;
 }
 
-static int frelink_held_fds(struct frelink_held_walk *walk,
-			    struct task_struct *task)
+/* -ENOSPC: enough handles for the room left, the rest from @walk->cut on */
+static int frelink_held_limit(struct frelink_held_walk *walk, u32 kind, u64 at)
 {
+	if (!walk->limit || walk->count < walk->limit)
+		return 0;
+	walk->cut.kind = kind;
+	walk->cut.at = at;
+	return -ENOSPC;
+}
+
+/* a descriptor's place: its table's thread (0: the process's), its number */
+#define FRELINK_HELD_FD_AT(tid, fd)	(((u64)(tid) << 32) | (u32)(fd))
+
+/* the fd table of @task, as thread @tid's own (0: the process's) */
+static int frelink_held_table(struct frelink_held_walk *walk,
+			      struct task_struct *task, pid_t tid)
+{
+	u64 from = walk->from.kind == FRELINK_HELD_FD ? walk->from.at : 0;
 	unsigned int next = 0;
 	int err;
 
+	if (FRELINK_HELD_FD_AT(tid, U32_MAX) < from)
+		return 0;
+	if (from >> 32 == tid)
+		next = (u32)from;
+	walk->tid = tid;
 	for (;;) {
 		task_lock(task);
 		next = iterate_fd(task->files, next, frelink_held_fd, walk);
@@ -812,16 +880,89 @@ static int frelink_held_fds(struct frelink_held_walk *walk,
 		if (!next)
 			return 0;
 		next--;
-		err = frelink_held_grow(walk);
+		err = frelink_held_limit(walk, FRELINK_HELD_FD,
+					 FRELINK_HELD_FD_AT(tid, next));
+		if (!err)
+			err = frelink_held_grow(walk);
 		if (err)
 			return err;
 	}
 }
 
-static int frelink_held_reserve(struct frelink_held_walk *walk)
+struct frelink_held_table {
+	struct task_struct *task;
+	pid_t tid;
+};
+
+/*
+ * The process's fd table and those of its threads cloned without
+ * CLONE_FILES (/proc/PID/task/TID/fd), each table once, in the order of
+ * their tid: 0 for the one /proc/PID/fd shows, @main_tid for the process's
+ * table when its main thread exited.
+ */
+static int frelink_held_fds(struct frelink_held_walk *walk,
+			    struct task_struct *task, pid_t main_tid)
 {
-	if (walk->count < walk->cap)
-		return 0;
+	struct frelink_held_table *tables;
+	struct files_struct *files, *own;
+	unsigned int count = 1, n = 1, i, j;
+	struct task_struct *t;
+	pid_t tid;
+	int err = 0;
+
+	task_lock(task);
+	files = task->files;
+	task_unlock(task);
+	rcu_read_lock();
+	for_each_thread(task, t) {
+		own = READ_ONCE(t->files);
+		if (own && own != files)
+			count++;
+	}
+	rcu_read_unlock();
+	tables = kvmalloc_array(count, sizeof(*tables), GFP_KERNEL);
+	if (!tables)
+		return -ENOMEM;
+	get_task_struct(task);
+	tables[0].task = task;
+	tables[0].tid = main_tid;
+	rcu_read_lock();
+	for_each_thread(task, t) {
+		own = READ_ONCE(t->files);
+		tid = task_pid_nr_ns(t, walk->ns);
+		if (n == count)
+			break;
+		if (!own || own == files || tid <= 0)
+			continue;
+		for (j = 0; j < n && READ_ONCE(tables[j].task->files) != own; j++)
+			;
+		if (j < n)
+			continue;
+		get_task_struct(t);
+		/* by tid, the order a resume point counts on */
+		for (j = n++; j && tables[j - 1].tid > tid; j--)
+			tables[j] = tables[j - 1];
+		tables[j].task = t;
+		tables[j].tid = tid;
+	}
+	rcu_read_unlock();
+	for (i = 0; i < n; i++) {
+		if (!err)
+			err = frelink_held_table(walk, tables[i].task, tables[i].tid);
+		put_task_struct(tables[i].task);
+	}
+	walk->tid = 0;
+	kvfree(tables);
+	return err;
+}
+
+static int frelink_held_reserve(struct frelink_held_walk *walk, u32 kind,
+				u64 at)
+{
+	int err = frelink_held_limit(walk, kind, at);
+
+	if (err || walk->count < walk->cap)
+		return err;
 	return frelink_held_grow(walk);
 }
 
@@ -839,7 +980,7 @@ static int frelink_held_exe(struct frelink_held_walk *walk,
 	if (!exe)
 		return 0;
 	if (frelink_held_candidate(exe->f_path.dentry)) {
-		err = frelink_held_reserve(walk);
+		err = frelink_held_reserve(walk, FRELINK_HELD_EXE, 0);
 		if (!err)
 			frelink_held_add(walk, &exe->f_path, FRELINK_HELD_EXE, -1,
 					 0, 0);
@@ -851,6 +992,7 @@ static int frelink_held_exe(struct frelink_held_walk *walk,
 static int frelink_held_maps(struct frelink_held_walk *walk,
 			     struct task_struct *task)
 {
+	u64 from = walk->from.kind == FRELINK_HELD_MMAP ? walk->from.at : 0;
 	struct mm_struct *mm = get_task_mm(task);
 	struct vm_area_struct *vma;
 	int err;
@@ -859,18 +1001,23 @@ static int frelink_held_maps(struct frelink_held_walk *walk,
 		return 0;
 	err = mmap_read_lock_killable(mm);
 	if (!err) {
-		VMA_ITERATOR(vmi, mm, 0);
+		VMA_ITERATOR(vmi, mm, from);
 
 		for_each_vma(vmi, vma) {
-			if (!vma->vm_file ||
-			    !frelink_held_candidate(vma->vm_file->f_path.dentry))
+			const struct path *path;
+
+			if (!vma->vm_file || vma->vm_start < from)
 				continue;
-			err = frelink_held_reserve(walk);
+			/* as map_files and maps see it: an overlay's path */
+			path = frelink_file_user_path(vma->vm_file);
+			if (!frelink_held_candidate(path->dentry))
+				continue;
+			err = frelink_held_reserve(walk, FRELINK_HELD_MMAP,
+						   vma->vm_start);
 			if (err)
 				break;
-			frelink_held_add(walk, &vma->vm_file->f_path,
-					 FRELINK_HELD_MMAP, -1, vma->vm_start,
-					 vma->vm_end);
+			frelink_held_add(walk, path, FRELINK_HELD_MMAP, -1,
+					 vma->vm_start, vma->vm_end);
 		}
 		mmap_read_unlock(mm);
 	}
@@ -887,7 +1034,8 @@ static int frelink_held_fs(struct frelink_held_walk *walk,
 	int i, err;
 
 	for (i = 0; i < ARRAY_SIZE(kinds); i++) {
-		if (!(walk->kinds & kinds[i]))
+		if (!(walk->kinds & kinds[i]) ||
+		    frelink_held_before(walk, kinds[i], 0))
 			continue;
 		found = false;
 		task_lock(task);
@@ -903,7 +1051,7 @@ static int frelink_held_fs(struct frelink_held_walk *walk,
 			continue;
 		err = 0;
 		if (frelink_held_candidate(path.dentry)) {
-			err = frelink_held_reserve(walk);
+			err = frelink_held_reserve(walk, kinds[i], 0);
 			if (!err)
 				frelink_held_add(walk, &path, kinds[i], -1, 0, 0);
 		}
@@ -929,8 +1077,13 @@ static int frelink_held_write(struct frelink_held_walk *walk,
 	char *path;
 	int err;
 
+	/*
+	 * Cached attributes: a FUSE (or network) filesystem is not asked, so
+	 * that its daemon, maybe an unprivileged user's, cannot stall the
+	 * listing by not answering (as frelink_stat_dev() does).
+	 */
 	err = vfs_getattr(&handle->path, &stat, STATX_BASIC_STATS,
-			  AT_STATX_SYNC_AS_STAT);
+			  AT_STATX_DONT_SYNC);
 	if (err)
 		return err == -EINTR ? err : 0;
 	path = d_path(&handle->path, walk->pathbuf, PATH_MAX);
@@ -976,39 +1129,95 @@ static void frelink_held_release(struct frelink_held_walk *walk)
 		path_put(&walk->handles[--walk->count].path);
 }
 
+/* The process goes on at @handle in the next call. */
+static void frelink_held_split(struct frelink_held_walk *walk,
+			       const struct frelink_handle *handle)
+{
+	walk->split = true;
+	walk->next.kind = handle->kind;
+	walk->next.at = handle->kind == FRELINK_HELD_FD ?
+			FRELINK_HELD_FD_AT(handle->start, handle->fd) :
+			handle->start;
+	walk->fds = handle->fds;
+}
+
 /*
- * Collect the candidate handles of @task, then, with no lock held (the
- * copy to the caller may fault, and the caller may be @task), write their
- * records at @buf + *used.  All or nothing: -EOVERFLOW leaves *used as it
- * was.
+ * @leader, or when it exited (a zombie leader: mm, files and fs gone) a
+ * live thread of its group, which holds them for the process; referenced.
+ */
+static struct task_struct *frelink_held_live(struct task_struct *leader)
+{
+	struct task_struct *t, *live = leader;
+
+	rcu_read_lock();
+	if (READ_ONCE(leader->flags) & PF_EXITING) {
+		for_each_thread(leader, t) {
+			if (!(READ_ONCE(t->flags) & PF_EXITING)) {
+				live = t;
+				break;
+			}
+		}
+	}
+	get_task_struct(live);
+	rcu_read_unlock();
+	return live;
+}
+
+/*
+ * Collect the candidate handles of @leader's process, then, with no lock
+ * held (the copy to the caller may fault, and the caller may be the
+ * process), write their records at @buf + *used.  All or nothing: -EOVERFLOW leaves *used as it
+ * was.  With @split, a full buffer after some records ends the call
+ * inside the process instead (@walk->split, @walk->next), and only the
+ * handles the room left can take are collected.
  */
 static int frelink_held_process(struct frelink_held_walk *walk,
-				struct task_struct *task, pid_t pid,
-				char __user *buf, u32 buf_size, u32 *used)
+				struct task_struct *leader, pid_t pid,
+				char __user *buf, u32 buf_size, u32 *used,
+				bool split)
 {
+	struct task_struct *task = frelink_held_live(leader);
+	pid_t main_tid = task == leader ? 0 : task_pid_nr_ns(task, walk->ns);
 	u32 at = *used;
 	int i, len, err = 0;
 
-	/* in the order a /proc reader meets them: exe, cwd, root, fd, maps */
 	walk->fds = 0;
-	if (walk->kinds & FRELINK_HELD_EXE)
+	walk->split = false;
+	walk->cut.kind = 0;
+	walk->limit = split ? (buf_size - at) / FRELINK_HELD_MIN_REC + 1 : 0;
+	/* in the order a /proc reader meets them: exe, cwd, root, fd, maps */
+	if ((walk->kinds & FRELINK_HELD_EXE) &&
+	    !frelink_held_before(walk, FRELINK_HELD_EXE, 0))
 		err = frelink_held_exe(walk, task);
 	if (!err)
 		err = frelink_held_fs(walk, task);
-	if (!err && (walk->kinds & FRELINK_HELD_FD))
-		err = frelink_held_fds(walk, task);
+	if (!err && (walk->kinds & FRELINK_HELD_FD) &&
+	    !frelink_held_before(walk, FRELINK_HELD_FD, U64_MAX))
+		err = frelink_held_fds(walk, task, main_tid);
 	if (!err && (walk->kinds & FRELINK_HELD_MMAP))
 		err = frelink_held_maps(walk, task);
+	if (err == -ENOSPC)	/* collected up to walk->cut */
+		err = 0;
 
 	for (i = 0; !err && i < walk->count; i++) {
 		len = frelink_held_write(walk, &walk->handles[i], pid,
 					 buf + at, buf_size - at);
+		if (len == -EOVERFLOW && split && at &&
+		    (i || walk->from.kind)) {
+			frelink_held_split(walk, &walk->handles[i]);
+			break;
+		}
 		if (len < 0)
 			err = len;
 		else
 			at += len;
 	}
+	if (!err && !walk->split && walk->cut.kind) {
+		walk->split = true;
+		walk->next = walk->cut;
+	}
 	frelink_held_release(walk);
+	put_task_struct(task);
 	if (!err)
 		*used = at;
 	return err;
@@ -1039,7 +1248,8 @@ static int frelink_held(struct frelink_held *req)
 {
 	struct pid_namespace *ns = task_active_pid_ns(current);
 	char __user *buf = u64_to_user_ptr(req->buf);
-	struct frelink_held_walk walk = { .kinds = req->kinds };
+	struct frelink_held_walk walk = { .kinds = req->kinds, .ns = ns };
+	bool split = req->flags & FRELINK_HELD_SPLIT;
 	struct task_struct *task;
 	pid_t nr = req->next_pid;
 	int i, err = 0;
@@ -1048,7 +1258,16 @@ static int frelink_held(struct frelink_held *req)
 		if (req->reserved[i])
 			return -EINVAL;
 	if (!req->kinds || (req->kinds & ~FRELINK_HELD_ALL) || nr < 0 ||
-	    req->buf_size > FRELINK_HELD_MAX_BUF)
+	    req->buf_size > FRELINK_HELD_MAX_BUF ||
+	    (req->flags & ~FRELINK_HELD_SPLIT))
+		return -EINVAL;
+	/* a resume point needs SPLIT and a pid; exe, cwd, root have at 0 */
+	if (req->next_kind &&
+	    (!split || !nr || !frelink_held_rank(req->next_kind) ||
+	     (req->next_at && !(req->next_kind &
+				(FRELINK_HELD_FD | FRELINK_HELD_MMAP)))))
+		return -EINVAL;
+	if (!req->next_kind && req->next_at)
 		return -EINVAL;
 
 	walk.pathbuf = __getname();
@@ -1058,13 +1277,18 @@ static int frelink_held(struct frelink_held *req)
 	req->processes = 0;
 	req->fds = 0;
 	while ((task = frelink_next_tgid(ns, &nr))) {
+		/* resume inside process @next_pid only if it is still there */
+		walk.from.kind = nr == req->next_pid ? req->next_kind : 0;
+		walk.from.at = walk.from.kind ? req->next_at : 0;
 		err = frelink_held_process(&walk, task, nr, buf,
-					   req->buf_size, &req->used);
+					   req->buf_size, &req->used, split);
 		put_task_struct(task);
 		if (err)
 			break;
-		req->processes++;
 		req->fds += walk.fds;
+		if (walk.split)
+			break;
+		req->processes++;
 		nr++;
 		if (fatal_signal_pending(current)) {
 			err = -EINTR;
@@ -1076,6 +1300,10 @@ static int frelink_held(struct frelink_held *req)
 	if (err == -EOVERFLOW && req->used)
 		err = 0;
 	req->next_pid = task ? nr : 0;
+	if (!walk.split)	/* EOVERFLOW: retry where this call began */
+		walk.next = err == -EOVERFLOW ? walk.from : (struct frelink_held_pos){ };
+	req->next_kind = walk.next.kind;
+	req->next_at = walk.next.at;
 	__putname(walk.pathbuf);
 	kvfree(walk.handles);
 	return err;

@@ -123,4 +123,13 @@ C
 # 6.1 exported __iget() from fs/inode.c, later it is an inline in fs.h;
 # both are callable, nothing to detect.
 
+# 6.12, 7.2 (not 6.1): a backing file (an overlayfs mapping) has the user's
+# path apart from its real f_path: file_user_path()
+check FRELINK_HAVE_FILE_USER_PATH "$@" <<'C'
+#include <linux/fs.h>
+const struct path *frelink_probe(const struct file *file);
+const struct path *frelink_probe(const struct file *file)
+{ return file_user_path(file); }
+C
+
 echo "#endif"

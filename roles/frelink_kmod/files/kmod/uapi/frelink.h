@@ -112,26 +112,38 @@ struct frelink_relink {
 /* record flags */
 #define FRELINK_HELD_NFS_RENAMED 0x1U	/* NFS "silly rename": .nfsXXXX, live */
 
+/* held.flags */
+#define FRELINK_HELD_SPLIT	0x1U	/* a process's records may span calls */
+
 /**
  * struct frelink_held_record - one holder of a deleted file, in the buffer
  * @rec_len:	bytes of this record including @path and padding (a multiple
  *		of 8): the next record starts @rec_len bytes further
  * @kind:	one FRELINK_HELD_* bit
- * @pid:	the process (thread group) as the caller's pid namespace sees it
+ * @pid:	the process (thread group id) as the caller's pid namespace
+ *		sees it, also for the handles of its other threads
  * @fd:		FRELINK_HELD_FD: the descriptor number; else -1
  * @flags:	FRELINK_HELD_NFS_RENAMED or 0
- * @start:	FRELINK_HELD_MMAP: first address of the mapping; else 0
+ * @start:	FRELINK_HELD_MMAP: first address of the mapping;
+ *		FRELINK_HELD_FD: 0 for the fd table /proc/PID/fd shows, else
+ *		the tid TID of the thread whose table holds it, shown as
+ *		/proc/PID/task/TID/fd/N (a thread cloned without CLONE_FILES,
+ *		or the process's table when its main thread exited); else 0
  * @end:	FRELINK_HELD_MMAP: the address after it; else 0
  * @dev, @ino, @mode, @nlink, @uid, @gid, @size, @blocks, @mtime_sec,
  * @mtime_nsec:	what fstat(2) of the handle reports (vfs_getattr(); @dev
  *		in glibc makedev() encoding, ids in the caller's user
- *		namespace)
+ *		namespace), as the kernel has it cached: on FUSE and network
+ *		filesystems the server is not asked (AT_STATX_DONT_SYNC), so
+ *		size and mtime may lag behind what stat(2) would fetch
  * @open_flags:	FRELINK_HELD_FD: the file's open flags, as "flags" in
  *		/proc/PID/fdinfo/N but without O_CLOEXEC; else 0
  * @pos:	FRELINK_HELD_FD: the file position, as "pos" in fdinfo; else 0
  * @path:	the handle's path as readlink(2) of /proc/PID/fd/N (or
  *		map_files, exe, cwd, root) gives it to the caller, ending in
- *		" (deleted)" for an unlinked file; NUL-terminated
+ *		" (deleted)" for an unlinked file (a mapping: as
+ *		/proc/PID/maps shows it, an overlay's path and st_dev, not
+ *		its layer's); NUL-terminated
  *
  * A record is written for every handle whose dentry is unlinked or, on NFS,
  * silly-renamed: @nlink says whether the file is deleted (0) or still named.
@@ -169,21 +181,53 @@ struct frelink_held_record {
  * @used:	out: bytes of records written
  * @processes:	out: processes (thread groups) looked at
  * @fds:	out: open descriptors looked at
+ * @flags:	FRELINK_HELD_SPLIT or 0
+ * @next_kind:	with FRELINK_HELD_SPLIT, in: where in process @next_pid to
+ *		go on (0: at its start), the kind of its next record; out:
+ *		set when the buffer filled inside process @next_pid, else 0.
+ *		Without the flag: 0
+ * @next_at:	in and out with @next_kind: FRELINK_HELD_FD the record's
+ *		@start (its table's tid) << 32 | the descriptor number,
+ *		FRELINK_HELD_MMAP the mapping's start address to go on at; 0
+ *		for the other kinds
  * @reserved:	must be zero
  *
  * Walks the processes of the caller's pid namespace from @next_pid on, in
  * pid order, and writes a record for each handle on a deleted file: no
- * per-descriptor text or system call in userspace.  The buffer receives
- * whole processes only; when the next one does not fit, the call returns
- * with @next_pid set to it.  Like a read of /proc, it is no snapshot:
+ * per-descriptor text or system call in userspace.  A process's records
+ * come in the order exe, cwd, root, fd (by table, then number), mmap (by
+ * address).  Its fd tables: the one /proc/PID/fd shows, then those of
+ * threads cloned without CLONE_FILES, each table once, by tid.  When the
+ * main thread exited (a zombie leader), a live thread's mm, fd table, cwd
+ * and root are the process's.
+ * Without FRELINK_HELD_SPLIT the buffer receives whole processes only;
+ * when the next one does not fit, the call returns with @next_pid set to
+ * it.  With it, a buffer that fills inside a process after some records
+ * ends the call there: pass @next_pid, @next_kind and @next_at back as
+ * they came, the process goes on at that descriptor or mapping (as a
+ * re-read of /proc/PID/fd goes on at a position: what changed meanwhile
+ * before it is not seen again).  @processes counts a process in the call
+ * that writes its last records; @fds each descriptor once.  If process
+ * @next_pid is gone, the walk goes on at the next one from its start.
+ * Like a read of /proc, it is no snapshot:
  * processes may come and go meanwhile.  Memory-less processes (kernel
  * threads, zombies) have no mappings and no executable.
  *
+ * Access: where /proc/PID/fd and map_files ask ptrace_may_access(task,
+ * PTRACE_MODE_READ_FSCREDS) per process, which modules cannot call (it,
+ * security_ptrace_access_check() and mm_access() are not exported), the
+ * listing requires CAP_SYS_PTRACE of the caller: that capability passes
+ * the check's capability part for every process, but a security module's
+ * ptrace hook (Yama, SELinux, AppArmor) is not consulted.
+ *
  * Errors: EPERM (the caller lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE), EINVAL
- * (no or unknown kinds, non-zero reserved fields, @next_pid negative, a
- * buffer over 1 GiB), EOVERFLOW (the records of process @next_pid alone do
- * not fit in @buf_size: retry with a larger buffer), EFAULT, EINTR (killed),
- * ENOMEM.
+ * (no or unknown kinds or flags, non-zero reserved fields, @next_pid
+ * negative, a buffer over 1 GiB, @next_kind or @next_at set without
+ * FRELINK_HELD_SPLIT or @next_pid, @next_kind not one kind, @next_at set
+ * for exe, cwd or root), EOVERFLOW (the records of process @next_pid alone
+ * do not fit in @buf_size, with FRELINK_HELD_SPLIT its next record alone:
+ * retry with a larger buffer; @next_pid, @next_kind and @next_at are as
+ * they were passed), EFAULT, EINTR (killed), ENOMEM.
  */
 struct frelink_held {
 	__u64	buf;
@@ -193,7 +237,10 @@ struct frelink_held {
 	__u32	used;
 	__u32	processes;
 	__u32	fds;
-	__u64	reserved[4];
+	__u32	flags;
+	__u32	next_kind;
+	__u64	next_at;
+	__u64	reserved[2];
 };
 
 /* 0xF4 is unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst */

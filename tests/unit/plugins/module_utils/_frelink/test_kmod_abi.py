@@ -216,11 +216,13 @@ int main(void)
     printf("kinds %u %u %u %u %u %u\n", FRELINK_HELD_FD, FRELINK_HELD_MMAP, FRELINK_HELD_EXE, FRELINK_HELD_CWD,
            FRELINK_HELD_ROOT, FRELINK_HELD_ALL);
     printf("nfs_renamed %u\n", FRELINK_HELD_NFS_RENAMED);
+    printf("split %u\n", FRELINK_HELD_SPLIT);
 %s
     return 0;
 }
 """
-HELD_FIELDS = ("buf", "buf_size", "kinds", "next_pid", "used", "processes", "fds", "reserved")
+HELD_FIELDS = ("buf", "buf_size", "kinds", "next_pid", "used", "processes", "fds", "flags", "next_kind", "next_at",
+               "reserved")
 RECORD_FIELDS = ("rec_len", "kind", "pid", "fd", "flags", "start", "end", "dev", "ino", "mode", "nlink", "uid", "gid",
                  "size", "blocks", "mtime_sec", "mtime_nsec", "open_flags", "pos", "path")
 
@@ -257,6 +259,7 @@ def test_listing_abi_matches_header(tmp_path):
     assert [int(v) for v in out["kinds"].split()] == bits + [kmod_abi.HELD_ALL]
     assert sorted(kmod_abi.HELD_KINDS.values()) == bits
     assert int(out["nfs_renamed"]) == kmod_abi.HELD_NFS_RENAMED
+    assert int(out["split"]) == kmod_abi.HELD_SPLIT
     for struct_name, fmt, fields in (("frelink_held", kmod_abi.HELD_STRUCT.format, HELD_FIELDS),
                                      ("frelink_held_record", kmod_abi.HELD_RECORD_STRUCT.format, RECORD_FIELDS[:-1])):
         for field, (offset, size) in _layout(fmt, fields).items():
