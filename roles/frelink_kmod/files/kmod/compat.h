@@ -163,9 +163,25 @@ static inline struct file *frelink_mm_exe_file(struct mm_struct *mm)
 #define FRELINK_VMA_ITERATOR(name, mm)	VMA_ITERATOR(name, mm, 0)
 #define frelink_for_each_vma(name, vma)	for_each_vma(name, vma)
 #else
-#define FRELINK_VMA_ITERATOR(name, mm)	struct mm_struct *name = (mm)
+struct frelink_vma_iter {
+	struct vm_area_struct *next;
+};
+
+#define FRELINK_VMA_ITERATOR(name, mm) \
+	struct frelink_vma_iter name = { .next = (mm)->mmap }
+
+static inline struct vm_area_struct *
+frelink_vma_next(struct frelink_vma_iter *iter)
+{
+	struct vm_area_struct *vma = iter->next;
+
+	if (vma)
+		iter->next = vma->vm_next;
+	return vma;
+}
+
 #define frelink_for_each_vma(name, vma) \
-	for ((vma) = (name)->mmap; (vma); (vma) = (vma)->vm_next)
+	for (; ((vma) = frelink_vma_next(&(name))) != NULL;)
 #endif
 
 /*
