@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # controller take turns), so two at once use both; TEST_JOBS=0 runs in one process.
 TEST_JOBS ?= 2
 
-.PHONY: demo test test-upgrade bench install
+.PHONY: demo test test-upgrade test-kernels bench install
 
 demo: BOOTSTRAP = demo
 demo:
@@ -22,6 +22,15 @@ test:
 test-upgrade:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
 		python -m pytest -m upgrade tests/guest/test_role_upgrade.py $(PYTEST_ARGS)
+
+# The kernels beyond the default suites, whole: the kmod suite (every scenario), its
+# style checks and the role's molecule scenario on bullseye (5.10) and trixie-backports
+# (7.3); make test runs a few kmod scenarios there (docs/harness.md).
+test-kernels:
+	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \
+		FRELINK_KERNELS=all python -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder \
+		-k "bullseye or trixie-backports" tests/guest/test_kmod.py tests/guest/test_kmod_style.py \
+		tests/guest/test_molecule.py $(PYTEST_ARGS)
 
 bench:
 	@venv=$(VENV) && PATH="$$venv/bin:$$PATH" ANSIBLE_COLLECTIONS_PATH="$(CURDIR)/.build/collections" \

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .debian import SUITES
+from .debian import KERNEL_SUITES, SUITES
 from .guest import QMP, Guest
 from .image import prepare
 from .util import HarnessError
@@ -98,11 +98,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("prepare", help="build or check the cached image of SUITE")
-    p.add_argument("suite", choices=SUITES)
+    p.add_argument("suite", choices=KERNEL_SUITES)
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the cache is valid")
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("boot", help="boot a detached guest")
-    p.add_argument("suite", choices=SUITES)
+    p.add_argument("suite", choices=KERNEL_SUITES)
     p.add_argument("--instance-dir", required=True)
     p.add_argument("--mem", type=int, default=2048, help="guest memory in MiB")
     p.add_argument("--cmdline", default="", help="extra kernel command line")

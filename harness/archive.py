@@ -29,7 +29,7 @@ def _apt_options(suite, status: Path, state: Path):
     return [
         "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
         "-o", f"Dir::Etc::SourceParts={state / 'empty'}",
-        "-o", f"Dir::Etc::Preferences={state / 'empty' / 'none'}",
+        "-o", f"Dir::Etc::Preferences={state / 'preferences'}",
         "-o", f"Dir::Etc::PreferencesParts={state / 'empty'}",
         "-o", f"Dir::State::Lists={state / 'lists'}",
         "-o", f"Dir::Cache={state / 'cache'}",
@@ -59,6 +59,8 @@ def compare(suite: str, status: Path, state: Path) -> dict:
     for sub in ("lists/partial", "cache/archives/partial", "empty"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     (state / "sources.list").write_text("\n".join(debian.apt_source_lines(suite)) + "\n")
+    # the image's pin (a backports kernel), else its candidate is the release's older one
+    (state / "preferences").write_text(debian.apt_preferences(suite))
     options = _apt_options(suite, status, state)
     try:
         update = _run(["apt-get", "-qq", *options, "update"])

@@ -14,8 +14,26 @@ from .util import HarnessError
 
 SUITES = ("bookworm", "trixie", "sid")
 
+# The kernels the module is proven on beyond SUITES: the oldest a fleet still runs
+# (bullseye, 5.10) and the newest (trixie with its backports kernel). They cost an image
+# each, so only the kmod suite uses them; `make test` runs a few of its scenarios there
+# and `make test-kernels` all of them (docs/harness.md).
+EXTRA_KERNEL_SUITES = ("bullseye", "trixie-backports")
+KERNEL_SUITES = SUITES + EXTRA_KERNEL_SUITES
+
 # Stable suites get their -updates and -security pockets so the kernel is the current one.
-STABLE_SUITES = ("bookworm", "trixie")
+STABLE_SUITES = ("bullseye", "bookworm", "trixie")
+
+# A suite that is a release plus its backports pocket: the release's userland with the
+# kernel (and what it needs: linux-base, kbuild) from backports.
+BACKPORTS_SUITES = {"trixie-backports": "trixie"}
+
+# apt preferences of such a suite (in the image too, so apt in the guest keeps to them)
+BACKPORTS_PIN = """\
+Package: linux-*
+Pin: release n={pocket}
+Pin-Priority: 500
+"""
 
 # Everything the kernel tests, the role's molecule scenario and the demo need in a guest.
 # linux-headers-amd64 pulls the matching -common headers, linux-kbuild and the gcc major
@@ -130,15 +148,30 @@ def host_mirrors():
 
 def apt_source_lines(suite):
     """One-line apt sources for SUITE on the host's mirror (used inside the image too)."""
-    if suite not in SUITES:
-        raise HarnessError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if suite not in KERNEL_SUITES:
+        raise HarnessError(f"unknown suite {suite!r}; choose one of {', '.join(KERNEL_SUITES)}")
     archive, security = host_mirrors()
-    lines = [f"deb {archive} {suite} main"]
-    if suite in STABLE_SUITES:
-        lines.append(f"deb {archive} {suite}-updates main")
+    release = codename(suite)
+    lines = [f"deb {archive} {release} main"]
+    if release in STABLE_SUITES:
+        lines.append(f"deb {archive} {release}-updates main")
         if security:
-            lines.append(f"deb {security} {suite}-security main")
+            lines.append(f"deb {security} {release}-security main")
+    if suite in BACKPORTS_SUITES:
+        lines.append(f"deb {archive} {suite} main")
     return lines
+
+
+def codename(suite):
+    """The Debian release SUITE's userland comes from (mmdebstrap's suite argument)."""
+    return BACKPORTS_SUITES.get(suite, suite)
+
+
+def apt_preferences(suite):
+    """/etc/apt/preferences.d text SUITE needs, or "" (a backports suite: its kernel)."""
+    if suite in BACKPORTS_SUITES:
+        return BACKPORTS_PIN.format(pocket=suite)
+    return ""
 
 
 def apt_options(suite):

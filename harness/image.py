@@ -116,6 +116,8 @@ def version_key(suite: str) -> str:
         "apt": debian.apt_options(suite),
         "disk": DISK_SIZE,
     }
+    if debian.apt_preferences(suite):  # only where there are (the other suites' keys stay)
+        recipe["preferences"] = debian.apt_preferences(suite)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,8 +182,8 @@ def _ensure_ssh_key(suite: str, log: Path) -> Path:
 
 def prepare(suite: str, rebuild: bool = False) -> Env:
     """The suite's cached image, built first when missing, stale or half-built."""
-    if suite not in debian.SUITES:
-        raise HarnessError(f"unknown suite {suite!r}; choose one of {', '.join(debian.SUITES)}")
+    if suite not in debian.KERNEL_SUITES:
+        raise HarnessError(f"unknown suite {suite!r}; choose one of {', '.join(debian.KERNEL_SUITES)}")
     key = version_key(suite)
     if not rebuild:
         env = _load(suite, key)
@@ -238,7 +240,12 @@ def _build(suite: str, key: str) -> None:
            "--include=" + ",".join(debian.PACKAGES), "--skip=cleanup/apt/lists"]
     for option in debian.apt_options(suite):
         cmd.append("--aptopt=" + option)
-    cmd += [suite, rootfs] + sources
+    preferences = debian.apt_preferences(suite)
+    if preferences:
+        # before apt's first resolution, so the kernel comes from where the pin says
+        cmd.append("--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && printf '%s' '"
+                   + preferences + "' > \"$1/etc/apt/preferences.d/frelink\"")
+    cmd += [debian.codename(suite), rootfs] + sources
     # one download at a time: parallel prepare() calls for several suites share the host
     with file_lock(cache_root() / "mmdebstrap.lock", suite,
                    "waiting for another suite's mmdebstrap to finish"):

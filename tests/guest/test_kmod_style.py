@@ -22,6 +22,10 @@ KMOD = REPO / "kmod"
 CACHE = harness.util.cache_root() / "checkpatch"
 KERNEL_SOURCES = ("frelink.c", "compat.h", "allowlist.h", "uapi/frelink.h")
 DIAGNOSTIC = re.compile(r"\b(warning|error):", re.I)
+# Suites whose sparse cannot read their kernel's headers: W=1 only there. 7.3's
+# compiler_types.h uses __typeof_unqual__ under __CHECKER__, which trixie's sparse 0.6.4
+# does not know (every header "error: got __typeof_unqual__"); 0.6.5 is only in sid.
+NO_SPARSE = {"trixie-backports": "trixie's sparse 0.6.4 cannot parse 7.3's headers (__typeof_unqual__)"}
 
 
 def checkpatch_script():
@@ -59,7 +63,7 @@ def test_checkpatch_strict():
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("suite", harness.SUITES)
+@pytest.mark.parametrize("suite", harness.KERNEL_SUITES)
 def test_sparse_and_extra_warnings_clean(suite):
     if harness.chroot_run(suite, ["sh", "-c", "command -v sparse"], check=False).returncode:
         harness.chroot_run(suite, ["apt-get", "install", "-y", "--no-install-recommends", "sparse"])
@@ -72,17 +76,21 @@ def test_sparse_and_extra_warnings_clean(suite):
     try:
         # KBUILD_CHECKSRC=1 on the command line: Debian's 7.x headers lack
         # scripts/checker-valid.sh, so kbuild would otherwise switch C=1 off.
+        sparse = ["C=1", "KBUILD_CHECKSRC=1"] if suite not in NO_SPARSE else []
         proc = harness.chroot_run(suite, ["make", "-C", "/lib/modules/%s/build" % release, "M=" + in_chroot,
-                                          "C=1", "KBUILD_CHECKSRC=1", "W=1", "modules"], cwd=in_chroot)
+                                          *sparse, "W=1", "modules"], cwd=in_chroot)
     finally:
         harness.util.remove_tree(tree.parent)
     output = proc.stdout + proc.stderr
-    assert re.search(r"CHECK +\S*frelink\.c", output), "sparse did not run:\n" + output
+    if suite not in NO_SPARSE:
+        assert re.search(r"CHECK +\S*frelink\.c", output), "sparse did not run:\n" + output
     assert "frelink.ko" in output
     assert not [line for line in output.splitlines() if DIAGNOSTIC.search(line)], output
+    if suite in NO_SPARSE:
+        pytest.skip("W=1 clean; sparse not run: " + NO_SPARSE[suite])
 
 
-@pytest.mark.parametrize("suite", harness.SUITES)
+@pytest.mark.parametrize("suite", harness.KERNEL_SUITES)
 def test_kernel_checks_the_module_cannot_call_are_still_not_exported(suite):
     """do_linkat() calls security_path_link() (AppArmor, TOMOYO), /proc calls ptrace_may_access();
     modules cannot, because no kernel exports them.  If a kernel starts exporting one, this fails:

@@ -16,15 +16,21 @@ from pathlib import Path
 
 import pytest
 
+import harness
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SEQUENCE_STEPS = 9  # actions in each scenario's test_sequence
+SCENARIOS = ["bookworm", "sid"]
+# the kernels beyond harness.SUITES: in make test-kernels (FRELINK_KERNELS=all) only
+if os.environ.get("FRELINK_KERNELS") == "all":
+    SCENARIOS += list(harness.debian.EXTRA_KERNEL_SUITES)
 
 
 @pytest.mark.guest
 @pytest.mark.slow
 # module scope: each scenario is a work unit of its own for the parallel run (tests/conftest.py)
-@pytest.mark.parametrize("suite", ["bookworm", "sid"], scope="module")
+@pytest.mark.parametrize("suite", SCENARIOS, scope="module")
 def test_molecule_scenario(suite):
     molecule = BIN / "molecule"
     if not molecule.exists():

@@ -52,6 +52,16 @@ WORK = "/var/tmp/frelink-kmod"
 CLEANUP = []  # callables, run in reverse order
 
 
+def eventfd():
+    """os.eventfd(0) (Python 3.10); bullseye's guest has 3.9."""
+    if hasattr(os, "eventfd"):
+        return os.eventfd(0)
+    fd = LIBC.eventfd(0, 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "eventfd")
+    return fd
+
+
 def name_of(err):
     return abi.errno_name(err) if err else "OK"
 
@@ -1089,7 +1099,7 @@ class HeldProcess:
                 LIBC.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 8192)
                 os.close(fd)
                 keep += list(os.pipe()) + [sock.detach() for sock in socket.socketpair()]
-                keep += [os.eventfd(0), os.memfd_create("held-decoy"), os.open(live, os.O_RDONLY),
+                keep += [eventfd(), os.memfd_create("held-decoy"), os.open(live, os.O_RDONLY),
                          os.open(twice, os.O_RDONLY), os.open(scratch, os.O_RDWR | O_TMPFILE, 0o600)]
                 cwd_fd = os.open(scratch + "/cwd", os.O_RDONLY | os.O_DIRECTORY)
                 os.chroot(scratch + "/root")
@@ -1540,7 +1550,7 @@ def scenario_hostile(count, seed=11):
         h.templates.append(os.open(fs.mnt + "/d/" + SENTINELS[1], os.O_PATH))
     h.templates += list(os.pipe()) + [sock.detach() for sock in socket.socketpair()]
     # (not the device itself: a descriptor of it that never closes would pin the module)
-    h.templates += [os.memfd_create("hostile"), os.eventfd(0), os.open("/", os.O_PATH), os.open("/dev/null", os.O_RDWR),
+    h.templates += [os.memfd_create("hostile"), eventfd(), os.open("/", os.O_PATH), os.open("/dev/null", os.O_RDWR),
                     LIBC.epoll_create1(0)]
     h.slots = [os.dup(random.Random(seed).choice(h.templates)) for dummy in range(16)]
 

@@ -1,16 +1,19 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * The few kernel APIs frelink uses that differ between the kernels it
- * supports (Debian 12's 6.1, Debian 13's 6.12, 7.x).  Which variant a kernel
- * has is decided by compile probes at build time, see scripts/detect-compat.sh.
+ * supports (Debian 11's 5.10, Debian 12's 6.1, Debian 13's 6.12, 7.x).
+ * Which variant a kernel has is decided by compile probes at build time,
+ * see scripts/detect-compat.sh.
  */
 #ifndef FRELINK_COMPAT_H
 #define FRELINK_COMPAT_H
 
 #include <linux/dcache.h>
 #include <linux/fs.h>
+#include <linux/idr.h>
 #include <linux/mm_types.h>
 #include <linux/mount.h>
+#include <linux/pid_namespace.h>
 #include <linux/rcupdate.h>
 #include <linux/namei.h>
 
@@ -20,10 +23,30 @@
 #include <linux/filelock.h>
 #endif
 
+/*
+ * vfs_link(), inode_owner_or_capable() and inode_permission() take the
+ * mount's idmap (6.12, 7.x), its user namespace (6.1) or nothing (5.10, no
+ * idmapped mounts).
+ */
+#if defined(FRELINK_HAVE_MNT_IDMAP) || defined(FRELINK_HAVE_MNT_USER_NS)
 #ifdef FRELINK_HAVE_MNT_IDMAP
 #define frelink_mnt_idmap(mnt)	mnt_idmap(mnt)
 #else
 #define frelink_mnt_idmap(mnt)	mnt_user_ns(mnt)
+#endif
+#define frelink_vfs_link(old, mnt, dir, new, deleg) \
+	vfs_link(old, frelink_mnt_idmap(mnt), dir, new, frelink_deleg_arg(deleg))
+#define frelink_inode_owner_or_capable(mnt, inode) \
+	inode_owner_or_capable(frelink_mnt_idmap(mnt), inode)
+#define frelink_inode_permission(mnt, inode, mask) \
+	inode_permission(frelink_mnt_idmap(mnt), inode, mask)
+#else
+#define frelink_vfs_link(old, mnt, dir, new, deleg) \
+	vfs_link(old, dir, new, frelink_deleg_arg(deleg))
+#define frelink_inode_owner_or_capable(mnt, inode) \
+	inode_owner_or_capable(inode)
+#define frelink_inode_permission(mnt, inode, mask) \
+	inode_permission(inode, mask)
 #endif
 
 #ifdef FRELINK_HAVE_START_CREATING_PATH
@@ -130,6 +153,59 @@ static inline struct file *frelink_mm_exe_file(struct mm_struct *mm)
 #endif
 	rcu_read_unlock();
 	return exe;
+}
+
+/*
+ * Walking a process's mappings under mmap_lock from address @addr on (the
+ * first mapping that ends after it): the maple tree's iterator (6.1 and
+ * later), the list of vm_next from find_vma() before it (5.10).
+ */
+#ifdef FRELINK_HAVE_VMA_ITERATOR
+#define FRELINK_VMA_ITERATOR(name, mm, addr)	VMA_ITERATOR(name, mm, addr)
+#define frelink_for_each_vma(name, vma)	for_each_vma(name, vma)
+#else
+struct frelink_vma_iter {
+	struct vm_area_struct *next;
+};
+
+#define FRELINK_VMA_ITERATOR(name, mm, addr) \
+	struct frelink_vma_iter name = { .next = find_vma(mm, addr) }
+
+static inline struct vm_area_struct *
+frelink_vma_next(struct frelink_vma_iter *iter)
+{
+	struct vm_area_struct *vma = iter->next;
+
+	if (vma)
+		iter->next = vma->vm_next;
+	return vma;
+}
+
+#define frelink_for_each_vma(name, vma) \
+	for (; ((vma) = frelink_vma_next(&(name))) != NULL;)
+#endif
+
+/*
+ * __iget() under i_lock: an inline from 6.12 on; 6.1 exports the function
+ * of fs/inode.c, 5.10 does not, so its body (one increment) for both.
+ */
+#ifdef FRELINK_HAVE_INLINE_IGET
+#define frelink_iget(inode)	__iget(inode)
+#else
+static inline void frelink_iget(struct inode *inode)
+{
+	lockdep_assert_held(&inode->i_lock);
+	atomic_inc(&inode->i_count);
+}
+#endif
+
+/*
+ * find_ge_pid() of kernel/pid.c, under rcu_read_lock(): the same lookup in
+ * the namespace's idr, as 5.10 does not export it.
+ */
+static inline struct pid *frelink_find_ge_pid(int nr, struct pid_namespace *ns)
+{
+	return idr_get_next(&ns->idr, &nr);
 }
 
 /*

@@ -172,7 +172,7 @@ static struct dentry *frelink_find_inode(struct vfsmount *mnt, u64 ino,
 			spin_unlock(&inode->i_lock);
 			continue;
 		}
-		__iget(inode);
+		frelink_iget(inode);
 		spin_unlock(&inode->i_lock);
 		spin_unlock(&sb->s_inode_list_lock);
 
@@ -279,8 +279,8 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 	frelink_inode_state_set(inode, I_LINKABLE);
 	spin_unlock(&inode->i_lock);
 	usleep_range(2000, 2100);
-	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt),
-		       d_inode(dir->dentry), new_dentry, frelink_deleg_arg(deleg));
+	err = frelink_vfs_link(old_dentry, dir->mnt, d_inode(dir->dentry),
+			       new_dentry, deleg);
 	if (err) {
 		spin_lock(&inode->i_lock);
 		frelink_inode_state_clear(inode, I_LINKABLE);
@@ -343,12 +343,11 @@ static int frelink_may_linkat(struct vfsmount *mnt, struct inode *inode)
 	const umode_t setgid_exec = S_ISGID | 0010;
 	umode_t mode = inode->i_mode;
 
-	if (inode_owner_or_capable(frelink_mnt_idmap(mnt), inode))
+	if (frelink_inode_owner_or_capable(mnt, inode))
 		return 0;
 	if (S_ISREG(mode) && !(mode & S_ISUID) &&
 	    (mode & setgid_exec) != setgid_exec &&
-	    !inode_permission(frelink_mnt_idmap(mnt), inode,
-			      MAY_READ | MAY_WRITE))
+	    !frelink_inode_permission(mnt, inode, MAY_READ | MAY_WRITE))
 		return 0;
 	return -EPERM;
 }
@@ -402,8 +401,8 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 	err = frelink_may_linkat(dir->mnt, inode);
 	if (err)
 		return err;
-	err = vfs_link(old_dentry, frelink_mnt_idmap(dir->mnt), dir_inode,
-		       new_dentry, frelink_deleg_arg(deleg));
+	err = frelink_vfs_link(old_dentry, dir->mnt, dir_inode, new_dentry,
+			       deleg);
 	if (err != -ENOENT)
 		return err;
 
@@ -1001,9 +1000,9 @@ static int frelink_held_maps(struct frelink_held_walk *walk,
 		return 0;
 	err = mmap_read_lock_killable(mm);
 	if (!err) {
-		VMA_ITERATOR(vmi, mm, from);
+		FRELINK_VMA_ITERATOR(vmi, mm, from);
 
-		for_each_vma(vmi, vma) {
+		frelink_for_each_vma(vmi, vma) {
 			const struct path *path;
 
 			if (!vma->vm_file || vma->vm_start < from)
@@ -1231,7 +1230,7 @@ static struct task_struct *frelink_next_tgid(struct pid_namespace *ns,
 	struct pid *pid;
 
 	rcu_read_lock();
-	while ((pid = find_ge_pid(*nr, ns))) {
+	while ((pid = frelink_find_ge_pid(*nr, ns))) {
 		*nr = pid_nr_ns(pid, ns);
 		task = pid_task(pid, PIDTYPE_TGID);
 		if (task) {

@@ -49,6 +49,31 @@ struct mnt_idmap *frelink_probe(struct vfsmount *mnt);
 struct mnt_idmap *frelink_probe(struct vfsmount *mnt) { return mnt_idmap(mnt); }
 C
 
+# 6.1 (not 5.10, 6.12, 7.2): idmapped mounts are described by the mount's
+# user namespace; 5.10 has neither, vfs_link() takes no mapping at all
+check FRELINK_HAVE_MNT_USER_NS "$@" <<'C'
+#include <linux/mount.h>
+struct user_namespace *frelink_probe(struct vfsmount *mnt);
+struct user_namespace *frelink_probe(struct vfsmount *mnt) { return mnt_user_ns(mnt); }
+C
+
+# 6.1, 6.12, 7.2 (not 5.10): the mappings of an mm are in a maple tree,
+# walked with a VMA iterator instead of the vm_next list
+check FRELINK_HAVE_VMA_ITERATOR "$@" <<'C'
+#include <linux/mm.h>
+unsigned long frelink_probe(struct mm_struct *mm);
+unsigned long frelink_probe(struct mm_struct *mm)
+{
+	struct vm_area_struct *vma;
+	unsigned long n = 0;
+	VMA_ITERATOR(vmi, mm, 0);
+
+	for_each_vma(vmi, vma)
+		n++;
+	return n;
+}
+C
+
 # 7.2 (not 6.1, 6.12): kern_path_create()/done_path_create() became
 # start_creating_path()/end_creating_path()
 check FRELINK_HAVE_START_CREATING_PATH "$@" <<'C'
@@ -120,8 +145,13 @@ int frelink_probe(struct vfsmount *mnt);
 int frelink_probe(struct vfsmount *mnt) { return mnt_get_write_access(mnt); }
 C
 
-# 6.1 exported __iget() from fs/inode.c, later it is an inline in fs.h;
-# both are callable, nothing to detect.
+# 6.12, 7.2 (not 5.10, 6.1): __iget() is an inline of fs.h, not a function
+# of fs/inode.c (which 5.10 does not export); only a static function can be
+# declared static again
+check FRELINK_HAVE_INLINE_IGET "$@" <<'C'
+#include <linux/fs.h>
+static inline void __iget(struct inode *inode);
+C
 
 # 6.12, 7.2 (not 6.1): a backing file (an overlayfs mapping) has the user's
 # path apart from its real f_path: file_user_path()
