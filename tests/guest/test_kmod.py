@@ -95,7 +95,7 @@ def kmod_guest(request):
             _assert_judges_live(guest, "before the module is loaded", boot=True)
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
-        scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
+        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
@@ -351,6 +351,22 @@ def test_loop_backing_file(kmod_guest):
     assert res["inner_fsck"] == 0
     assert res["outer_fsck"] == CLEAN_FSCK
     assert res["inner_files"] == {"before": True, "during": True, "after": True}
+
+
+def test_loop_inode_number_reused(kmod_guest):
+    """By (dev, ino) alone a detached loop's recorded identity names whatever
+    deleted file got the freed inode number next; the generation tells them apart."""
+    res = scenario(kmod_guest, "loop_reuse")
+    assert res["number_reused"] is True, res
+    # the request restore makes from the facts of the detached loop's file
+    assert (res["by_recorded_identity"], res["listing_after_reuse"]) == ("ESTALE", []), res
+    assert res["identify_matches_getversion"] is True
+    assert res["wrong_generation"] == "ESTALE"
+    assert res["listing_after_wrong"] == []
+    assert res["right_generation"] == "OK"
+    assert res["relinked_same_inode"] is True
+    assert res["relinked_generation"] is True
+    assert res["fsck"] == CLEAN_FSCK
 
 
 def test_mapped_only_and_deleted_exe(kmod_guest):

@@ -451,7 +451,7 @@ def scenario_refusals():
     cases["flags_both"] = raw(abi.pack_request(**dict(good, flags=3)))
     cases["flags_unknown"] = raw(abi.pack_request(**dict(good, flags=4)))
     cases["reserved0_set"] = raw(abi.pack_request(reserved0=1, **good))
-    cases["reserved_set"] = raw(abi.pack_request(reserved=(0, 0, 0, 1), **good))
+    cases["reserved_set"] = raw(abi.pack_request(reserved=(0, 0, 1), **good))
     cases["by_fd_with_ino"] = raw(abi.pack_request(ino=5, **good))
     cases["by_inode_with_src_fd"] = raw(abi.pack_request(flags=abi.BY_INODE, src_fd=src_fd, dir_fd=dir_fd,
                                                          dev=src.st_dev, ino=src.st_ino, name=b"new"))
@@ -670,6 +670,99 @@ def scenario_loop():
                           for n, d in (("before", before), ("during", during), ("after", after))}
     run("umount", inner_mnt)
     outer.destroy()
+    return res
+
+
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long); ext4 writes an int
+
+
+def fs_generation(path):
+    """The inode generation userspace sees while the file is open (FS_IOC_GETVERSION)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return struct.unpack_from("=I", fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8)))[0]
+    finally:
+        os.close(fd)
+
+
+def kernel_generation(dev, ino, dir_fd):
+    """FRELINK_IOC_IDENTIFY's generation, or its errno name (ENOTTY: a module without it)."""
+    try:
+        return abi.inode_generation(dev, ino, dir_fd)
+    except OSError as exc:
+        return name_of(exc.errno)
+
+
+def relink_recorded(dev, ino, generation, dir_fd, name):
+    """The request restore makes from recorded facts: (dev, ino) and, if the module
+    reported one, the generation; a module without FRELINK_IOC_IDENTIFY gets (dev, ino)."""
+    if isinstance(generation, int):
+        return refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, name, generation=generation))
+    return refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, name))
+
+
+def scenario_loop_reuse():
+    """A loop device's backing file has no descriptor anywhere, so it is named
+    by (dev, ino) from LOOP_GET_STATUS64.  After a detach its inode number is
+    freed and reused by another deleted file: a request by the recorded
+    identity must not name that other file.  And with the right generation a
+    loop's backing file is relinked; with a wrong one it is refused."""
+    res = {}
+    fs = Fs("reuse", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    dir_fd = fs.open_dir(directory)
+    a_path = directory + "/a.img"
+    write_file(a_path, seeded_bytes(7, 1 << 20))
+    a_getversion = fs_generation(a_path)
+    loop = run("losetup", "--find", "--show", a_path).stdout.strip()
+    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+    os.unlink(a_path)
+    dev, ino = loop_status(loop)
+    generation = kernel_generation(dev, ino, dir_fd)
+    res["identify_matches_getversion"] = generation == a_getversion if isinstance(generation, int) else generation
+    if isinstance(generation, int):
+        res["wrong_generation"] = refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, "wrong",
+                                                                      generation=generation ^ 1))
+        res["listing_after_wrong"] = listing(directory)
+    run("losetup", "-d", loop)
+    # the loop lets its file go (a deferred fput), then ext4 frees the inode number:
+    # the next file created in the directory takes it
+    b_holder = None
+    for attempt in range(100):
+        b_path = directory + "/b%d" % attempt
+        write_file(b_path, seeded_bytes(8, 4096))
+        if os.stat(b_path).st_ino == ino:
+            b_holder = Holder(b_path)
+            CLEANUP.append(b_holder.stop)
+            os.unlink(b_path)
+            break
+        os.unlink(b_path)
+        time.sleep(0.1)
+    res["number_reused"] = b_holder is not None
+    res["reuse_attempts"] = attempt + 1
+    res["by_recorded_identity"] = relink_recorded(dev, ino, generation, dir_fd, "a.img")
+    res["listing_after_reuse"] = listing(directory)
+    if b_holder is not None:
+        b_holder.stop()
+
+    c_path = directory + "/c.img"
+    write_file(c_path, seeded_bytes(9, 1 << 20))
+    c_getversion = fs_generation(c_path)
+    loop = run("losetup", "--find", "--show", c_path).stdout.strip()
+    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+    os.unlink(c_path)
+    dev, ino = loop_status(loop)
+    generation = kernel_generation(dev, ino, dir_fd)
+    res["right_generation"] = relink_recorded(dev, ino, generation, dir_fd, "c.img")
+    relinked = os.stat(c_path) if os.path.exists(c_path) else None
+    res["relinked_same_inode"] = relinked is not None and relinked.st_ino == ino
+    res["relinked_generation"] = fs_generation(c_path) == c_getversion if relinked else None
+    run("losetup", "-d", loop)
+    fs.close_fds()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
     return res
 
 
