@@ -95,7 +95,7 @@ def kmod_guest(request):
             _assert_judges_live(guest, "before the module is loaded", boot=True)
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
-        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "mapped_and_exe", "held"]
+        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "dir_delegation", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
@@ -367,6 +367,19 @@ def test_loop_inode_number_reused(kmod_guest):
     assert res["relinked_same_inode"] is True
     assert res["relinked_generation"] is True
     assert res["fsck"] == CLEAN_FSCK
+
+
+def test_directory_delegation_broken_before_link(kmod_guest):
+    """7.x vfs_link() breaks the directory's delegation before it adds a name;
+    so does a relink (6.1 and 6.12 have no directory delegations: EINVAL)."""
+    res = scenario(kmod_guest, "dir_delegation")
+    assert res["relink"] == "OK"
+    assert res["listing"] == ["restored"]
+    assert res["fsck"] == CLEAN_FSCK
+    if res["setdeleg"] == "EINVAL" and kmod_guest.suite in ("bookworm", "trixie"):
+        pytest.skip("%s: no directory delegations (F_SETDELEG: EINVAL)" % kmod_guest.suite)
+    assert res["setdeleg"] == "OK"
+    assert res["broken_before_link"] is True, res
 
 
 def test_mapped_only_and_deleted_exe(kmod_guest):

@@ -766,6 +766,66 @@ def scenario_loop_reuse():
     return res
 
 
+F_SETDELEG = 1024 + 16  # F_LINUX_SPECIFIC_BASE + 16, include/uapi/linux/fcntl.h (7.x)
+F_RDLCK, F_UNLCK = 0, 2
+
+
+def scenario_dir_delegation():
+    """A read delegation on the destination directory (F_SETDELEG, 7.x) is
+    broken before a relink adds a name to it, as vfs_link() breaks it: the
+    holder gets SIGIO while the name does not exist yet, lets go, and the
+    relink goes on.  Without directory delegations the kernel says EINVAL."""
+    res = {}
+    fs = Fs("deleg", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    holder, _writer = deleted_file(fs.mnt + "/victim", seeded_bytes(10, 8192))
+    CLEANUP.append(holder.stop)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+            def on_break(_signum, _frame):
+                # the lease is broken before the link: the name must not exist yet
+                out["broken_before_link"] = not os.path.lexists(directory + "/restored")
+                fcntl.fcntl(fd, F_SETDELEG, struct.pack("=IHH", 0, F_UNLCK, 0))
+
+            signal.signal(signal.SIGIO, on_break)
+            try:
+                fcntl.fcntl(fd, F_SETDELEG, struct.pack("=IHH", 0, F_RDLCK, 0))
+                out["setdeleg"] = "OK"
+            except OSError as exc:
+                out["setdeleg"] = name_of(exc.errno)
+            os.write(ready_w, b"r")
+            deadline = time.monotonic() + 20
+            while "broken_before_link" not in out and time.monotonic() < deadline \
+                    and out["setdeleg"] == "OK" and not os.path.lexists(directory + "/restored"):
+                time.sleep(0.05)
+        finally:
+            os.write(ready_w, json.dumps(out).encode())
+            os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(pid))
+    os.read(ready_r, 1)
+    dir_fd = fs.open_dir(directory)
+    src_fd = os.open("/proc/%d/fd/%d" % (holder.pid, holder.fd), os.O_PATH)
+    started = time.monotonic()
+    res["relink"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    res["relink_seconds"] = round(time.monotonic() - started, 1)
+    os.close(src_fd)
+    os.waitpid(pid, 0)
+    res.update(json.loads(os.read(ready_r, 4096).decode()))
+    res.setdefault("broken_before_link", False)
+    res["listing"] = listing(directory)
+    holder.stop()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def scenario_mapped_and_exe():
     """Only a shared mapping holds the file; and a deleted running executable."""
     res = {}

@@ -132,4 +132,20 @@ static inline struct file *frelink_mm_exe_file(struct mm_struct *mm)
 	return exe;
 }
 
+/*
+ * vfs_link() of 7.2 (not 6.1, 6.12), which has directory delegations,
+ * breaks the directory's delegation before the inode's; without them there
+ * is none to break.
+ */
+#ifdef FRELINK_HAVE_LEASE_BREAK_DIR_CREATE
+#define frelink_try_break_dir_deleg(dir, d) \
+	try_break_deleg(dir, LEASE_BREAK_DIR_CREATE, frelink_deleg_arg(d))
+#else
+static inline int frelink_try_break_dir_deleg(struct inode *dir,
+					      struct frelink_deleg *d)
+{
+	return 0;
+}
+#endif
+
 #endif /* FRELINK_COMPAT_H */

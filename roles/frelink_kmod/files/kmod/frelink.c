@@ -452,6 +452,10 @@ static int frelink_link(const struct frelink_relink *req,
 	err = -ENOLINK;
 	if (frelink_never_named(old_dentry, inode))
 		goto out_unlock;
+	/* as vfs_link(): the directory's delegation (7.2), then the inode's */
+	err = frelink_try_break_dir_deleg(dir_inode, deleg);
+	if (err)
+		goto out_unlock;
 	err = frelink_try_break_deleg(inode, deleg);
 	if (err)
 		goto out_unlock;
