@@ -95,7 +95,7 @@ def kmod_guest(request):
             _assert_judges_live(guest, "before the module is loaded", boot=True)
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
-        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "dir_delegation", "mapped_and_exe", "held"]
+        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "dir_delegation", "lsm_enoent", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["not_allowed", "ro_source", "log_escape"]
@@ -380,6 +380,25 @@ def test_directory_delegation_broken_before_link(kmod_guest):
         pytest.skip("%s: no directory delegations (F_SETDELEG: EINVAL)" % kmod_guest.suite)
     assert res["setdeleg"] == "OK"
     assert res["broken_before_link"] is True, res
+
+
+def test_bpf_lsm_enoent_refuses_linkat(kmod_guest):
+    """The measurement below means something only if the security module's
+    ENOENT reaches linkat() while the program is attached, and not after."""
+    res = scenario(kmod_guest, "lsm_enoent")
+    assert res["attached"] == "OK"
+    assert res["linkat_live"] == "ENOENT"
+    assert res["linkat_live_after_detach"] == "OK"
+    assert res["fsck"] == CLEAN_FSCK
+
+
+@pytest.mark.xfail(strict=True, reason="known floor (docs/kmod.md, 'What remains'): an inode_link hook's ENOENT "
+                                       "looks like the stop at the link count, and security_inode_link() is not "
+                                       "exported; strict, so a fix turns this into a failure to update")
+def test_bpf_lsm_enoent_is_not_overridden(kmod_guest):
+    res = scenario(kmod_guest, "lsm_enoent")
+    assert res["attached"] == "OK"
+    assert (res["relink_by_fd"], res["listing_under_lsm"]) == ("ENOENT", ["live"])
 
 
 def test_mapped_only_and_deleted_exe(kmod_guest):

@@ -14,6 +14,7 @@ host asserts on it.  Cleanup (holders, mounts, loops) also happens on failure.
 import argparse
 import collections
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -819,6 +820,116 @@ def scenario_dir_delegation():
     res.update(json.loads(os.read(ready_r, 4096).decode()))
     res.setdefault("broken_before_link", False)
     res["listing"] = listing(directory)
+    holder.stop()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+NR_BPF = 321  # x86_64
+BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_LINK_CREATE = 5, 17, 28
+BPF_PROG_TYPE_LSM, BPF_LSM_MAC = 29, 27
+BTF_KIND_FUNC = 12
+# bytes of the records that follow struct btf_type, by kind (include/uapi/linux/btf.h):
+# a fixed part, and a part per vlen
+BTF_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12),
+             17: (4, 0), 19: (0, 12)}
+
+
+def btf_func_id(name, path="/sys/kernel/btf/vmlinux"):
+    """The BTF type id of the FUNC NAME in the kernel's BTF, or None."""
+    with open(path, "rb") as f:
+        data = f.read()
+    _magic, _ver, _flags, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from("=HBBIIIII", data)
+    types, strings = hdr_len + type_off, hdr_len + str_off
+    wanted = name.encode() + b"\0"
+    offset, end, type_id = types, types + type_len, 1
+    while offset < end:
+        name_off, info, _size = struct.unpack_from("=III", data, offset)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        if kind == BTF_KIND_FUNC and data[strings + name_off:strings + name_off + len(wanted)] == wanted:
+            return type_id
+        fixed, per = BTF_EXTRA.get(kind, (0, 0))
+        offset += 12 + fixed + per * vlen
+        type_id += 1
+    return None
+
+
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    fd = LIBC.syscall(NR_BPF, cmd, buf, len(attr))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return fd
+
+
+def lsm_inode_link_refusing(err):
+    """Attach a BPF LSM program to inode_link that returns -ERR for every link:
+    (prog fd, link fd); close both to detach."""
+    btf_id = btf_func_id("bpf_lsm_inode_link")
+    if btf_id is None:
+        raise OSError(errno.ENOENT, "no bpf_lsm_inode_link in the kernel's BTF")
+    insns = struct.pack("=BBhi", 0xB7, 0, 0, -err) + struct.pack("=BBhi", 0x95, 0, 0, 0)  # r0 = -err; exit
+    insns_buf = ctypes.create_string_buffer(insns, len(insns))
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(65536)
+    attr = bytearray(128)
+    struct.pack_into("=IIQQIIQ", attr, 0, BPF_PROG_TYPE_LSM, 2, ctypes.addressof(insns_buf),
+                     ctypes.addressof(license_buf), 1, len(log), ctypes.addressof(log))
+    struct.pack_into("=I", attr, 68, BPF_LSM_MAC)
+    struct.pack_into("=I", attr, 108, btf_id)
+    try:
+        prog_fd = bpf(BPF_PROG_LOAD, attr)
+    except OSError as exc:
+        raise OSError(exc.errno, "BPF_PROG_LOAD: %s: %s" % (exc.strerror, log.value.decode(errors="replace")[-500:]))
+    try:
+        attr = bytearray(16)
+        struct.pack_into("=QI", attr, 0, 0, prog_fd)
+        link_fd = bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+    except OSError:
+        attr = bytearray(32)
+        struct.pack_into("=IIII", attr, 0, prog_fd, 0, BPF_LSM_MAC, 0)
+        try:
+            link_fd = bpf(BPF_LINK_CREATE, attr)
+        except OSError:
+            os.close(prog_fd)
+            raise
+    return prog_fd, link_fd
+
+
+def scenario_lsm_enoent():
+    """A security module whose inode_link hook refuses with ENOENT, made with a
+    BPF LSM program (CONFIG_BPF_LSM, "bpf" in CONFIG_LSM on Debian 6.1, 6.12,
+    7.2): linkat() of a live file fails with ENOENT; a relink must fail the
+    same way and create nothing.  Measures the floor documented in
+    docs/kmod.md ("What remains")."""
+    res = {}
+    fs = Fs("lsm", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    write_file(directory + "/live", b"live\n")
+    holder, _writer = deleted_file(directory + "/victim", seeded_bytes(11, 4096))
+    CLEANUP.append(holder.stop)
+    dir_fd = fs.open_dir(directory)
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    try:
+        fds = lsm_inode_link_refusing(errno.ENOENT)
+        res["attached"] = "OK"
+    except OSError as exc:
+        res["attached"] = "%s: %s" % (name_of(exc.errno), exc.strerror)
+        fds = ()
+    try:
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live2").encode(), 0)
+        res["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        res["relink_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+        res["listing_under_lsm"] = listing(directory)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live3").encode(), 0)
+    res["linkat_live_after_detach"] = name_of(ctypes.get_errno()) if rc else "OK"
+    os.close(src_fd)
     holder.stop()
     fs.umount()
     res["fsck"] = fs.fsck()
