@@ -102,7 +102,7 @@ def kmod_guest(request):
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
         scenarios += ["tmpfile:" + fs for fs in TMPFILE_FILESYSTEMS]
-        scenarios += ["protected_hardlinks"]
+        scenarios += ["protected_hardlinks", "readonly_source"]
         scenarios += ["fuzz"]
         if label == "debug":
             scenarios += ["hostile"]
@@ -673,6 +673,18 @@ def test_tmpfile_excl_never_linked(kmod_guest, fs):
     assert res["again_by_fd"] == "ENOLINK"
     assert res["again_nlink"] == 0
     assert res["listing"] == ["ordinary", "ordinary2", "plain"]
+    assert res["fsck"] == CLEAN_FSCK
+
+
+def test_relink_needs_no_write_access_as_linkat(kmod_guest):
+    """Review of issue #24: "RELINK accepts a descriptor opened without write
+    access" -- so does linkat(): a caller that may not write the file (but
+    owns it) links it, and relinks it by an O_RDONLY or O_PATH descriptor."""
+    res = scenario(kmod_guest, "readonly_source")
+    assert res["without_dac"] == {"open_for_write": "EACCES", "linkat_live": "OK", "by_fd_rdonly": "OK",
+                                  "by_fd_o_path": "OK"}
+    assert res["listing"] == ["live", "live-link", "restored", "restored2"]
+    assert res["nlink"] == [1, 1]
     assert res["fsck"] == CLEAN_FSCK
 
 

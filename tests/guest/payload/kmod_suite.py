@@ -2076,6 +2076,50 @@ def scenario_ro_source():
     return res
 
 
+def scenario_readonly_source():
+    """RELINK asks no write access to the file, as linkat() does not
+    (do_linkat(): may_linkat() and vfs_link()'s may_create() on the
+    directory only).  Root-owned files of mode 0444, two held and deleted; a
+    root caller without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER
+    (still the owner, still CAP_SYS_ADMIN) cannot open them for writing,
+    linkat() links the live one, and the deleted ones relink by an O_RDONLY
+    and by an O_PATH descriptor."""
+    res = {}
+    fs = Fs("readonly", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    dir_fd = fs.open_dir(directory)
+    for name in ("live", "victim", "victim2"):
+        write_file(directory + "/" + name, b"read-only file\n", mode=0o444)
+    holders = [Holder(directory + "/" + name) for name in ("victim", "victim2")]
+    for holder in holders:
+        CLEANUP.append(holder.stop)
+    os.unlink(directory + "/victim")
+    os.unlink(directory + "/victim2")
+
+    def without_dac():
+        for cap in (CAP_FOWNER, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            capset_without(cap)
+        out = {"open_for_write": refusal(lambda: os.close(os.open(holders[0].proc_path, os.O_WRONLY)))}
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live-link").encode(), 0)
+        out["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        rdonly = os.open(holders[0].proc_path, os.O_RDONLY)
+        out["by_fd_rdonly"] = refusal(lambda: abi.relink_by_fd(rdonly, dir_fd, "restored"))
+        opath = os.open(holders[1].proc_path, os.O_PATH)
+        out["by_fd_o_path"] = refusal(lambda: abi.relink_by_fd(opath, dir_fd, "restored2"))
+        return out
+
+    res["without_dac"] = in_child(without_dac)
+    res["listing"] = listing(directory)
+    res["nlink"] = [os.stat(h.proc_path).st_nlink for h in holders]
+    for holder in holders:
+        holder.stop()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
 def in_thread(call, timeout=60):
     """refusal(call) in a thread: its result, or "BLOCKED" if it has not
     returned after timeout seconds (it is then left to finish on its own)."""
