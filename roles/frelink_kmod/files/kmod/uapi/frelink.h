@@ -133,8 +133,9 @@ struct frelink_relink {
  * together (but btrfs hands out a freed inode number again only after a
  * remount).
  *
- * Errors: EPERM (no CAP_SYS_ADMIN), EINVAL (non-zero flags or reserved, dev
- * 0), EBADF, ENOTDIR, EOPNOTSUPP, EXDEV, ENOENT as with BY_INODE, EFAULT.
+ * Errors: EPERM (no CAP_SYS_ADMIN), EINVAL (non-zero flags, generation or
+ * reserved, dev 0), EBADF, ENOTDIR, EOPNOTSUPP, EXDEV, ENOENT as with
+ * BY_INODE, EFAULT.
  */
 struct frelink_identify {
 	__s32	dir_fd;
