@@ -361,6 +361,9 @@ def test_loop_inode_number_reused(kmod_guest):
     # the request restore makes from the facts of the detached loop's file
     assert (res["by_recorded_identity"], res["listing_after_reuse"]) == ("ESTALE", []), res
     assert res["identify_matches_getversion"] is True
+    assert res["identify_refusals"] == {"flags_set": "EINVAL", "generation_set": "EINVAL", "reserved_set": "EINVAL",
+                                        "dev_zero": "EINVAL", "not_in_memory": "ENOENT", "dev_mismatch": "EXDEV",
+                                        "bad_fd": "EBADF", "not_a_dir": "ENOTDIR"}
     assert res["wrong_generation"] == "ESTALE"
     assert res["listing_after_wrong"] == []
     assert res["right_generation"] == "OK"

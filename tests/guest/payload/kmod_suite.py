@@ -702,6 +702,13 @@ def relink_recorded(dev, ino, generation, dir_fd, name):
     return refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, name))
 
 
+def wait_detached(loop, timeout=30):
+    """losetup -d can return before the loop device is unbound."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists("/sys/block/%s/loop/backing_file" % os.path.basename(loop)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def scenario_loop_reuse():
     """A loop device's backing file has no descriptor anywhere, so it is named
     by (dev, ino) from LOOP_GET_STATUS64.  After a detach its inode number is
@@ -722,11 +729,30 @@ def scenario_loop_reuse():
     dev, ino = loop_status(loop)
     generation = kernel_generation(dev, ino, dir_fd)
     res["identify_matches_getversion"] = generation == a_getversion if isinstance(generation, int) else generation
+
+    def identify_raw(flags=0, dev_=dev, ino_=ino, generation_=0, reserved=(0, 0, 0, 0), fd=dir_fd):
+        request = bytearray(abi.IDENTIFY_STRUCT.pack(fd, flags, dev_, ino_, generation_, *reserved))
+        dev_fd = os.open(abi.DEVICE_PATH, os.O_RDONLY)
+        try:
+            return refusal(lambda: fcntl.ioctl(dev_fd, abi.IOC_IDENTIFY, request, True))
+        finally:
+            os.close(dev_fd)
+
+    res["identify_refusals"] = {
+        "flags_set": identify_raw(flags=1), "generation_set": identify_raw(generation_=1),
+        "reserved_set": identify_raw(reserved=(0, 0, 0, 1)), "dev_zero": identify_raw(dev_=0),
+        "not_in_memory": identify_raw(ino_=999999), "dev_mismatch": identify_raw(dev_=dev + 1),
+        "bad_fd": identify_raw(fd=9999),
+    }
+    null_fd = os.open("/dev/null", os.O_RDONLY)
+    res["identify_refusals"]["not_a_dir"] = identify_raw(fd=null_fd)
+    os.close(null_fd)
     if isinstance(generation, int):
         res["wrong_generation"] = refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, "wrong",
                                                                       generation=generation ^ 1))
         res["listing_after_wrong"] = listing(directory)
     run("losetup", "-d", loop)
+    wait_detached(loop)
     # the loop lets its file go (a deferred fput), then ext4 frees the inode number:
     # the next file created in the directory takes it
     b_holder = None
@@ -760,8 +786,15 @@ def scenario_loop_reuse():
     res["relinked_same_inode"] = relinked is not None and relinked.st_ino == ino
     res["relinked_generation"] = fs_generation(c_path) == c_getversion if relinked else None
     run("losetup", "-d", loop)
-    fs.close_fds()
-    fs.umount()
+    wait_detached(loop)
+    for attempt in range(100):  # and its deferred fput() releases the filesystem
+        try:
+            fs.umount()
+            break
+        except RuntimeError:
+            if attempt == 99:
+                raise
+            time.sleep(0.1)
     res["fsck"] = fs.fsck()
     fs.destroy()
     return res
