@@ -200,7 +200,10 @@ ansible_facts:
         orphans:
           description:
             - One entry per deleted inode, largest allocated first, at most O(limit).
-            - V(dev) (st_dev), V(device) (C(maj:min)), V(ino), V(path) (original path, in the
+            - V(dev) (st_dev), V(device) (C(maj:min)), V(ino), V(generation) (only for a file held by a
+              loop device and only with the frelink kernel module loaded; the inode generation the module
+              reports, which M(frelink.frelink.frelink_restore) passes back so that a file that took the inode
+              number after this one was freed is refused), V(path) (original path, in the
               holder's mount namespace), V(type) (V(file), V(directory), ...), V(size),
               V(allocated) (st_blocks * 512), V(mode) (octal string), V(uid), V(owner),
               V(gid), V(group), V(mtime), V(fstype), V(mount_point),

@@ -104,7 +104,7 @@ def kmod_guest(request):
             _assert_judges_live(guest, "before the module is loaded", boot=True)
         guest.run("dmesg -C; insmod %s/frelink.ko" % REMOTE)
         scenarios = ["relink:" + fs for fs in RELINK_FILESYSTEMS]
-        scenarios += ["refusals", "unsupported", "loop", "mapped_and_exe", "held"]
+        scenarios += ["refusals", "unsupported", "loop", "loop_reuse", "dir_delegation", "lsm_enoent", "mapped_and_exe", "held"]
         scenarios += ["stress:%s:%d" % item for item in stress.items()]
         scenarios += ["overlay:" + fs for fs in OVERLAY_BASES]
         scenarios += ["held_overlay:ext4", "held_split", "held_threads", "held_fuse"]
@@ -112,7 +112,7 @@ def kmod_guest(request):
         scenarios += ["freeze:" + fs for fs in FREEZE_FILESYSTEMS]
         scenarios += ["race:%s:%d:%d" % ((fs,) + race) for fs in RACE_FILESYSTEMS]
         scenarios += ["tmpfile:" + fs for fs in TMPFILE_FILESYSTEMS]
-        scenarios += ["protected_hardlinks"]
+        scenarios += ["protected_hardlinks", "readonly_source"]
         scenarios += ["fuzz"]
         if label == "debug":
             scenarios += ["hostile"]
@@ -382,6 +382,57 @@ def test_loop_backing_file(kmod_guest):
     assert res["inner_fsck"] == 0
     assert res["outer_fsck"] == CLEAN_FSCK
     assert res["inner_files"] == {"before": True, "during": True, "after": True}
+
+
+def test_loop_inode_number_reused(kmod_guest):
+    """By (dev, ino) alone a detached loop's recorded identity names whatever
+    deleted file got the freed inode number next; the generation tells them apart."""
+    res = scenario(kmod_guest, "loop_reuse")
+    assert res["number_reused"] is True, res
+    # the request restore makes from the facts of the detached loop's file
+    assert (res["by_recorded_identity"], res["listing_after_reuse"]) == ("ESTALE", []), res
+    assert res["identify_matches_getversion"] is True
+    assert res["identify_refusals"] == {"flags_set": "EINVAL", "generation_set": "EINVAL", "reserved_set": "EINVAL",
+                                        "dev_zero": "EINVAL", "not_in_memory": "ENOENT", "dev_mismatch": "EXDEV",
+                                        "bad_fd": "EBADF", "not_a_dir": "ENOTDIR"}
+    assert res["wrong_generation"] == "ESTALE"
+    assert res["listing_after_wrong"] == []
+    assert res["right_generation"] == "OK"
+    assert res["relinked_same_inode"] is True
+    assert res["relinked_generation"] is True
+    assert res["fsck"] == CLEAN_FSCK
+
+
+def test_directory_delegation_broken_before_link(kmod_guest):
+    """7.x vfs_link() breaks the directory's delegation before it adds a name;
+    so does a relink (6.1 and 6.12 have no directory delegations: EINVAL)."""
+    res = scenario(kmod_guest, "dir_delegation")
+    assert res["relink"] == "OK"
+    assert res["listing"] == ["restored"]
+    assert res["fsck"] == CLEAN_FSCK
+    if res["setdeleg"] == "EINVAL" and kmod_guest.suite in ("bookworm", "trixie"):
+        pytest.skip("%s: no directory delegations (F_SETDELEG: EINVAL)" % kmod_guest.suite)
+    assert res["setdeleg"] == "OK"
+    assert res["broken_before_link"] is True, res
+
+
+def test_bpf_lsm_enoent_refuses_linkat(kmod_guest):
+    """The measurement below means something only if the security module's
+    ENOENT reaches linkat() while the program is attached, and not after."""
+    res = scenario(kmod_guest, "lsm_enoent")
+    assert res["attached"] == "OK"
+    assert res["linkat_live"] == "ENOENT"
+    assert res["linkat_live_after_detach"] == "OK"
+    assert res["fsck"] == CLEAN_FSCK
+
+
+@pytest.mark.xfail(strict=True, reason="known floor (docs/kmod.md, 'What remains'): an inode_link hook's ENOENT "
+                                       "looks like the stop at the link count, and security_inode_link() is not "
+                                       "exported; strict, so a fix turns this into a failure to update")
+def test_bpf_lsm_enoent_is_not_overridden(kmod_guest):
+    res = scenario(kmod_guest, "lsm_enoent")
+    assert res["attached"] == "OK"
+    assert (res["relink_by_fd"], res["listing_under_lsm"]) == ("ENOENT", ["live"])
 
 
 def test_mapped_only_and_deleted_exe(kmod_guest):
@@ -716,6 +767,18 @@ def test_tmpfile_excl_never_linked(kmod_guest, fs):
     assert res["again_by_fd"] == "ENOLINK"
     assert res["again_nlink"] == 0
     assert res["listing"] == ["ordinary", "ordinary2", "plain"]
+    assert res["fsck"] == CLEAN_FSCK
+
+
+def test_relink_needs_no_write_access_as_linkat(kmod_guest):
+    """Review of issue #24: "RELINK accepts a descriptor opened without write
+    access" -- so does linkat(): a caller that may not write the file (but
+    owns it) links it, and relinks it by an O_RDONLY or O_PATH descriptor."""
+    res = scenario(kmod_guest, "readonly_source")
+    assert res["without_dac"] == {"open_for_write": "EACCES", "linkat_live": "OK", "by_fd_rdonly": "OK",
+                                  "by_fd_o_path": "OK"}
+    assert res["listing"] == ["live", "live-link", "restored", "restored2"]
+    assert res["nlink"] == [1, 1]
     assert res["fsck"] == CLEAN_FSCK
 
 

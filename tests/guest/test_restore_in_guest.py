@@ -426,6 +426,10 @@ def test_loop_mounted_deleted_image(restored):
     assert again["changed"] is False and again["status"] == "already_restored"
     after = restored["r"]["r_loop_after"]["stdout"].splitlines()
     assert after == ["%d %d 1" % (img["dev"], img["ino"]), "inside-the-image"]
+    # the module reported the generation of the loop's deleted file: restore passed it back
+    facts = _ok(restored["r"]["r_facts_kernel"])["ansible_facts"]["frelink"]
+    entry = [o for o in facts["orphans"] if (o["dev"], o["ino"]) == (img["dev"], img["ino"])]
+    assert len(entry) == 1 and isinstance(entry[0].get("generation"), int), entry
 
 
 def test_holder_in_other_mount_namespace(restored):

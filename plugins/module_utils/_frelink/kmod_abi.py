@@ -29,10 +29,11 @@ NAME_SIZE = 256  # FRELINK_NAME_SIZE: NAME_MAX + 1
 
 BY_FD = 0x1  # FRELINK_BY_FD
 BY_INODE = 0x2  # FRELINK_BY_INODE
+GENERATION = 0x4  # FRELINK_GENERATION: with BY_INODE, the generation field is set
 
 # struct frelink_relink: flags, src_fd, dir_fd, reserved0, dev, ino,
-# reserved[4], name[NAME_SIZE]; native x86-64/aarch64 layout, no padding.
-RELINK_STRUCT = struct.Struct("=IiiIQQ4Q%ds" % NAME_SIZE)
+# generation, reserved[3], name[NAME_SIZE]; native x86-64/aarch64 layout, no padding.
+RELINK_STRUCT = struct.Struct("=IiiIQQQ3Q%ds" % NAME_SIZE)
 RELINK_STRUCT_SIZE = RELINK_STRUCT.size  # 320
 
 IOC_MAGIC = 0xF4
@@ -50,6 +51,11 @@ def _ioc(direction, magic, nr, size):
 
 
 IOC_RELINK = _ioc(_IOC_WRITE, IOC_MAGIC, 0x01, RELINK_STRUCT_SIZE)
+
+# struct frelink_identify: dir_fd, flags, dev, ino, generation (out), reserved[4]
+IDENTIFY_STRUCT = struct.Struct("=iIQQQ4Q")
+IDENTIFY_STRUCT_SIZE = IDENTIFY_STRUCT.size  # 64
+IOC_IDENTIFY = _ioc(_IOC_READ | _IOC_WRITE, IOC_MAGIC, 0x03, IDENTIFY_STRUCT_SIZE)
 
 # FRELINK_IOC_HELD: the kernel lists the handles on deleted files of every process.
 HELD_FD = 0x01  # FRELINK_HELD_FD
@@ -126,6 +132,9 @@ HINTS = {
     errno.ENOENT: "by (st_dev, st_ino): no deleted regular file with that number is in memory any more (its last "
                   "holder let go), nothing left to relink; by descriptor: the destination directory was deleted, "
                   "choose an existing one",
+    errno.ESTALE: "the deleted file with this (st_dev, st_ino) is not the one the scan saw (its generation differs): "
+                  "its holder let go and another deleted file got the freed inode number; nothing was changed, "
+                  "rescan",
     errno.EEXIST: "the new name already exists in the destination directory; nothing was overwritten, "
                   "choose another name or move the existing file away",
     errno.EROFS: "a read-only mount is in the way: the destination's (remount it read-write or choose a writable "
@@ -211,9 +220,10 @@ def encode_name(name):
     return raw
 
 
-def pack_request(flags, src_fd=-1, dir_fd=-1, dev=0, ino=0, name=b"", reserved0=0, reserved=(0, 0, 0, 0)):
+def pack_request(flags, src_fd=-1, dir_fd=-1, dev=0, ino=0, name=b"", reserved0=0, generation=0,
+                 reserved=(0, 0, 0)):
     """Build the raw struct frelink_relink bytes (also used by tests for malformed requests)."""
-    return RELINK_STRUCT.pack(flags, src_fd, dir_fd, reserved0, dev, ino, *(tuple(reserved) + (name,)))
+    return RELINK_STRUCT.pack(flags, src_fd, dir_fd, reserved0, dev, ino, generation, *(tuple(reserved) + (name,)))
 
 
 def _ioctl(flags, request):
@@ -240,9 +250,34 @@ def relink_by_fd(src_fd, dir_fd, name):
     _ioctl(BY_FD, pack_request(BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=encode_name(name)))
 
 
-def relink_by_inode(st_dev, st_ino, dir_fd, name):
-    """Give the deleted in-memory inode (st_dev, st_ino) the name `name` in directory dir_fd."""
-    _ioctl(BY_INODE, pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name)))
+def relink_by_inode(st_dev, st_ino, dir_fd, name, generation=None):
+    """Give the deleted in-memory inode (st_dev, st_ino) the name `name` in directory dir_fd.
+
+    With generation (what inode_generation() reported for it), the kernel refuses with
+    ESTALE an inode of that number with another generation: a file that got the number
+    after the one identified was freed.
+    """
+    if generation is None:
+        request = pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name))
+    else:
+        request = pack_request(BY_INODE | GENERATION, dir_fd=dir_fd, dev=st_dev, ino=st_ino,
+                               generation=generation, name=encode_name(name))
+    _ioctl(BY_INODE, request)
+
+
+def inode_generation(st_dev, st_ino, dir_fd):
+    """The generation (i_generation) of the deleted in-memory inode (st_dev, st_ino), for a
+    file no descriptor reaches (a loop device's backing file, a swap file); dir_fd is a
+    directory on its filesystem.  Raises OSError: ENOENT (no such deleted file in memory),
+    ENOTTY (a module without FRELINK_IOC_IDENTIFY), EXDEV, EOPNOTSUPP, EPERM, ENOENT
+    without the module (the device node is missing)."""
+    dev_fd = os.open(DEVICE_PATH, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        request = bytearray(IDENTIFY_STRUCT.pack(dir_fd, 0, st_dev, st_ino, 0, 0, 0, 0, 0))
+        fcntl.ioctl(dev_fd, IOC_IDENTIFY, request, True)
+    finally:
+        os.close(dev_fd)
+    return IDENTIFY_STRUCT.unpack(bytes(request))[4]
 
 
 class HeldRecord(collections.namedtuple("HeldRecord", HELD_RECORD_FIELDS)):

@@ -14,6 +14,7 @@ host asserts on it.  Cleanup (holders, mounts, loops) also happens on failure.
 import argparse
 import collections
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -462,7 +463,7 @@ def scenario_refusals():
     cases["flags_both"] = raw(abi.pack_request(**dict(good, flags=3)))
     cases["flags_unknown"] = raw(abi.pack_request(**dict(good, flags=4)))
     cases["reserved0_set"] = raw(abi.pack_request(reserved0=1, **good))
-    cases["reserved_set"] = raw(abi.pack_request(reserved=(0, 0, 0, 1), **good))
+    cases["reserved_set"] = raw(abi.pack_request(reserved=(0, 0, 1), **good))
     cases["by_fd_with_ino"] = raw(abi.pack_request(ino=5, **good))
     cases["by_inode_with_src_fd"] = raw(abi.pack_request(flags=abi.BY_INODE, src_fd=src_fd, dir_fd=dir_fd,
                                                          dev=src.st_dev, ino=src.st_ino, name=b"new"))
@@ -681,6 +682,302 @@ def scenario_loop():
                           for n, d in (("before", before), ("during", during), ("after", after))}
     run("umount", inner_mnt)
     outer.destroy()
+    return res
+
+
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long); ext4 writes an int
+
+
+def fs_generation(path):
+    """The inode generation userspace sees while the file is open (FS_IOC_GETVERSION)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return struct.unpack_from("=I", fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8)))[0]
+    finally:
+        os.close(fd)
+
+
+def kernel_generation(dev, ino, dir_fd):
+    """FRELINK_IOC_IDENTIFY's generation, or its errno name (ENOTTY: a module without it)."""
+    try:
+        return abi.inode_generation(dev, ino, dir_fd)
+    except OSError as exc:
+        return name_of(exc.errno)
+
+
+def relink_recorded(dev, ino, generation, dir_fd, name):
+    """The request restore makes from recorded facts: (dev, ino) and, if the module
+    reported one, the generation; a module without FRELINK_IOC_IDENTIFY gets (dev, ino)."""
+    if isinstance(generation, int):
+        return refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, name, generation=generation))
+    return refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, name))
+
+
+def wait_detached(loop, timeout=30):
+    """losetup -d can return before the loop device is unbound."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists("/sys/block/%s/loop/backing_file" % os.path.basename(loop)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def scenario_loop_reuse():
+    """A loop device's backing file has no descriptor anywhere, so it is named
+    by (dev, ino) from LOOP_GET_STATUS64.  After a detach its inode number is
+    freed and reused by another deleted file: a request by the recorded
+    identity must not name that other file.  And with the right generation a
+    loop's backing file is relinked; with a wrong one it is refused."""
+    res = {}
+    fs = Fs("reuse", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    dir_fd = fs.open_dir(directory)
+    a_path = directory + "/a.img"
+    write_file(a_path, seeded_bytes(7, 1 << 20))
+    a_getversion = fs_generation(a_path)
+    loop = run("losetup", "--find", "--show", a_path).stdout.strip()
+    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+    os.unlink(a_path)
+    dev, ino = loop_status(loop)
+    generation = kernel_generation(dev, ino, dir_fd)
+    res["identify_matches_getversion"] = generation == a_getversion if isinstance(generation, int) else generation
+
+    def identify_raw(flags=0, dev_=dev, ino_=ino, generation_=0, reserved=(0, 0, 0, 0), fd=dir_fd):
+        request = bytearray(abi.IDENTIFY_STRUCT.pack(fd, flags, dev_, ino_, generation_, *reserved))
+        dev_fd = os.open(abi.DEVICE_PATH, os.O_RDONLY)
+        try:
+            return refusal(lambda: fcntl.ioctl(dev_fd, abi.IOC_IDENTIFY, request, True))
+        finally:
+            os.close(dev_fd)
+
+    res["identify_refusals"] = {
+        "flags_set": identify_raw(flags=1), "generation_set": identify_raw(generation_=1),
+        "reserved_set": identify_raw(reserved=(0, 0, 0, 1)), "dev_zero": identify_raw(dev_=0),
+        "not_in_memory": identify_raw(ino_=999999), "dev_mismatch": identify_raw(dev_=dev + 1),
+        "bad_fd": identify_raw(fd=9999),
+    }
+    null_fd = os.open("/dev/null", os.O_RDONLY)
+    res["identify_refusals"]["not_a_dir"] = identify_raw(fd=null_fd)
+    os.close(null_fd)
+    if isinstance(generation, int):
+        res["wrong_generation"] = refusal(lambda: abi.relink_by_inode(dev, ino, dir_fd, "wrong",
+                                                                      generation=generation ^ 1))
+        res["listing_after_wrong"] = listing(directory)
+    run("losetup", "-d", loop)
+    wait_detached(loop)
+    # the loop lets its file go (a deferred fput), then ext4 frees the inode number:
+    # the next file created in the directory takes it
+    b_holder = None
+    for attempt in range(100):
+        b_path = directory + "/b%d" % attempt
+        write_file(b_path, seeded_bytes(8, 4096))
+        if os.stat(b_path).st_ino == ino:
+            b_holder = Holder(b_path)
+            CLEANUP.append(b_holder.stop)
+            os.unlink(b_path)
+            break
+        os.unlink(b_path)
+        time.sleep(0.1)
+    res["number_reused"] = b_holder is not None
+    res["reuse_attempts"] = attempt + 1
+    res["by_recorded_identity"] = relink_recorded(dev, ino, generation, dir_fd, "a.img")
+    res["listing_after_reuse"] = listing(directory)
+    if b_holder is not None:
+        b_holder.stop()
+
+    c_path = directory + "/c.img"
+    write_file(c_path, seeded_bytes(9, 1 << 20))
+    c_getversion = fs_generation(c_path)
+    loop = run("losetup", "--find", "--show", c_path).stdout.strip()
+    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+    os.unlink(c_path)
+    dev, ino = loop_status(loop)
+    generation = kernel_generation(dev, ino, dir_fd)
+    res["right_generation"] = relink_recorded(dev, ino, generation, dir_fd, "c.img")
+    relinked = os.stat(c_path) if os.path.exists(c_path) else None
+    res["relinked_same_inode"] = relinked is not None and relinked.st_ino == ino
+    res["relinked_generation"] = fs_generation(c_path) == c_getversion if relinked else None
+    run("losetup", "-d", loop)
+    wait_detached(loop)
+    for attempt in range(100):  # and its deferred fput() releases the filesystem
+        try:
+            fs.umount()
+            break
+        except RuntimeError:
+            if attempt == 99:
+                raise
+            time.sleep(0.1)
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+F_SETDELEG = 1024 + 16  # F_LINUX_SPECIFIC_BASE + 16, include/uapi/linux/fcntl.h (7.x)
+F_RDLCK, F_UNLCK = 0, 2
+
+
+def scenario_dir_delegation():
+    """A read delegation on the destination directory (F_SETDELEG, 7.x) is
+    broken before a relink adds a name to it, as vfs_link() breaks it: the
+    holder gets SIGIO while the name does not exist yet, lets go, and the
+    relink goes on.  Without directory delegations the kernel says EINVAL."""
+    res = {}
+    fs = Fs("deleg", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    holder, _writer = deleted_file(fs.mnt + "/victim", seeded_bytes(10, 8192))
+    CLEANUP.append(holder.stop)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        out = {}
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+            def on_break(_signum, _frame):
+                # the lease is broken before the link: the name must not exist yet
+                out["broken_before_link"] = not os.path.lexists(directory + "/restored")
+                fcntl.fcntl(fd, F_SETDELEG, struct.pack("=IHH", 0, F_UNLCK, 0))
+
+            signal.signal(signal.SIGIO, on_break)
+            try:
+                fcntl.fcntl(fd, F_SETDELEG, struct.pack("=IHH", 0, F_RDLCK, 0))
+                out["setdeleg"] = "OK"
+            except OSError as exc:
+                out["setdeleg"] = name_of(exc.errno)
+            os.write(ready_w, b"r")
+            deadline = time.monotonic() + 20
+            while "broken_before_link" not in out and time.monotonic() < deadline \
+                    and out["setdeleg"] == "OK" and not os.path.lexists(directory + "/restored"):
+                time.sleep(0.05)
+        finally:
+            os.write(ready_w, json.dumps(out).encode())
+            os._exit(0)  # pylint: disable=protected-access
+    CLEANUP.append(lambda: kill(pid))
+    os.read(ready_r, 1)
+    dir_fd = fs.open_dir(directory)
+    src_fd = os.open("/proc/%d/fd/%d" % (holder.pid, holder.fd), os.O_PATH)
+    started = time.monotonic()
+    res["relink"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+    res["relink_seconds"] = round(time.monotonic() - started, 1)
+    os.close(src_fd)
+    os.waitpid(pid, 0)
+    res.update(json.loads(os.read(ready_r, 4096).decode()))
+    res.setdefault("broken_before_link", False)
+    res["listing"] = listing(directory)
+    holder.stop()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+NR_BPF = 321  # x86_64
+BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_LINK_CREATE = 5, 17, 28
+BPF_PROG_TYPE_LSM, BPF_LSM_MAC = 29, 27
+BTF_KIND_FUNC = 12
+# bytes of the records that follow struct btf_type, by kind (include/uapi/linux/btf.h):
+# a fixed part, and a part per vlen
+BTF_EXTRA = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12),
+             17: (4, 0), 19: (0, 12)}
+
+
+def btf_func_id(name, path="/sys/kernel/btf/vmlinux"):
+    """The BTF type id of the FUNC NAME in the kernel's BTF, or None."""
+    with open(path, "rb") as f:
+        data = f.read()
+    _magic, _ver, _flags, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from("=HBBIIIII", data)
+    types, strings = hdr_len + type_off, hdr_len + str_off
+    wanted = name.encode() + b"\0"
+    offset, end, type_id = types, types + type_len, 1
+    while offset < end:
+        name_off, info, _size = struct.unpack_from("=III", data, offset)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        if kind == BTF_KIND_FUNC and data[strings + name_off:strings + name_off + len(wanted)] == wanted:
+            return type_id
+        fixed, per = BTF_EXTRA.get(kind, (0, 0))
+        offset += 12 + fixed + per * vlen
+        type_id += 1
+    return None
+
+
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    fd = LIBC.syscall(NR_BPF, cmd, buf, len(attr))
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return fd
+
+
+def lsm_inode_link_refusing(err):
+    """Attach a BPF LSM program to inode_link that returns -ERR for every link:
+    (prog fd, link fd); close both to detach."""
+    btf_id = btf_func_id("bpf_lsm_inode_link")
+    if btf_id is None:
+        raise OSError(errno.ENOENT, "no bpf_lsm_inode_link in the kernel's BTF")
+    insns = struct.pack("=BBhi", 0xB7, 0, 0, -err) + struct.pack("=BBhi", 0x95, 0, 0, 0)  # r0 = -err; exit
+    insns_buf = ctypes.create_string_buffer(insns, len(insns))
+    license_buf = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(65536)
+    attr = bytearray(128)
+    struct.pack_into("=IIQQIIQ", attr, 0, BPF_PROG_TYPE_LSM, 2, ctypes.addressof(insns_buf),
+                     ctypes.addressof(license_buf), 1, len(log), ctypes.addressof(log))
+    struct.pack_into("=I", attr, 68, BPF_LSM_MAC)
+    struct.pack_into("=I", attr, 108, btf_id)
+    try:
+        prog_fd = bpf(BPF_PROG_LOAD, attr)
+    except OSError as exc:
+        raise OSError(exc.errno, "BPF_PROG_LOAD: %s: %s" % (exc.strerror, log.value.decode(errors="replace")[-500:]))
+    try:
+        attr = bytearray(16)
+        struct.pack_into("=QI", attr, 0, 0, prog_fd)
+        link_fd = bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+    except OSError:
+        attr = bytearray(32)
+        struct.pack_into("=IIII", attr, 0, prog_fd, 0, BPF_LSM_MAC, 0)
+        try:
+            link_fd = bpf(BPF_LINK_CREATE, attr)
+        except OSError:
+            os.close(prog_fd)
+            raise
+    return prog_fd, link_fd
+
+
+def scenario_lsm_enoent():
+    """A security module whose inode_link hook refuses with ENOENT, made with a
+    BPF LSM program (CONFIG_BPF_LSM, "bpf" in CONFIG_LSM on Debian 6.1, 6.12,
+    7.2): linkat() of a live file fails with ENOENT; a relink must fail the
+    same way and create nothing.  Measures the floor documented in
+    docs/kmod.md ("What remains")."""
+    res = {}
+    fs = Fs("lsm", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    write_file(directory + "/live", b"live\n")
+    holder, _writer = deleted_file(directory + "/victim", seeded_bytes(11, 4096))
+    CLEANUP.append(holder.stop)
+    dir_fd = fs.open_dir(directory)
+    src_fd = os.open(holder.proc_path, os.O_PATH)
+    try:
+        fds = lsm_inode_link_refusing(errno.ENOENT)
+        res["attached"] = "OK"
+    except OSError as exc:
+        res["attached"] = "%s: %s" % (name_of(exc.errno), exc.strerror)
+        fds = ()
+    try:
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live2").encode(), 0)
+        res["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        res["relink_by_fd"] = refusal(lambda: abi.relink_by_fd(src_fd, dir_fd, "restored"))
+        res["listing_under_lsm"] = listing(directory)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live3").encode(), 0)
+    res["linkat_live_after_detach"] = name_of(ctypes.get_errno()) if rc else "OK"
+    os.close(src_fd)
+    holder.stop()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
     return res
 
 
@@ -2132,6 +2429,50 @@ def scenario_ro_source():
     holder2.stop()
     run("umount", ro_mnt)
     os.sync()
+    fs.umount()
+    res["fsck"] = fs.fsck()
+    fs.destroy()
+    return res
+
+
+def scenario_readonly_source():
+    """RELINK asks no write access to the file, as linkat() does not
+    (do_linkat(): may_linkat() and vfs_link()'s may_create() on the
+    directory only).  Root-owned files of mode 0444, two held and deleted; a
+    root caller without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER
+    (still the owner, still CAP_SYS_ADMIN) cannot open them for writing,
+    linkat() links the live one, and the deleted ones relink by an O_RDONLY
+    and by an O_PATH descriptor."""
+    res = {}
+    fs = Fs("readonly", "ext4")
+    directory = fs.mnt + "/dir"
+    os.mkdir(directory)
+    dir_fd = fs.open_dir(directory)
+    for name in ("live", "victim", "victim2"):
+        write_file(directory + "/" + name, b"read-only file\n", mode=0o444)
+    holders = [Holder(directory + "/" + name) for name in ("victim", "victim2")]
+    for holder in holders:
+        CLEANUP.append(holder.stop)
+    os.unlink(directory + "/victim")
+    os.unlink(directory + "/victim2")
+
+    def without_dac():
+        for cap in (CAP_FOWNER, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            capset_without(cap)
+        out = {"open_for_write": refusal(lambda: os.close(os.open(holders[0].proc_path, os.O_WRONLY)))}
+        rc = LIBC.linkat(AT_FDCWD, (directory + "/live").encode(), AT_FDCWD, (directory + "/live-link").encode(), 0)
+        out["linkat_live"] = name_of(ctypes.get_errno()) if rc else "OK"
+        rdonly = os.open(holders[0].proc_path, os.O_RDONLY)
+        out["by_fd_rdonly"] = refusal(lambda: abi.relink_by_fd(rdonly, dir_fd, "restored"))
+        opath = os.open(holders[1].proc_path, os.O_PATH)
+        out["by_fd_o_path"] = refusal(lambda: abi.relink_by_fd(opath, dir_fd, "restored2"))
+        return out
+
+    res["without_dac"] = in_child(without_dac)
+    res["listing"] = listing(directory)
+    res["nlink"] = [os.stat(h.proc_path).st_nlink for h in holders]
+    for holder in holders:
+        holder.stop()
     fs.umount()
     res["fsck"] = fs.fsck()
     fs.destroy()

@@ -217,7 +217,10 @@ def _relink(target, dest_dir):
                 raise RestoreError("%s got a name while frelink worked on it; rerun to see where" % target.path)
             kmod_abi.relink_by_fd(src_fd, dest_dir.fd, dest_dir.name)
         else:
-            kmod_abi.relink_by_inode(target.dev, target.ino, dest_dir.fd, dest_dir.name)
+            # the generation the scan got from the module: refused (ESTALE) if another
+            # deleted file has taken the inode number meanwhile
+            kmod_abi.relink_by_inode(target.dev, target.ino, dest_dir.fd, dest_dir.name,
+                                     generation=(target.orphan or {}).get("generation"))
     except kmod_abi.RelinkError as exc:
         raise RestoreError("the kernel module refused to relink %s to %s: %s (%s)" % (
             target.path, dest_dir.dest, exc.hint, kmod_abi.errno_name(exc.errno)), errno=exc.errno)

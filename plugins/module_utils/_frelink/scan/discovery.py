@@ -99,7 +99,8 @@ def collector_paused():
 class Orphan:
     """One deleted inode and what holds it (raw, before enrichment)."""
 
-    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint", "silly_renamed")
+    __slots__ = ("key", "dev", "ino", "st", "path", "holders", "mmap_pids", "size_hint", "silly_renamed",
+                 "generation")
 
     def __init__(self, key, dev, ino, st, path):
         self.key = key
@@ -111,6 +112,7 @@ class Orphan:
         self.mmap_pids = None  # pid -> [first range, number of mappings]
         self.size_hint = 0
         self.silly_renamed = False  # NFS: still named .nfsXXXX (st_nlink 1), gone at its last close
+        self.generation = None  # loop backing file: i_generation from the module (FRELINK_IOC_IDENTIFY)
 
     @property
     def kinds(self):

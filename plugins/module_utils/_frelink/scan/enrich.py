@@ -343,6 +343,8 @@ class Report:
         # <key>_b64 is there only for a name that is not UTF-8 (names.put).
         names.put(entry, "path", orphan.path)
         names.put(entry, "open_path", open_path)
+        if orphan.generation is not None:
+            entry["generation"] = orphan.generation
         if package is not None:
             entry["package"] = package
         if st is None:

@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 
+from ansible_collections.frelink.frelink.plugins.module_utils._frelink import kmod_abi
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.loop import bound_loops, loop_status
 from ansible_collections.frelink.frelink.plugins.module_utils._frelink.mounts import (
     ANON_DEV_FSTYPES,
@@ -65,12 +66,38 @@ def scan_loops(scanner):
         orphan = scanner.orphans.get(key)
         if orphan is None:
             orphan = scanner.new_orphan(key, dev, ino, None, text[:-_SUFFIX_LEN])
+        if orphan.generation is None:
+            orphan.generation = backing_generation(scanner, dev, ino)
         orphan.holders.append(("loop", None, detail))
         try:
             device_bytes = int(read_text("%s/%s/size" % (scanner.sys_block, loop["name"]))) * 512
             orphan.size_hint = max(orphan.size_hint, device_bytes + status["offset"])
         except (OSError, ValueError):
             pass
+
+
+def backing_generation(scanner, dev, ino):
+    """The generation of the deleted inode (dev, ino) that only the kernel holds, as the
+    module reports it (FRELINK_IOC_IDENTIFY), or None (no module, a module without the
+    ioctl, no mount of the filesystem here).  (dev, ino) alone may name another deleted
+    file once this one is freed; restore passes the generation back and the module
+    refuses a file of that number with another generation (ESTALE)."""
+    if not kmod_abi.module_loaded():
+        return None
+    for mount in scanner.mounts.mounts:
+        if mount["dev"] != dev:
+            continue
+        try:
+            dir_fd = os.open(mount["mount_point"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            return kmod_abi.inode_generation(dev, ino, dir_fd)
+        except OSError:
+            continue
+        finally:
+            os.close(dir_fd)
+    return None
 
 
 def scan_swaps(scanner):

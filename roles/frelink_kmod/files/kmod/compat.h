@@ -219,4 +219,20 @@ static inline struct pid *frelink_find_ge_pid(int nr, struct pid_namespace *ns)
 #define frelink_file_user_path(file)	(&(file)->f_path)
 #endif
 
+/*
+ * vfs_link() of 7.2 (not 6.1, 6.12), which has directory delegations,
+ * breaks the directory's delegation before the inode's; without them there
+ * is none to break.
+ */
+#ifdef FRELINK_HAVE_LEASE_BREAK_DIR_CREATE
+#define frelink_try_break_dir_deleg(dir, d) \
+	try_break_deleg(dir, LEASE_BREAK_DIR_CREATE, frelink_deleg_arg(d))
+#else
+static inline int frelink_try_break_dir_deleg(struct inode *dir,
+					      struct frelink_deleg *d)
+{
+	return 0;
+}
+#endif
+
 #endif /* FRELINK_COMPAT_H */

@@ -73,11 +73,16 @@ static int frelink_check_request(const struct frelink_relink *req)
 
 	switch (req->flags) {
 	case FRELINK_BY_FD:
-		if (req->dev || req->ino)
+		if (req->dev || req->ino || req->generation)
 			return -EINVAL;
 		break;
 	case FRELINK_BY_INODE:
-		if (req->src_fd != -1 || !req->dev)
+		if (req->generation)
+			return -EINVAL;
+		fallthrough;
+	case FRELINK_BY_INODE | FRELINK_GENERATION:
+		/* i_generation is a u32 */
+		if (req->src_fd != -1 || !req->dev || req->generation > U32_MAX)
 			return -EINVAL;
 		break;
 	default:
@@ -194,6 +199,20 @@ out:
 	return found;
 }
 
+/*
+ * Is @inode another file than the one the caller identified?  (dev, ino)
+ * alone names whatever deleted file holds the number now; the generation,
+ * which the caller got from FRELINK_IOC_IDENTIFY, tells a file that took a
+ * freed number apart.  i_generation changes only by FS_IOC_SETVERSION
+ * (ext4), under the inode lock.
+ */
+static bool frelink_stale(const struct frelink_relink *req,
+			  const struct inode *inode)
+{
+	return (req->flags & FRELINK_GENERATION) &&
+	       READ_ONCE(inode->i_generation) != req->generation;
+}
+
 /* Is @sb one of the filesystems of allowlist.h? */
 static bool frelink_fs_allowed(const struct super_block *sb)
 {
@@ -269,12 +288,15 @@ static int frelink_flush_delayed_unlink(struct super_block *sb)
  * inode lock before vfs_link(), with the window widened to 2 ms so that a
  * concurrent linkat() of the same inode reliably falls into it.
  */
-static int frelink_link(struct dentry *old_dentry, const struct path *dir,
+static int frelink_link(const struct frelink_relink *req,
+			struct dentry *old_dentry, const struct path *dir,
 			struct dentry *new_dentry, struct frelink_deleg *deleg)
 {
 	struct inode *inode = d_inode(old_dentry);
 	int err;
 
+	if (frelink_stale(req, inode))
+		return -ESTALE;
 	spin_lock(&inode->i_lock);
 	frelink_inode_state_set(inode, I_LINKABLE);
 	spin_unlock(&inode->i_lock);
@@ -388,8 +410,13 @@ static int frelink_may_linkat(struct vfsmount *mnt, struct inode *inode)
  * other ENOENT of may_create()).  An inode that still carries I_LINKABLE
  * (an O_TMPFILE not linked yet, which anyone who reaches it may link) is
  * linked by that first vfs_link() itself.
+ *
+ * BY_INODE with a generation, the inode must be the one identified
+ * (frelink_stale()): checked before the first vfs_link(), which links an
+ * inode carrying I_LINKABLE, and again under the inode lock.
  */
-static int frelink_link(struct dentry *old_dentry, const struct path *dir,
+static int frelink_link(const struct frelink_relink *req,
+			struct dentry *old_dentry, const struct path *dir,
 			struct dentry *new_dentry, struct frelink_deleg *deleg)
 {
 	struct inode *dir_inode = d_inode(dir->dentry);
@@ -397,6 +424,8 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 	bool linkable;
 	int err;
 
+	if (frelink_stale(req, inode))
+		return -ESTALE;
 	/* as do_linkat(): after the directory is locked, before vfs_link() */
 	err = frelink_may_linkat(dir->mnt, inode);
 	if (err)
@@ -413,11 +442,18 @@ static int frelink_link(struct dentry *old_dentry, const struct path *dir,
 	/* not the stop at the link count: vfs_link()'s own ENOENT stands */
 	if (linkable || IS_DEADDIR(dir_inode))
 		goto out_unlock;
+	err = -ESTALE;
+	if (frelink_stale(req, inode))
+		goto out_unlock;
 	err = -EMLINK;
 	if (inode->i_nlink)
 		goto out_unlock;
 	err = -ENOLINK;
 	if (frelink_never_named(old_dentry, inode))
+		goto out_unlock;
+	/* as vfs_link(): the directory's delegation (7.2), then the inode's */
+	err = frelink_try_break_dir_deleg(dir_inode, deleg);
+	if (err)
 		goto out_unlock;
 	err = frelink_try_break_deleg(inode, deleg);
 	if (err)
@@ -578,8 +614,8 @@ retry:
 	if (!READ_ONCE(inode->i_nlink)) {
 		err = flush ? frelink_flush_delayed_unlink(sb) : 0;
 		if (!err)
-			err = frelink_link(old_dentry, &dir_path, new_dentry,
-					   &deleg);
+			err = frelink_link(req, old_dentry, &dir_path,
+					   new_dentry, &deleg);
 	}
 	mutex_unlock(&frelink_mutex);
 out_umount:
@@ -622,6 +658,24 @@ static struct dentry *frelink_src_dentry(struct file *src_file)
 	return dget(dentry);
 }
 
+/*
+ * The deleted regular file @ino with st_dev @dev, found among the in-memory
+ * inodes of the filesystem of @dir_file, whose st_dev is @dir_dev.
+ */
+static struct dentry *frelink_lookup_inode(struct file *dir_file, u64 dir_dev,
+					   u64 dev, u64 ino)
+{
+	struct dentry *dentry;
+
+	/* overlayfs inodes are never searched: its st_dev is anonymous */
+	if (!frelink_fs_allowed(dir_file->f_path.dentry->d_sb))
+		return ERR_PTR(-EOPNOTSUPP);
+	if (dev != dir_dev)
+		return ERR_PTR(-EXDEV);
+	dentry = frelink_find_inode(dir_file->f_path.mnt, ino, dev);
+	return dentry ? dentry : ERR_PTR(-ENOENT);
+}
+
 static int frelink_relink(const struct frelink_relink *req)
 {
 	struct file *src_file = NULL;
@@ -656,18 +710,8 @@ static int frelink_relink(const struct frelink_relink *req)
 			goto out_dir;
 		old_dentry = frelink_src_dentry(src_file);
 	} else {
-		/* overlayfs inodes are never searched: its st_dev is anonymous */
-		err = -EOPNOTSUPP;
-		if (!frelink_fs_allowed(dir_file->f_path.dentry->d_sb))
-			goto out_dir;
-		err = -EXDEV;
-		if (req->dev != dir_dev)
-			goto out_dir;
-		old_dentry = frelink_find_inode(dir_file->f_path.mnt, req->ino,
-						req->dev);
-		err = -ENOENT;
-		if (!old_dentry)
-			goto out_dir;
+		old_dentry = frelink_lookup_inode(dir_file, dir_dev, req->dev,
+						  req->ino);
 		err = PTR_ERR_OR_ZERO(old_dentry);
 		if (err)
 			goto out_dir;
@@ -693,6 +737,52 @@ out_old:
 		fput(src_file);
 out_dir:
 	fput(dir_file);
+	return err;
+}
+
+/* FRELINK_IOC_IDENTIFY: the generation of a deleted in-memory inode */
+static int frelink_identify(struct frelink_identify *req)
+{
+	struct dentry *dentry;
+	struct file *dir_file;
+	u64 dir_dev;
+	int err;
+
+	dir_file = fget_raw(req->dir_fd);
+	if (!dir_file)
+		return -EBADF;
+	err = -ENOTDIR;
+	if (!d_is_dir(dir_file->f_path.dentry))
+		goto out_dir;
+	err = frelink_stat_dev(&dir_file->f_path, &dir_dev);
+	if (err)
+		goto out_dir;
+	dentry = frelink_lookup_inode(dir_file, dir_dev, req->dev, req->ino);
+	err = PTR_ERR_OR_ZERO(dentry);
+	if (err)
+		goto out_dir;
+	req->generation = READ_ONCE(d_inode(dentry)->i_generation);
+	dput(dentry);
+out_dir:
+	fput(dir_file);
+	return err;
+}
+
+static long frelink_ioctl_identify(void __user *arg)
+{
+	struct frelink_identify req;
+	int err, i;
+
+	if (copy_from_user(&req, arg, sizeof(req)))
+		return -EFAULT;
+	if (req.flags || !req.dev || req.generation)
+		return -EINVAL;
+	for (i = 0; i < ARRAY_SIZE(req.reserved); i++)
+		if (req.reserved[i])
+			return -EINVAL;
+	err = frelink_identify(&req);
+	if (!err && copy_to_user(arg, &req, sizeof(req)))
+		return -EFAULT;
 	return err;
 }
 
@@ -1360,6 +1450,8 @@ static long frelink_ioctl(struct file *file, unsigned int cmd,
 		return frelink_ioctl_relink((void __user *)arg);
 	case FRELINK_IOC_HELD:
 		return frelink_ioctl_held((void __user *)arg);
+	case FRELINK_IOC_IDENTIFY:
+		return frelink_ioctl_identify((void __user *)arg);
 	default:
 		return -ENOTTY;
 	}

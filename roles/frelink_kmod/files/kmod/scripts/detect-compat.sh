@@ -162,4 +162,16 @@ const struct path *frelink_probe(const struct file *file)
 { return file_user_path(file); }
 C
 
+# 7.2 (not 6.1, 6.12): directories have delegations, which vfs_link() breaks
+# with LEASE_BREAK_DIR_CREATE
+check FRELINK_HAVE_LEASE_BREAK_DIR_CREATE "$@" <<'C'
+#include <linux/fs.h>
+#if __has_include(<linux/filelock.h>)
+#include <linux/filelock.h>
+#endif
+int frelink_probe(struct inode *dir, struct delegated_inode *di);
+int frelink_probe(struct inode *dir, struct delegated_inode *di)
+{ return try_break_deleg(dir, LEASE_BREAK_DIR_CREATE, di); }
+C
+
 echo "#endif"

@@ -20,10 +20,13 @@
 /* Exactly one of these selects how the inode is identified. */
 #define FRELINK_BY_FD		0x1U	/* src_fd */
 #define FRELINK_BY_INODE	0x2U	/* dev + ino */
+/* With FRELINK_BY_INODE: @generation is set (0 is a valid generation). */
+#define FRELINK_GENERATION	0x4U
 
 /**
  * struct frelink_relink - argument of FRELINK_IOC_RELINK
- * @flags:	FRELINK_BY_FD or FRELINK_BY_INODE, nothing else
+ * @flags:	FRELINK_BY_FD, FRELINK_BY_INODE or
+ *		FRELINK_BY_INODE | FRELINK_GENERATION, nothing else
  * @src_fd:	BY_FD: a descriptor of the deleted file, e.g. opened on
  *		/proc/PID/fd/N, /proc/PID/map_files/A-B or /proc/PID/exe
  *		(O_PATH is fine; on overlayfs open it O_PATH or read-only,
@@ -33,6 +36,11 @@
  * @dev:	BY_INODE: st_dev as stat(2) reports it (glibc makedev()
  *		encoding); must be 0 with BY_FD
  * @ino:	BY_INODE: st_ino; must be 0 with BY_FD
+ * @generation:	with FRELINK_GENERATION: the inode's generation as
+ *		FRELINK_IOC_IDENTIFY reported it (below 2^32); else 0.
+ *		(dev, ino) alone names whatever deleted file holds the
+ *		number now: after the file identified was freed (a loop
+ *		device detached), another one may have got it
  * @reserved:	must be zero
  * @name:	the new name: one path component, NUL-terminated
  *
@@ -48,7 +56,8 @@
  *	EPERM		caller lacks CAP_SYS_ADMIN
  *	EINVAL		malformed request: unknown or conflicting flags,
  *			non-zero reserved field, field set that the chosen
- *			form does not use, dev 0 with BY_INODE
+ *			form does not use, dev 0 with BY_INODE, a
+ *			generation of 2^32 or more
  *	ENAMETOOLONG	@name has no NUL within FRELINK_NAME_SIZE bytes
  *	EILSEQ		@name is empty, ".", ".." or contains '/'
  *	EBADF		@src_fd or @dir_fd is not an open descriptor
@@ -67,6 +76,9 @@
  *	ENOENT		BY_INODE: no deleted regular file @ino of @dev is in
  *			memory (its last holder let go, or the inode is not
  *			a deleted regular file)
+ *	ESTALE		BY_INODE with FRELINK_GENERATION: the deleted file
+ *			@ino of @dev has another generation, it is not the
+ *			file identified
  *	EEXIST		@name already exists in @dir_fd
  *	EROFS		a read-only mount is in the way: the directory's
  *			mount or filesystem, or (BY_FD) the mount @src_fd was
@@ -97,8 +109,41 @@ struct frelink_relink {
 	__u32	reserved0;
 	__u64	dev;
 	__u64	ino;
-	__u64	reserved[4];
+	__u64	generation;
+	__u64	reserved[3];
 	char	name[FRELINK_NAME_SIZE];
+};
+
+/**
+ * struct frelink_identify - argument of FRELINK_IOC_IDENTIFY
+ * @dir_fd:	a directory on the inode's filesystem (O_PATH is fine)
+ * @flags:	must be zero
+ * @dev:	st_dev as stat(2) reports it (glibc makedev() encoding)
+ * @ino:	st_ino
+ * @generation:	out: the inode's generation (i_generation); in: zero
+ * @reserved:	must be zero
+ *
+ * The generation of the deleted in-memory regular file @ino of @dev, found
+ * as FRELINK_IOC_RELINK finds it BY_INODE, for a file that no descriptor
+ * reaches (a loop device's backing file, a swap file), so that userspace
+ * cannot ask FS_IOC_GETVERSION.  Passed back with FRELINK_GENERATION, it
+ * makes a later relink refuse (ESTALE) a file that got the inode number
+ * after this one was freed.  ext4, xfs and tmpfs draw it at random per
+ * inode; btrfs uses the creating transaction, shared by files created
+ * together (but btrfs hands out a freed inode number again only after a
+ * remount).
+ *
+ * Errors: EPERM (no CAP_SYS_ADMIN), EINVAL (non-zero flags, generation or
+ * reserved, dev 0), EBADF, ENOTDIR, EOPNOTSUPP, EXDEV, ENOENT as with
+ * BY_INODE, EFAULT.
+ */
+struct frelink_identify {
+	__s32	dir_fd;
+	__u32	flags;
+	__u64	dev;
+	__u64	ino;
+	__u64	generation;
+	__u64	reserved[4];
 };
 
 /* Which holders FRELINK_IOC_HELD reports: held.kinds, held records' kind */
@@ -247,5 +292,7 @@ struct frelink_held {
 #define FRELINK_IOC_MAGIC	0xF4
 #define FRELINK_IOC_RELINK	_IOW(FRELINK_IOC_MAGIC, 0x01, struct frelink_relink)
 #define FRELINK_IOC_HELD	_IOWR(FRELINK_IOC_MAGIC, 0x02, struct frelink_held)
+#define FRELINK_IOC_IDENTIFY	_IOWR(FRELINK_IOC_MAGIC, 0x03, \
+				      struct frelink_identify)
 
 #endif /* _UAPI_LINUX_FRELINK_H */

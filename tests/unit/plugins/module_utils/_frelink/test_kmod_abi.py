@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[5]
 KMOD = REPO / "roles" / "frelink_kmod" / "files" / "kmod"  # the role ships the sources
 HEADER = KMOD / "uapi" / "frelink.h"
 
-FIELDS = ("flags", "src_fd", "dir_fd", "reserved0", "dev", "ino", "reserved", "name")
+FIELDS = ("flags", "src_fd", "dir_fd", "reserved0", "dev", "ino", "generation", "reserved", "name")
+IDENTIFY_FIELDS = ("dir_fd", "flags", "dev", "ino", "generation", "reserved")
 
 PROBE = r"""
 #include <stddef.h>
@@ -29,6 +30,8 @@ PROBE = r"""
 #include "frelink.h"
 #define OFF(f) printf("offset_%s %zu\n", #f, offsetof(struct frelink_relink, f))
 #define SIZE(f) printf("size_%s %zu\n", #f, sizeof(((struct frelink_relink *)0)->f))
+#define IOFF(f) printf("identify_offset_%s %zu\n", #f, offsetof(struct frelink_identify, f))
+#define ISIZE(f) printf("identify_size_%s %zu\n", #f, sizeof(((struct frelink_identify *)0)->f))
 int main(void)
 {
     printf("sizeof %zu\n", sizeof(struct frelink_relink));
@@ -36,6 +39,9 @@ int main(void)
     printf("ioc_magic %u\n", (unsigned)FRELINK_IOC_MAGIC);
     printf("by_fd %u\n", (unsigned)FRELINK_BY_FD);
     printf("by_inode %u\n", (unsigned)FRELINK_BY_INODE);
+    printf("generation %u\n", (unsigned)FRELINK_GENERATION);
+    printf("ioc_identify %lu\n", (unsigned long)FRELINK_IOC_IDENTIFY);
+    printf("sizeof_identify %zu\n", sizeof(struct frelink_identify));
     printf("name_size %u\n", (unsigned)FRELINK_NAME_SIZE);
     printf("device_name %s\n", FRELINK_DEVICE_NAME);
 %s
@@ -50,7 +56,8 @@ def c_values(tmp_path_factory):
     if gcc is None:
         pytest.fail("gcc is needed to compile kmod/uapi/frelink.h: apt-get install gcc (scripts/bootstrap.sh does)")
     work = tmp_path_factory.mktemp("abi")
-    body = "\n".join("\tOFF(%s); SIZE(%s);" % (f, f) for f in FIELDS)
+    body = "\n".join(["\tOFF(%s); SIZE(%s);" % (f, f) for f in FIELDS] +
+                     ["\tIOFF(%s); ISIZE(%s);" % (f, f) for f in IDENTIFY_FIELDS])
     (work / "probe.c").write_text(PROBE.replace("%s\n", body + "\n", 1))
     subprocess.run([gcc, "-Wall", "-Werror", "-I", str(HEADER.parent), "-o", str(work / "probe"),
                     str(work / "probe.c")], check=True)
@@ -62,13 +69,13 @@ def test_struct_layout_matches_header(c_values):
     assert int(c_values["sizeof"]) == kmod_abi.RELINK_STRUCT_SIZE == 320
     # Rebuild offsets/sizes from the mirror's struct format and compare one by one.
     packed = kmod_abi.pack_request(0xAA, src_fd=-2, dir_fd=-3, dev=0x1122334455667788, ino=0x99,
-                                   name=b"n", reserved0=7, reserved=(1, 2, 3, 4))
+                                   name=b"n", reserved0=7, generation=0xFFFFFFFF, reserved=(1, 2, 3))
     unpacked = kmod_abi.RELINK_STRUCT.unpack(packed)
-    assert unpacked[:6] == (0xAA, -2, -3, 7, 0x1122334455667788, 0x99)
-    assert unpacked[6:10] == (1, 2, 3, 4)
+    assert unpacked[:7] == (0xAA, -2, -3, 7, 0x1122334455667788, 0x99, 0xFFFFFFFF)
+    assert unpacked[7:10] == (1, 2, 3)
     offset = 0
-    sizes = {"flags": 4, "src_fd": 4, "dir_fd": 4, "reserved0": 4, "dev": 8, "ino": 8,
-             "reserved": 32, "name": kmod_abi.NAME_SIZE}
+    sizes = {"flags": 4, "src_fd": 4, "dir_fd": 4, "reserved0": 4, "dev": 8, "ino": 8, "generation": 8,
+             "reserved": 24, "name": kmod_abi.NAME_SIZE}
     for field in FIELDS:
         assert int(c_values["offset_" + field]) == offset, field
         assert int(c_values["size_" + field]) == sizes[field], field
@@ -81,8 +88,21 @@ def test_constants_match_header(c_values):
     assert int(c_values["ioc_magic"]) == kmod_abi.IOC_MAGIC
     assert int(c_values["by_fd"]) == kmod_abi.BY_FD
     assert int(c_values["by_inode"]) == kmod_abi.BY_INODE
+    assert int(c_values["generation"]) == kmod_abi.GENERATION
+    assert int(c_values["ioc_identify"]) == kmod_abi.IOC_IDENTIFY
     assert int(c_values["name_size"]) == kmod_abi.NAME_SIZE
     assert "/dev/" + c_values["device_name"] == kmod_abi.DEVICE_PATH
+
+
+def test_identify_layout_matches_header(c_values):
+    assert int(c_values["sizeof_identify"]) == kmod_abi.IDENTIFY_STRUCT_SIZE == 64
+    sizes = {"dir_fd": 4, "flags": 4, "dev": 8, "ino": 8, "generation": 8, "reserved": 32}
+    offset = 0
+    for field in IDENTIFY_FIELDS:
+        assert int(c_values["identify_offset_" + field]) == offset, field
+        assert int(c_values["identify_size_" + field]) == sizes[field], field
+        offset += sizes[field]
+    assert offset == kmod_abi.IDENTIFY_STRUCT_SIZE
 
 
 def documented_errnos():
