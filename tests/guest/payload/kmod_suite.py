@@ -949,6 +949,11 @@ def scenario_lsm_enoent():
     same way and create nothing.  Measures the floor documented in
     docs/kmod.md ("What remains")."""
     res = {}
+    try:  # the security modules this boot runs: an attached program acts only if "bpf" is one
+        with open("/sys/kernel/security/lsm") as f:
+            res["active_lsms"] = f.read().strip().split(",")
+    except OSError as exc:
+        res["active_lsms"] = "%s: %s" % (name_of(exc.errno), exc.strerror)
     fs = Fs("lsm", "ext4")
     directory = fs.mnt + "/dir"
     os.mkdir(directory)
