@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .debian import KERNEL_SUITES, SUITES
+from .debian import KERNEL_SUITES
 from .guest import QMP, Guest
 from .image import prepare
 from .util import HarnessError

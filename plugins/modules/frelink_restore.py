@@ -80,6 +80,16 @@ options:
       - The alias O(ino) is the facts' own name for it.
     type: int
     aliases: [ino]
+  generation:
+    description:
+      - With O(device) and O(inode), the inode generation the facts gave for the file
+        (C(ansible_facts.frelink.orphans[].generation), reported for a file that only a loop device holds, when the
+        kernel module is loaded).
+      - An inode number is reused once its file is freed (a loop device detached), so device and inode from older
+        facts may name another deleted file now. With O(generation) such a file is refused and nothing is changed,
+        and the kernel module checks the generation again under the locks of the link.
+    type: int
+    version_added: "0.2.0"
   paths:
     description:
       - Bulk form. Shell-style patterns (C(fnmatch); C(*) also matches C(/)) matched against the original path of
@@ -329,6 +339,7 @@ def main():
             src=dict(type="str"),
             device=dict(type="raw"),
             inode=dict(type="int", aliases=["ino"]),
+            generation=dict(type="int"),
             paths=dict(type="list", elements="str", aliases=["include"]),
             dest=dict(type="str"),
             dest_dir=dict(type="str"),
@@ -345,6 +356,7 @@ def main():
             ("dest", "paths"),
         ],
         required_together=[("device", "inode")],
+        required_by={"generation": ("device", "inode")},
         required_one_of=[("path", "src", "device", "paths")],
         supports_check_mode=True,
     )

@@ -875,5 +875,5 @@ def test_both_backends_agree_on_a_containers_deleted_mappings(kmod_guest, tmp_pa
     assert held["kernel"] == held["proc"], held
     # the upper-only file is deleted (its data is in the upper layer alone); the lower one still
     # has its name in the image's layer, so it is no orphan
-    assert [(path, fstype) for path, fstype, *_ in held["proc"]] == [
+    assert [entry[:2] for entry in held["proc"]] == [
         ("/root/frelink-ctr/merged/libupper.so", "overlay")], held

@@ -251,9 +251,17 @@ def _main_playbook(h, results_file):
     add(_shell_task("append-after", "if [ -e /mnt/ext4/growing.copy ]; then cmp -n $(stat -c %%s /mnt/ext4/growing.copy)"
                     " /mnt/ext4/growing.copy %s && echo prefix-ok; fi; ls -A /mnt/ext4 | grep -c frelink"
                     " || true" % grow))
+    img = h["loopimg"]
+    generation = ("(r_facts_kernel.ansible_facts.frelink.orphans | selectattr('ino', 'equalto', %d) | first)"
+                  ".generation" % img["ino"])
+    by_identity = {"device": img["dev"], "inode": img["ino"], "dest": "/root/frelink-restore/disk.stale"}
+    # as if the facts were of a file that was freed and whose number the loop's file then got
+    add(_restore_task("loop-stale", dict(by_identity, generation="{{ %s + 1 }}" % generation)))
+    add(_restore_task("loop-generation", dict(by_identity, generation="{{ %s }}" % generation), check_mode=True))
     add(_restore_task("loop", {"src": h["loopdev"], "dest": "/root/frelink-restore/disk.restored"}))
     add(_restore_task("loop-again", {"src": h["loopdev"], "dest": "/root/frelink-restore/disk.restored"}))
-    add(_shell_task("loop-after", "stat -c '%d %i %h' /root/frelink-restore/disk.restored; cat /mnt/loopmnt/hello"))
+    add(_shell_task("loop-after", "stat -c '%d %i %h' /root/frelink-restore/disk.restored; cat /mnt/loopmnt/hello; "
+                                  "test -e /root/frelink-restore/disk.stale && echo stale || echo no-stale"))
     ns = h["ns"]
     add(_restore_task("ns", {"path": ns["path"]}))
     add(_shell_task("ns-after", "stat -c '%%d %%i %%h' /proc/%d/root/mnt/ns/secret.dat; ls -A /mnt/ns; echo end"
@@ -425,11 +433,17 @@ def test_loop_mounted_deleted_image(restored):
     again = _ok(restored["r"]["r_loop_again"])
     assert again["changed"] is False and again["status"] == "already_restored"
     after = restored["r"]["r_loop_after"]["stdout"].splitlines()
-    assert after == ["%d %d 1" % (img["dev"], img["ino"]), "inside-the-image"]
+    assert after == ["%d %d 1" % (img["dev"], img["ino"]), "inside-the-image", "no-stale"]
     # the module reported the generation of the loop's deleted file: restore passed it back
     facts = _ok(restored["r"]["r_facts_kernel"])["ansible_facts"]["frelink"]
     entry = [o for o in facts["orphans"] if (o["dev"], o["ino"]) == (img["dev"], img["ino"])]
     assert len(entry) == 1 and isinstance(entry[0].get("generation"), int), entry
+    # by device and inode from facts whose generation is not the file's: refused, nothing made
+    generation = entry[0]["generation"]
+    _failed(restored["r"]["r_loop_stale"], "generation %d; the facts gave generation %d" % (generation, generation + 1),
+            "nothing was changed")
+    checked = _ok(restored["r"]["r_loop_generation"])
+    assert (checked["status"], checked["method"]) == ("would_restore", "link"), checked
 
 
 def test_holder_in_other_mount_namespace(restored):

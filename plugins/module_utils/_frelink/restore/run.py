@@ -315,7 +315,7 @@ def run(params, check_mode=False):
     else:
         dev = parse_device(params.get("device"))
         selector = "%s/%s" % (device_string(dev), params.get("inode"))
-        items.append((selector, _guard(resolve_inode, dev, int(params["inode"]))))
+        items.append((selector, _guard(resolve_inode, dev, int(params["inode"]), params.get("generation"))))
     results, failures = [], []
     for selector, target in items:
         item = {"selector": selector}

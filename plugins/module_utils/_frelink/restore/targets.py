@@ -193,11 +193,30 @@ def _resolve_loop(loop):
     return Target(dev, ino, orphan=None, nlink=-1, path=name)
 
 
-def resolve_inode(dev, ino):
+def resolve_inode(dev, ino, generation=None):
     orphan = scan_mod.find_orphan(dev, ino)
     if orphan is not None:
+        if generation is not None:
+            _same_generation(orphan, int(generation))
         return Target(dev, ino, orphan=orphan)
     return _named_again(dev, ino) or Target(dev, ino, orphan=None, nlink=-1)
+
+
+def _same_generation(orphan, generation):
+    """The deleted file of (dev, ino) now is the one of the facts that gave GENERATION, or a
+    RestoreError.  The relink passes the scan's generation to the kernel module, which checks
+    it again under the locks of the link."""
+    current = orphan.get("generation")
+    where = "device %s inode %s" % (orphan.get("device") or device_string(orphan["dev"]), orphan["ino"])
+    if current is None:
+        raise RestoreError("cannot check the generation of %s (%s): the scan gives it only for a file that only a "
+                           "loop device holds, with the kernel module loaded (modprobe frelink, or the role "
+                           "frelink.frelink.frelink_kmod); nothing was changed. Gather the facts again and restore "
+                           "by path or src" % (where, orphan.get("path")))
+    if current != generation:
+        raise RestoreError("%s is another deleted file now (%s, generation %d; the facts gave generation %d): the "
+                           "file of those facts was freed and its inode number reused; nothing was changed. Gather "
+                           "the facts again" % (where, orphan.get("path"), current, generation))
 
 
 def _named_again(dev, ino):
