@@ -644,7 +644,8 @@ def test_kernel_checkers_were_on(kmod_guest):
     _assert_kfence_samples(guest)
 
 
-ALLOWED_HOSTILE_RESULTS = ALLOWED_FUZZ_RESULTS | {"EOPNOTSUPP", "EROFS", "device:ENOENT", "device:ENODEV", "device:ENXIO"}
+ALLOWED_HOSTILE_RESULTS = ALLOWED_FUZZ_RESULTS | {"EOPNOTSUPP", "EROFS", "ESTALE", "device:ENOENT", "device:ENODEV",
+                                                  "device:ENXIO"}
 
 
 def _stock_kernels_only(kmod_guest):
@@ -674,8 +675,11 @@ def test_hostile_fuzzer(kmod_guest):
     assert res["stuck_threads"] == []
     assert res["requests"] >= 10000
     assert set(res["outcomes"]) <= ALLOWED_HOSTILE_RESULTS, res["outcomes"]
-    for expected in ("OK", "EMLINK", "EEXIST", "EBADF", "EBUSY", "EINVAL", "EFAULT", "ENOTTY", "EXDEV"):
+    for expected in ("OK", "EMLINK", "EEXIST", "EBADF", "EBUSY", "EINVAL", "EFAULT", "ENOTTY", "EXDEV", "ESTALE"):
         assert res["outcomes"].get(expected, 0) > 0, expected
+    # the paths of issue #24 too: resumed listings, FRELINK_IOC_IDENTIFY, BY_INODE with a generation
+    for kind in ("held_split", "identify", "by_generation"):
+        assert res["kinds"].get(kind, 0) > 0, (kind, res["kinds"])
     # listings that walked every process while those processes closed, exited and unmounted
     assert res["held_outcomes"].get("OK", 0) > 0, res["held_outcomes"]
     for act in ("close", "dup2", "unlink", "create", "freeze", "umount_lazy", "unload:EAGAIN", "spawn"):

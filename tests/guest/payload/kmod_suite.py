@@ -1789,15 +1789,27 @@ def hostile_request(h, rng, buf, bad_pointers):
 
     name = rng.choice(NAMES * 3 + SENTINELS + ["", ".", "..", "a/b", "x" * 255])
     kind = rng.choice(("by_fd", "by_fd_dir", "plausible", "plausible", "by_inode", "by_inode", "random_bytes",
-                       "bad_pointer", "wrong_cmd", "held", "held"))
+                       "bad_pointer", "wrong_cmd", "held", "held", "held_split", "identify", "by_generation"))
     h.count(h.kinds, kind)
     cmd, ptr = abi.IOC_RELINK, ctypes.addressof(buf)
-    if kind == "held":  # lists every process while the others close, exit and unmount
+    if kind in ("held", "held_split"):  # lists every process while the others close, exit and unmount
         cmd = abi.IOC_HELD
         records = rng.choice(h.records)
+        split = {}
+        if kind == "held_split":  # a process's records across calls, resumed at a plausible or odd point
+            split = {"flags": abi.HELD_SPLIT, "next_kind": rng.choice((0, abi.HELD_FD, abi.HELD_MMAP)),
+                     "next_at": rng.choice((0, rng.randrange(1, 64), rng.getrandbits(48) << 12))}
         request = abi.pack_held(ctypes.addressof(records), rng.choice((len(records), 512, 4096)),
                                 rng.choice((abi.HELD_ALL, abi.HELD_FD, abi.HELD_MMAP | abi.HELD_EXE)),
-                                rng.choice((0, 0, os.getpid(), rng.randrange(1, 4096))))
+                                rng.choice((0, 0, os.getpid(), rng.randrange(1, 4096))), **split)
+    elif kind == "identify":  # the generation of an inode that may be freed, renamed or unmounted meanwhile
+        cmd = abi.IOC_IDENTIFY
+        dev, ino = rng.choice(h.inodes)
+        request = abi.IDENTIFY_STRUCT.pack(rng.choice(h.dirs + h.lazy + [-1]), 0, dev, ino, 0, 0, 0, 0, 0)
+    elif kind == "by_generation":  # by (dev, ino) with a generation, right only by chance
+        dev, ino = rng.choice(h.inodes)
+        request = abi.pack_request(abi.BY_INODE | abi.GENERATION, dir_fd=rng.choice(h.dirs + h.lazy), dev=dev,
+                                   ino=ino, generation=rng.getrandbits(32), name=name.encode())
     elif kind == "plausible":  # a deleted file into its own directory: reaches the link itself
         src_fd, dir_fd = rng.choice(h.held)
         request = abi.pack_request(abi.BY_FD, src_fd=src_fd, dir_fd=dir_fd, name=rng.choice(NAMES).encode())
