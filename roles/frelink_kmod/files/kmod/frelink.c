@@ -676,6 +676,26 @@ static struct dentry *frelink_lookup_inode(struct file *dir_file, u64 dir_dev,
 	return dentry ? dentry : ERR_PTR(-ENOENT);
 }
 
+/*
+ * The directory open as @fd (O_PATH is fine), with a reference, and its
+ * st_dev in @dev; or an error pointer.
+ */
+static struct file *frelink_get_dir(int fd, u64 *dev)
+{
+	struct file *dir_file = fget_raw(fd);
+	int err;
+
+	if (!dir_file)
+		return ERR_PTR(-EBADF);
+	err = -ENOTDIR;
+	if (d_is_dir(dir_file->f_path.dentry))
+		err = frelink_stat_dev(&dir_file->f_path, dev);
+	if (!err)
+		return dir_file;
+	fput(dir_file);
+	return ERR_PTR(err);
+}
+
 static int frelink_relink(const struct frelink_relink *req)
 {
 	struct file *src_file = NULL;
@@ -685,16 +705,9 @@ static int frelink_relink(const struct frelink_relink *req)
 	u64 dir_dev, old_dev;
 	int err;
 
-	dir_file = fget_raw(req->dir_fd);
-	if (!dir_file)
-		return -EBADF;
-
-	err = -ENOTDIR;
-	if (!d_is_dir(dir_file->f_path.dentry))
-		goto out_dir;
-	err = frelink_stat_dev(&dir_file->f_path, &dir_dev);
-	if (err)
-		goto out_dir;
+	dir_file = frelink_get_dir(req->dir_fd, &dir_dev);
+	if (IS_ERR(dir_file))
+		return PTR_ERR(dir_file);
 
 	if (req->flags == FRELINK_BY_FD) {
 		/*
@@ -748,15 +761,9 @@ static int frelink_identify(struct frelink_identify *req)
 	u64 dir_dev;
 	int err;
 
-	dir_file = fget_raw(req->dir_fd);
-	if (!dir_file)
-		return -EBADF;
-	err = -ENOTDIR;
-	if (!d_is_dir(dir_file->f_path.dentry))
-		goto out_dir;
-	err = frelink_stat_dev(&dir_file->f_path, &dir_dev);
-	if (err)
-		goto out_dir;
+	dir_file = frelink_get_dir(req->dir_fd, &dir_dev);
+	if (IS_ERR(dir_file))
+		return PTR_ERR(dir_file);
 	dentry = frelink_lookup_inode(dir_file, dir_dev, req->dev, req->ino);
 	err = PTR_ERR_OR_ZERO(dentry);
 	if (err)
