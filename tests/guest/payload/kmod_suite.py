@@ -731,14 +731,19 @@ def scenario_loop_reuse():
     directory = fs.mnt + "/dir"
     os.mkdir(directory)
     dir_fd = fs.open_dir(directory)
-    a_path = directory + "/a.img"
-    write_file(a_path, seeded_bytes(7, 1 << 20))
-    a_getversion = fs_generation(a_path)
-    loop = run("losetup", "--find", "--show", a_path).stdout.strip()
-    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
-    os.unlink(a_path)
-    dev, ino = loop_status(loop)
-    generation = kernel_generation(dev, ino, dir_fd)
+
+    def loop_held(path, seed):
+        """PATH written, attached to a loop device and deleted: (loop, dev, ino, its
+        FS_IOC_GETVERSION before the delete, FRELINK_IOC_IDENTIFY's generation)."""
+        write_file(path, seeded_bytes(seed, 1 << 20))
+        getversion = fs_generation(path)
+        loop = run("losetup", "--find", "--show", path).stdout.strip()
+        CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
+        os.unlink(path)
+        dev, ino = loop_status(loop)
+        return loop, dev, ino, getversion, kernel_generation(dev, ino, dir_fd)
+
+    loop, dev, ino, a_getversion, generation = loop_held(directory + "/a.img", 7)
     res["identify_matches_getversion"] = generation == a_getversion if isinstance(generation, int) else generation
 
     def identify_raw(flags=0, dev_=dev, ino_=ino, generation_=0, reserved=(0, 0, 0, 0), fd=dir_fd):
@@ -785,13 +790,7 @@ def scenario_loop_reuse():
         b_holder.stop()
 
     c_path = directory + "/c.img"
-    write_file(c_path, seeded_bytes(9, 1 << 20))
-    c_getversion = fs_generation(c_path)
-    loop = run("losetup", "--find", "--show", c_path).stdout.strip()
-    CLEANUP.append(lambda: run("losetup", "-d", loop, check=False))
-    os.unlink(c_path)
-    dev, ino = loop_status(loop)
-    generation = kernel_generation(dev, ino, dir_fd)
+    loop, dev, ino, c_getversion, generation = loop_held(c_path, 9)
     res["right_generation"] = relink_recorded(dev, ino, generation, dir_fd, "c.img")
     relinked = os.stat(c_path) if os.path.exists(c_path) else None
     res["relinked_same_inode"] = relinked is not None and relinked.st_ino == ino
