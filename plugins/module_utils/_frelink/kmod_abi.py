@@ -257,12 +257,9 @@ def relink_by_inode(st_dev, st_ino, dir_fd, name, generation=None):
     ESTALE an inode of that number with another generation: a file that got the number
     after the one identified was freed.
     """
-    if generation is None:
-        request = pack_request(BY_INODE, dir_fd=dir_fd, dev=st_dev, ino=st_ino, name=encode_name(name))
-    else:
-        request = pack_request(BY_INODE | GENERATION, dir_fd=dir_fd, dev=st_dev, ino=st_ino,
-                               generation=generation, name=encode_name(name))
-    _ioctl(BY_INODE, request)
+    flags = BY_INODE if generation is None else BY_INODE | GENERATION
+    _ioctl(BY_INODE, pack_request(flags, dir_fd=dir_fd, dev=st_dev, ino=st_ino, generation=generation or 0,
+                                  name=encode_name(name)))
 
 
 def inode_generation(st_dev, st_ino, dir_fd):
